@@ -1,0 +1,401 @@
+"""UserStore: each user's personal history in one local SQLite file, and the app's ratings.
+
+One connection per store, shared across threads behind a lock (Gradio runs handlers on
+worker threads; sqlite3's check_same_thread is turned off for that reason). Every write runs
+in `BEGIN IMMEDIATE` so a read-then-write never fails with SQLITE_BUSY half way, and is
+committed before the method returns. WAL journal, synchronous=FULL: an acknowledged write
+survives a killed process and a power cut.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import sqlite3
+import threading
+import time
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+import sqlite_utils
+
+from .schema import migrate
+
+KINDS = ("profile", "preference", "writing", "chat", "note")
+MAX_TEXT_BYTES = 100_000
+MAX_TITLE_CHARS = 500
+MAX_NAME_CHARS = 100
+VOTES = ("A", "B", "tie", "both_bad")
+EXPORT_FORMAT = "costeer-user"
+BUSY_TIMEOUT_MS = 10_000
+
+
+def default_db_path() -> Path:
+    """$COSTEER_DB, else ./data/costeer.db."""
+    return Path(os.environ.get("COSTEER_DB") or Path("data") / "costeer.db")
+
+
+class StoreError(ValueError):
+    """Bad input to the store; the message names what is wrong."""
+
+
+class UnknownUser(StoreError):
+    """No user by that name."""
+
+
+class UnknownEntry(StoreError):
+    """No history entry with that id."""
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+class UserStore:
+    def __init__(self, path: str | os.PathLike | None = None):
+        self.path = Path(path) if path is not None else default_db_path()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(str(self.path), timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False)
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = FULL")
+        conn.execute("PRAGMA foreign_keys = ON")
+        self.db = sqlite_utils.Database(conn)
+        self._lock = threading.RLock()
+        with self._lock:
+            self._begin_immediate()
+            try:
+                migrate(self.db)
+                self.db.conn.commit()
+            except BaseException:
+                self.db.conn.rollback()
+                raise
+
+    def close(self):
+        with self._lock:
+            self.db.conn.close()
+
+    # -- transactions -------------------------------------------------------------
+    def _begin_immediate(self):
+        for attempt in range(5):  # busy_timeout already waited; retry a few times more
+            try:
+                self.db.conn.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or attempt == 4:
+                    raise
+                time.sleep(0.05 * 2**attempt)
+
+    @contextmanager
+    def _write(self):
+        """One write transaction: all or nothing, committed when the block ends."""
+        with self._lock:
+            if self.db.conn.in_transaction:  # nested call from another write: a savepoint
+                with self.db.atomic():
+                    yield self.db
+                return
+            self._begin_immediate()
+            try:
+                yield self.db
+            except BaseException:
+                self.db.conn.rollback()
+                raise
+            self.db.conn.commit()
+
+    def _read(self, sql: str, params=()) -> list[dict]:
+        with self._lock:
+            cur = self.db.conn.execute(sql, params)
+            cols = [c[0] for c in cur.description]
+            return [dict(zip(cols, row)) for row in cur.fetchall()]
+
+    # -- users ----------------------------------------------------------------------
+    def add_user(self, name: str) -> int:
+        name = _check_name(name)
+        with self._write() as db:
+            row = db.execute("SELECT id FROM users WHERE name = ?", [name]).fetchone()
+            if row:
+                return row[0]
+            return db["users"].insert({"name": name, "created_at": _now()}).last_pk
+
+    def users(self) -> list[str]:
+        return [r["name"] for r in self._read("SELECT name FROM users ORDER BY name")]
+
+    def delete_user(self, name: str):
+        with self._write() as db:
+            uid = self._user_id(name)
+            db.execute("DELETE FROM entries WHERE user_id = ?", [uid])
+            db.execute("DELETE FROM users WHERE id = ?", [uid])
+
+    def _user_id(self, name: str) -> int:
+        with self._lock:
+            row = self.db.execute("SELECT id FROM users WHERE name = ?", [name]).fetchone()
+        if not row:
+            raise UnknownUser(f"unknown user {name!r}")
+        return row[0]
+
+    # -- entries --------------------------------------------------------------------
+    def add_entry(self, user: str, text: str, kind: str = "note", title: str | None = None, pinned: bool = False) -> int:
+        fields = _check_entry({"text": text, "kind": kind, "title": title, "pinned": pinned})
+        with self._write() as db:
+            now = _now()
+            return db["entries"].insert({"user_id": self._user_id(user), **fields,
+                                         "created_at": now, "updated_at": now}).last_pk
+
+    def update_entry(self, entry_id: int, **fields):
+        unknown = set(fields) - {"text", "kind", "title", "pinned"}
+        if unknown:
+            raise StoreError(f"update_entry: unknown field(s) {sorted(unknown)}; allowed: text, kind, title, pinned")
+        with self._write() as db:
+            current = self.entry(entry_id)
+            merged = _check_entry({k: fields.get(k, current[k]) for k in ("text", "kind", "title", "pinned")})
+            db["entries"].update(entry_id, {**merged, "updated_at": _now()})
+
+    def delete_entry(self, entry_id: int):
+        with self._write() as db:
+            self.entry(entry_id)
+            db.execute("DELETE FROM entries WHERE id = ?", [entry_id])
+
+    def entry(self, entry_id: int) -> dict:
+        rows = self._read(_ENTRY_SELECT + " WHERE e.id = ?", [entry_id])
+        if not rows:
+            raise UnknownEntry(f"unknown entry id {entry_id!r}")
+        return rows[0]
+
+    def entries(self, user: str, kind: str | None = None) -> list[dict]:
+        uid = self._user_id(user)
+        if kind is not None and kind not in KINDS:
+            raise StoreError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
+        sql = _ENTRY_SELECT + " WHERE e.user_id = ?" + (" AND e.kind = ?" if kind else "") + " ORDER BY e.pinned DESC, e.id"
+        return self._read(sql, [uid, kind] if kind else [uid])
+
+    # -- retrieval ------------------------------------------------------------------
+    def search(self, user: str, query: str, k: int = 5) -> list[dict]:
+        """BM25-ranked entries of `user` only. Any text is a safe query: terms are quoted."""
+        uid = self._user_id(user)
+        if not isinstance(k, int) or k < 1:
+            raise StoreError(f"k must be a positive integer, got {k!r}")
+        match, short = _fts_query(query or "")
+        results: list[dict] = []
+        if match:
+            results = self._read(
+                "SELECT e.id, e.kind, e.title, e.text, e.pinned, e.created_at, e.updated_at, "
+                "bm25(entries_fts) AS score FROM entries_fts JOIN entries e ON e.id = entries_fts.rowid "
+                "WHERE entries_fts MATCH ? AND e.user_id = ? ORDER BY score, e.id LIMIT ?",
+                [match, uid, k],
+            )
+        # Terms shorter than a trigram (e.g. a two-character Japanese word) fall back to LIKE.
+        if short and len(results) < k:
+            seen = {r["id"] for r in results}
+            like = " OR ".join(["e.text LIKE ? ESCAPE '\\' OR coalesce(e.title, '') LIKE ? ESCAPE '\\'"] * len(short))
+            args = [p for t in short for p in (f"%{_like_escape(t)}%",) * 2]
+            for r in self._read(_ENTRY_SELECT + f" WHERE e.user_id = ? AND ({like}) ORDER BY e.id", [uid, *args]):
+                if r["id"] not in seen and len(results) < k:
+                    results.append({**r, "score": None})
+        return results
+
+    def build_context(self, user: str, query: str, max_tokens: int = 512,
+                      count_tokens: Callable[[str], int] | None = None) -> str:
+        """The personal context for one message: pinned entries, then the best retrieved ones,
+        then the rest newest first, one line each tagged with its kind, cut to `max_tokens`."""
+        if not isinstance(max_tokens, int) or max_tokens < 1:
+            raise StoreError(f"max_tokens must be a positive integer, got {max_tokens!r}")
+        count = count_tokens or (lambda s: len(s.split()))
+        all_entries = self.entries(user)
+        pinned = [e for e in all_entries if e["pinned"]]
+        retrieved = [e for e in self.search(user, query, k=20) if not e["pinned"]]
+        taken = {e["id"] for e in pinned + retrieved}
+        rest = sorted((e for e in all_entries if e["id"] not in taken), key=lambda e: (e["updated_at"], e["id"]), reverse=True)
+        lines: list[str] = []
+        for e in pinned + retrieved + rest:
+            line = f"[{e['kind']}] " + (f"{e['title']}: " if e["title"] else "") + " ".join(e["text"].split())
+            if count("\n".join(lines + [line])) <= max_tokens:
+                lines.append(line)
+                continue
+            words = line.split(" ")  # the first item that does not fit is cut to the budget
+            lo, hi = 0, len(words)
+            while lo < hi:
+                mid = (lo + hi + 1) // 2
+                if count("\n".join(lines + [" ".join(words[:mid])])) <= max_tokens:
+                    lo = mid
+                else:
+                    hi = mid - 1
+            if lo > 1:  # more than the kind tag alone
+                lines.append(" ".join(words[:lo]))
+            break
+        return "\n".join(lines)
+
+    # -- import / export ------------------------------------------------------------
+    def export_user(self, user: str) -> dict:
+        entries = [{k: e[k] for k in ("kind", "title", "text", "pinned", "created_at", "updated_at")}
+                   for e in self.entries(user)]
+        for e in entries:
+            e["pinned"] = bool(e["pinned"])
+        return {"format": EXPORT_FORMAT, "version": 1, "user": user, "entries": entries}
+
+    def import_user(self, data, mode: str = "merge", user: str | None = None) -> dict:
+        """Import one user's history; all checked first, then written in one transaction.
+
+        `data` is an export dict, a LongLaMP-style row ({"profile": [...]}) or a list of entries
+        (ours, or LongLaMP profile items with title/abstract/review/text). `user` names the
+        target when `data` does not, or overrides it. "merge" skips exact duplicates;
+        "replace" deletes the user's entries first.
+        """
+        if mode not in ("merge", "replace"):
+            raise StoreError(f"mode must be 'merge' or 'replace', got {mode!r}")
+        name, items = _parse_import(data, user)
+        name = _check_name(name)
+        with self._write() as db:
+            uid = self.add_user(name)
+            if mode == "replace":
+                db.execute("DELETE FROM entries WHERE user_id = ?", [uid])
+            existing = {(r[0], r[1], r[2]) for r in db.execute(
+                "SELECT kind, coalesce(title, ''), text FROM entries WHERE user_id = ?", [uid]).fetchall()}
+            added = skipped = 0
+            now = _now()
+            for item in items:
+                key = (item["kind"], item["title"] or "", item["text"])
+                if key in existing:
+                    skipped += 1
+                    continue
+                existing.add(key)
+                db["entries"].insert({"created_at": now, "updated_at": now, **item, "user_id": uid})
+                added += 1
+        return {"user": name, "added": added, "skipped": skipped}
+
+    def import_file(self, path, mode: str = "merge", user: str | None = None) -> dict:
+        """Import a .json (export / LongLaMP row / list) or .jsonl (one entry per line) file."""
+        path = Path(path)
+        try:
+            raw = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise StoreError(f"cannot read import file {path.name}: {exc}") from exc
+        try:
+            if path.suffix.lower() == ".jsonl":
+                data = [json.loads(line) for line in raw.splitlines() if line.strip()]
+            else:
+                data = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise StoreError(f"import file {path.name} is not valid JSON: {exc.msg} at line {exc.lineno}") from exc
+        return self.import_user(data, mode=mode, user=user)
+
+    # -- ratings ----------------------------------------------------------------------
+    def add_vote(self, rater: str, user: str, conversation, answer_a: str, answer_b: str,
+                 steered_side: str, vote: str, params: dict, cloud_model: str | None = None,
+                 local_model: str | None = None) -> int:
+        rater = _check_name(rater, "rater")
+        if steered_side not in ("A", "B"):
+            raise StoreError(f"steered_side must be 'A' or 'B', got {steered_side!r}")
+        if vote not in VOTES:
+            raise StoreError(f"vote must be one of {', '.join(VOTES)}, got {vote!r}")
+        for field, value in (("answer_a", answer_a), ("answer_b", answer_b)):
+            if not isinstance(value, str):
+                raise StoreError(f"{field} must be text, got {type(value).__name__}")
+        with self._write() as db:
+            return db["votes"].insert({
+                "rater": rater, "user": str(user), "conversation": json.dumps(conversation, ensure_ascii=False),
+                "answer_a": answer_a, "answer_b": answer_b, "steered_side": steered_side, "vote": vote,
+                "params": json.dumps(params, sort_keys=True), "cloud_model": cloud_model,
+                "local_model": local_model, "created_at": _now()}).last_pk
+
+    def votes(self) -> list[dict]:
+        rows = self._read("SELECT * FROM votes ORDER BY id")
+        for r in rows:
+            r["conversation"] = json.loads(r["conversation"])
+            r["params"] = json.loads(r["params"])
+        return rows
+
+
+_ENTRY_SELECT = "SELECT e.id, e.kind, e.title, e.text, e.pinned, e.created_at, e.updated_at FROM entries e"
+_CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uff66-\uff9f]")
+
+
+def _fts_query(query: str, max_terms: int = 64) -> tuple[str, list[str]]:
+    """A MATCH expression of quoted terms joined by OR, plus the terms too short for trigrams."""
+    terms, short = [], []
+    for word in re.findall(r"\w+", query):
+        if len(word) >= 3:
+            if _CJK.search(word) and len(word) > 3:  # no spaces in CJK runs: match by trigrams
+                terms += [word[i:i + 3] for i in range(len(word) - 2)]
+            else:
+                terms.append(word)
+        elif _CJK.search(word):
+            short.append(word)
+    unique = list(dict.fromkeys(t.lower() for t in terms))[:max_terms]
+    return " OR ".join('"' + t.replace('"', '""') + '"' for t in unique), list(dict.fromkeys(short))[:max_terms]
+
+
+def _like_escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def _check_name(name, field: str = "user name") -> str:
+    if not isinstance(name, str) or not name.strip():
+        raise StoreError(f"{field} must be non-empty text")
+    name = name.strip()
+    if len(name) > MAX_NAME_CHARS:
+        raise StoreError(f"{field} must be at most {MAX_NAME_CHARS} characters, got {len(name)}")
+    return name
+
+
+def _check_entry(fields: dict) -> dict:
+    text, kind, title, pinned = fields["text"], fields["kind"], fields["title"], fields["pinned"]
+    if not isinstance(text, str) or not text.strip():
+        raise StoreError("text must be non-empty (not only whitespace)")
+    if len(text.encode("utf-8")) > MAX_TEXT_BYTES:
+        raise StoreError(f"text must be at most {MAX_TEXT_BYTES} bytes (100 kB), got {len(text.encode('utf-8'))}")
+    if kind not in KINDS:
+        raise StoreError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    if title is not None:
+        if not isinstance(title, str):
+            raise StoreError(f"title must be text or null, got {type(title).__name__}")
+        title = title.strip() or None
+        if title and len(title) > MAX_TITLE_CHARS:
+            raise StoreError(f"title must be at most {MAX_TITLE_CHARS} characters, got {len(title)}")
+    if not isinstance(pinned, (bool, int)) or pinned not in (0, 1):
+        raise StoreError(f"pinned must be true or false, got {pinned!r}")
+    return {"text": text, "kind": kind, "title": title, "pinned": int(bool(pinned))}
+
+
+_LONGLAMP_TEXT = ("text", "abstract", "review", "reviewText", "content")
+
+
+def _parse_import(data, user: str | None) -> tuple[str, list[dict]]:
+    default_kind = "note"
+    if isinstance(data, dict):
+        if "entries" in data:
+            name, items = data.get("user"), data["entries"]
+        elif "profile" in data:  # a LongLaMP row
+            name, items = data.get("user") or data.get("name"), data["profile"]
+            default_kind = "writing"  # a profile lists the user's past writings
+        else:
+            raise StoreError("import: expected an object with 'entries' (export format) or 'profile' (LongLaMP), "
+                             f"got keys {sorted(data)[:8]}")
+    elif isinstance(data, list):
+        name, items = None, data
+    else:
+        raise StoreError(f"import: expected a JSON object or list, got {type(data).__name__}")
+    name = user or name
+    if not name:
+        raise StoreError("import: no user name: the file has no 'user' field; choose a user to import into")
+    if not isinstance(items, list):
+        raise StoreError(f"import: 'entries' must be a list, got {type(items).__name__}")
+    parsed = []
+    for i, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise StoreError(f"import: entry {i} must be an object, got {type(item).__name__}")
+        text = next((item[k] for k in _LONGLAMP_TEXT if isinstance(item.get(k), str) and item[k].strip()), None)
+        if text is None:
+            raise StoreError(f"import: entry {i} has no text (expected one of: {', '.join(_LONGLAMP_TEXT)})")
+        # LongLaMP profile items are the user's past writings; a bare entry is a note.
+        kind = item.get("kind") or ("writing" if any(k in item for k in _LONGLAMP_TEXT[1:]) else default_kind)
+        try:
+            fields = _check_entry({"text": text, "kind": kind, "title": item.get("title"), "pinned": item.get("pinned", False)})
+        except StoreError as exc:
+            raise StoreError(f"import: entry {i}: {exc}") from None
+        for stamp in ("created_at", "updated_at"):
+            if isinstance(item.get(stamp), str):
+                fields[stamp] = item[stamp]
+        parsed.append(fields)
+    return name, parsed
