@@ -71,10 +71,11 @@ class TokenEvent:
 
 @dataclass
 class CloudTranscript:
-    """Everything the cloud-role model received: prompt token ids, then one id per step."""
+    """Everything the cloud-role model received, per stream: the prompt's token ids (and their
+    text, for display), then one chosen token id per step."""
 
-    prompt_ids: list[int] = field(default_factory=list)
-    prompt_text: str = ""
+    prompt_ids: dict[str, list[int]] = field(default_factory=dict)
+    prompt_text: dict[str, str] = field(default_factory=dict)
     token_ids: dict[str, list[int]] = field(default_factory=dict)
 
 
@@ -203,19 +204,29 @@ class CoSteerEngine:
 
     def stream(self, messages: list[dict], context: str = "", mode: str = "steered",
                params: SteeringParams = SteeringParams(), sampling: Sampling = Sampling(),
-               transcript: CloudTranscript | None = None) -> Iterator[TokenEvent]:
-        """Yield TokenEvents until every stream of `mode` has finished."""
+               transcript: CloudTranscript | None = None,
+               unsteered_messages: list[dict] | None = None) -> Iterator[TokenEvent]:
+        """Yield TokenEvents until every stream of `mode` has finished.
+
+        `unsteered_messages` lets the unsteered stream continue its own conversation in a
+        multi-turn side-by-side chat (default: the same messages).
+        """
         if mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
-        if not messages or messages[-1].get("role") != "user":
-            raise ValueError("messages must end with a user message")
+        unsteered_messages = unsteered_messages or messages
+        for msgs in (messages, unsteered_messages):
+            if not msgs or msgs[-1].get("role") != "user":
+                raise ValueError("messages must end with a user message")
         plain, with_ctx = build_prompts(self.cloud.tokenizer, messages, context)
+        plain_unsteered = plain if unsteered_messages is messages else build_prompts(self.cloud.tokenizer, unsteered_messages, "")[0]
         strength = effective_strength(params)
         streams = ["unsteered"] if mode == "unsteered" else ["steered"] if mode == "steered" else ["unsteered", "steered"]
         if transcript is not None:
-            transcript.prompt_ids = list(plain)
-            transcript.prompt_text = self.cloud.tokenizer.decode(plain)
-            transcript.token_ids = {s: [] for s in streams}
+            for s in streams:
+                ids = plain_unsteered if s == "unsteered" else plain
+                transcript.prompt_ids[s] = list(ids)
+                transcript.prompt_text[s] = self.cloud.tokenizer.decode(ids)
+                transcript.token_ids[s] = []
 
         # Row layout: row names per model, in batch order.
         cloud_rows = [s if s == "unsteered" else "llm" for s in streams]
@@ -225,7 +236,7 @@ class CoSteerEngine:
             device_rows = [] if self.same_model else ["slm", "slm_ctx"]
         else:
             device_rows = []
-        prompt_of = {"unsteered": plain, "llm": plain, "slm": plain, "slm_ctx": with_ctx}
+        prompt_of = {"unsteered": plain_unsteered, "llm": plain, "slm": plain, "slm_ctx": with_ctx}
         runners = [(self.cloud, cloud_rows, _Rows(self.cloud, [prompt_of[r] for r in cloud_rows]))]
         if device_rows:
             runners.append((self.local, device_rows, _Rows(self.local, [prompt_of[r] for r in device_rows])))
@@ -293,7 +304,7 @@ class CoSteerEngine:
 
     def generate(self, messages, context="", mode="side_by_side", params=SteeringParams(),
                  sampling=Sampling(), transcript: CloudTranscript | None = None) -> dict:
-        """Run `stream` to the end; return {'unsteered': text, 'steered': text, ...}."""
+        """Run `stream` to the end; return the texts per stream and how many tokens steering changed."""
         out = {}
         changed = {}
         for ev in self.stream(messages, context, mode, params, sampling, transcript):

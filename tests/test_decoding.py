@@ -105,10 +105,11 @@ def test_seeded_sampling_is_reproducible(engine):
 def test_cloud_transcript_holds_no_personal_context(engine):
     t = CloudTranscript()
     events = list(engine.stream(FRIDAY, OSAKA, "side_by_side", SteeringParams(), GREEDY, transcript=t))
-    assert "Osaka" not in t.prompt_text and "vegetarian" not in t.prompt_text
-    assert "Friday" in t.prompt_text
+    for stream in ("steered", "unsteered"):
+        assert "Osaka" not in t.prompt_text[stream] and "vegetarian" not in t.prompt_text[stream]
+        assert "Friday" in t.prompt_text[stream]
     plain, _ = build_prompts(engine.cloud.tokenizer, FRIDAY, OSAKA)
-    assert t.prompt_ids == plain
+    assert t.prompt_ids["steered"] == t.prompt_ids["unsteered"] == plain
     assert t.token_ids["steered"] == [e.token_id for e in events if e.stream == "steered"]
 
 
@@ -130,8 +131,13 @@ def test_bad_mode_and_messages(engine):
         list(engine.stream([{"role": "assistant", "content": "hi"}], ""))
 
 
-def test_multi_turn_conversation(engine):
-    messages = FRIDAY + [{"role": "assistant", "content": "Dinner and a movie."},
-                         {"role": "user", "content": "Something quieter, please."}]
-    out, _ = _texts(engine, "side_by_side", messages=messages)
-    assert out["steered"].strip() and out["unsteered"].strip()
+def test_multi_turn_each_stream_keeps_its_conversation(engine):
+    follow = {"role": "user", "content": "Something quieter, please."}
+    steered_conv = FRIDAY + [{"role": "assistant", "content": "- Jazz kissa\n- Tofu dinner"}, follow]
+    unsteered_conv = FRIDAY + [{"role": "assistant", "content": "Dinner and a movie."}, follow]
+    both = {}
+    for ev in engine.stream(steered_conv, OSAKA, "side_by_side", SteeringParams(), GREEDY, unsteered_messages=unsteered_conv):
+        both[ev.stream] = both.get(ev.stream, "") + ev.text
+    alone_u, _ = _texts(engine, "unsteered", messages=unsteered_conv)
+    alone_s, _ = _texts(engine, "steered", messages=steered_conv)
+    assert both["unsteered"] == alone_u["unsteered"] and both["steered"] == alone_s["steered"]

@@ -1,0 +1,68 @@
+"""The app as a real HTTP server, driven through its named API with gradio_client."""
+import pytest
+from gradio_client import Client
+
+from apprunner import running_app
+from user_store import UserStore
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory):
+    db = tmp_path_factory.mktemp("app") / "costeer.db"
+    with running_app(db) as url:
+        yield url, db
+
+
+@pytest.fixture(scope="module")
+def client(app):
+    return Client(app[0], verbose=False)
+
+
+def test_named_endpoints_exist(client):
+    names = set(client.view_api(print_info=False, return_format="dict")["named_endpoints"])
+    assert {"/generate_pair", "/add_history", "/rate", "/ratings_summary"} <= names
+
+
+def test_history_generate_rate_summary(client, app):
+    store = UserStore(app[1])
+    store.add_user("mia")
+    eid = client.predict("mia", "I am a strict vegetarian in Osaka who loves jazz. I write short bullet points.",
+                         "profile", api_name="/add_history")
+    assert isinstance(eid, int) and store.entry(eid)["kind"] == "profile"
+    unsteered, steered = client.predict("mia", "Suggest a plan for my Friday evening.", 20, 10, 2,
+                                        api_name="/generate_pair")
+    assert unsteered.strip() and steered.strip() and unsteered != steered
+    vid = client.predict("rita", "mia", "Suggest a plan", steered, unsteered, "A", "A", api_name="/rate")
+    vote = [v for v in store.votes() if v["id"] == vid][0]
+    assert vote["answer_a"] == steered and vote["vote"] == "A" and vote["cloud_model"]
+    summary = client.predict(api_name="/ratings_summary")
+    assert summary["counts"]["A"] >= 1 and summary["n"] >= 1 and 0 <= summary["steered_win_rate"] <= 1
+
+
+@pytest.mark.parametrize("args, endpoint, message", [
+    (("ghost", "hi", 20, 10, 2), "/generate_pair", "unknown user 'ghost'"),
+    (("mia", "   ", 20, 10, 2), "/generate_pair", "message: type something first"),
+    (("mia", "x" * 5000, 20, 10, 2), "/generate_pair", "message: at most 4000 characters"),
+    (("mia", "hi", 0, 10, 2), "/generate_pair", "T must be an integer in [1, 1000]"),
+    (("mia", "hi", 20, -1, 2), "/generate_pair", "eta must be > 0"),
+    (("mia", "", "note"), "/add_history", "text must be non-empty"),
+    (("mia", "ok", "diary"), "/add_history", "kind must be one of"),
+    (("r", "mia", "m", "a", "b", "C", "A"), "/rate", "steered_side must be 'A' or 'B'"),
+    (("r", "mia", "m", "a", "b", "A", "maybe"), "/rate", "vote must be one of A, B, tie, both_bad"),
+])
+def test_bad_input_is_a_clear_error_and_the_app_keeps_working(client, app, args, endpoint, message):
+    store = UserStore(app[1])
+    store.add_user("mia")
+    before = (len(store.entries("mia")), len(store.votes()))
+    with pytest.raises(Exception) as err:
+        client.predict(*args, api_name=endpoint)
+    assert message in str(err.value)
+    assert (len(store.entries("mia")), len(store.votes())) == before
+    assert "counts" in client.predict(api_name="/ratings_summary")
+
+
+def test_load_failure_is_one_line_and_nonzero(tmp_path):
+    from conftest import run_cli
+
+    r = run_cli(["app.py", "--port", "1", "--db", str(tmp_path / "x.db"), "--cloud-model", str(tmp_path / "none")])
+    assert r.returncode == 1 and "model load failed" in r.stderr and "Traceback" not in r.stderr

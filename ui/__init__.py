@@ -1,0 +1,1 @@
+"""The Gradio app's handlers and HTML rendering; app.py wires them to components."""
