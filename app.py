@@ -49,13 +49,21 @@ def build_app(studio: Studio) -> gr.Blocks:
                                    elem_id="side-by-side")
                 with gr.Row(equal_height=True):
                     unsteered_chat = gr.Chatbot(label="Unsteered — cloud model alone, no personal data",
-                                                elem_id="unsteered", height=380)
+                                                elem_id="unsteered", height=300)
                     steered_chat = gr.Chatbot(label="Steered — CoSteer, personalized on your device",
-                                              elem_id="steered", height=380)
+                                              elem_id="steered", height=300)
                 with gr.Row():
                     message = gr.Textbox(label="Message", placeholder="Ask something…", scale=5, elem_id="message")
                     send = gr.Button("Send", variant="primary", scale=1, elem_id="send")
                     clear = gr.Button("New conversation", scale=1)
+                with gr.Row():
+                    with gr.Column():
+                        gr.Markdown("### Steered answer, token by token")
+                        tokens = gr.HTML(elem_id="tokens")
+                    with gr.Column():
+                        gr.Markdown("### Privacy: what crossed to the cloud")
+                        privacy = gr.HTML(elem_id="privacy")
+
                 with gr.Row():
                     T = gr.Slider(1, 100, DEFAULTS.T, step=1, label="T (iterations)", elem_id="T")
                     eta = gr.Slider(0.5, 20, DEFAULTS.eta, step=0.5, label="η (learning rate)", elem_id="eta")
@@ -70,13 +78,6 @@ def build_app(studio: Studio) -> gr.Blocks:
                         top_p = gr.Slider(0.05, 1, 1, step=0.05, label="top-p")
                         seed = gr.Number(None, label="seed (blank = random)", precision=0)
                         max_new = gr.Slider(8, 512, 128, step=8, label="max new tokens")
-                with gr.Row():
-                    with gr.Column():
-                        gr.Markdown("### Steered answer, token by token")
-                        tokens = gr.HTML(elem_id="tokens")
-                    with gr.Column():
-                        gr.Markdown("### Privacy: what crossed to the cloud")
-                        privacy = gr.HTML(elem_id="privacy")
 
             with gr.Tab("History"):
                 table = gr.Dataframe(headers=["id", "kind", "title", "text", "pinned"], interactive=False,

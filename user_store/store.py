@@ -198,17 +198,15 @@ class UserStore:
     def build_context(self, user: str, query: str, max_tokens: int = 512,
                       count_tokens: Callable[[str], int] | None = None) -> str:
         """The personal context for one message: pinned entries, then the best retrieved ones,
-        then the rest newest first, one line each tagged with its kind, cut to `max_tokens`."""
+        one line each tagged with its kind, cut to `max_tokens`. Entries that match nothing in
+        the message stay out: a small device model copies whatever context it is given."""
         if not isinstance(max_tokens, int) or max_tokens < 1:
             raise StoreError(f"max_tokens must be a positive integer, got {max_tokens!r}")
         count = count_tokens or (lambda s: len(s.split()))
-        all_entries = self.entries(user)
-        pinned = [e for e in all_entries if e["pinned"]]
+        pinned = [e for e in self.entries(user) if e["pinned"]]
         retrieved = [e for e in self.search(user, query, k=20) if not e["pinned"]]
-        taken = {e["id"] for e in pinned + retrieved}
-        rest = sorted((e for e in all_entries if e["id"] not in taken), key=lambda e: (e["updated_at"], e["id"]), reverse=True)
         lines: list[str] = []
-        for e in pinned + retrieved + rest:
+        for e in pinned + retrieved:
             line = f"[{e['kind']}] " + (f"{e['title']}: " if e["title"] else "") + " ".join(e["text"].split())
             if count("\n".join(lines + [line])) <= max_tokens:
                 lines.append(line)
