@@ -1,6 +1,9 @@
 """CoSteer Studio: the Gradio app. Layout and wiring only; handlers live in ui/handlers.py.
 
     python app.py [--host 127.0.0.1] [--port 7860] [--db PATH] [--cloud-model ...] [--local-model ...] [--auth USER:PASS]
+
+gradio and the handlers are imported inside functions, after `set_offline` has switched off
+analytics, telemetry and the hub: those libraries read the switches at import time.
 """
 from __future__ import annotations
 
@@ -9,20 +12,20 @@ import os
 import sys
 from pathlib import Path
 
-# Before gradio / huggingface_hub are imported: no analytics, no telemetry, no hub.
-os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-
-import gradio as gr  # noqa: E402
-
-from costeer.policy import SteeringParams  # noqa: E402
-from ui.handlers import KIND_CHOICES, Studio, new_conversation, persona_files  # noqa: E402
+from costeer.models import cache_dir, set_offline
+from costeer.policy import SteeringParams
 
 ASSETS = Path(__file__).resolve().parent / "assets"
+MAX_UPLOAD = "5mb"  # imports larger than this are refused before they reach the handler
 DEFAULTS = SteeringParams()
 
 
-def build_app(studio: Studio) -> gr.Blocks:
+def build_app(studio):
+    """The page: components, then their wiring, then the named API."""
+    import gradio as gr
+
+    from ui.handlers import KIND_CHOICES, Studio, new_conversation, persona_files
+
     engine = studio.engine
     with gr.Blocks(title="CoSteer Studio") as demo:
         gr.Markdown("# CoSteer Studio\n**Personalize a cloud language model with data that never leaves your device.** "
@@ -175,9 +178,14 @@ def build_app(studio: Studio) -> gr.Blocks:
                     api_visibility="private")
 
         # The scriptable API (gradio_client), documented in the README.
-        def generate_pair(user: str, message: str, T: float, eta: float, lam: float) -> tuple[str, str]:
+        def generate_pair(user: str, message: str, T: float, eta: float, lam: float,
+                          max_new_tokens: int = 128) -> tuple[str, str]:
             """Unsteered and steered answers to one message for one user."""
-            return studio.generate_pair(user, message, T, eta, lam)
+            return studio.generate_pair(user, message, T, eta, lam, max_new_tokens)
+
+        def history(user: str) -> list:
+            """One user's history entries (id, kind, title, text, pinned)."""
+            return studio.history(user)
 
         def add_history(user: str, text: str, kind: str) -> int:
             """Add a history entry; returns its id."""
@@ -191,7 +199,7 @@ def build_app(studio: Studio) -> gr.Blocks:
             """Counts by vote and the steered win rate with a 95% interval."""
             return studio.ratings_summary()
 
-        for fn in (generate_pair, add_history, rate, ratings_summary):
+        for fn in (generate_pair, add_history, history, rate, ratings_summary):
             gr.api(fn, api_name=fn.__name__)
     return demo
 
@@ -207,6 +215,10 @@ def parse_args(argv=None):
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
     p.add_argument("--auth", default=None, help="USER:PASS required to open the app")
     p.add_argument("--share", action="store_true", help="ask Gradio for a public share link (off by default)")
+    p.add_argument("--insecure-no-auth", action="store_true",
+                   help="allow a non-loopback --host without --auth (anyone on the network can read all histories)")
+    p.add_argument("--allow-downloads", action="store_true",
+                   help="let transformers fetch a hub model (off by default: nothing leaves this machine)")
     args = p.parse_args(argv)
     if args.auth and ":" not in args.auth:
         p.error("--auth must be USER:PASS")
@@ -216,10 +228,20 @@ def parse_args(argv=None):
 
 
 def main(argv=None):
+    args = parse_args(argv)
+    set_offline(args.allow_downloads)
+    from ui.security import bind_refusal, host_guard_middleware, private_temp_dir
+
+    refusal = bind_refusal(args.host, args.auth, args.insecure_no_auth)
+    if refusal:
+        print(f"app: error: {refusal}", file=sys.stderr)
+        sys.exit(2)
+    os.environ["GRADIO_TEMP_DIR"] = str(private_temp_dir(cache_dir()))
+
     from costeer.__main__ import load_engine_or_exit
+    from ui.handlers import Studio
     from user_store import StoreError, UserStore
 
-    args = parse_args(argv)
     engine = load_engine_or_exit(args)  # a load failure prints one line and exits 1
     try:
         store = UserStore(args.db)
@@ -231,8 +253,9 @@ def main(argv=None):
     auth = tuple(args.auth.split(":", 1)) if args.auth else None
     demo.launch(server_name=args.host, server_port=args.port, share=args.share, auth=auth,
                 css_paths=[ASSETS / "style.css"], ssr_mode=False, enable_monitoring=False, mcp_server=False,
-                run_history=False, strict_cors=True, max_file_size="5mb",
-                blocked_paths=[str(store.path.resolve().parent)], show_error=False)
+                run_history=False, strict_cors=True, max_file_size=MAX_UPLOAD,
+                blocked_paths=[str(store.path.resolve().parent), str((cache_dir() / "models").resolve())],
+                app_kwargs={"middleware": host_guard_middleware(args.host)}, show_error=False)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from .models import DEFAULT_MODEL, DTYPES, ModelLoadError, load_pair
+from .models import DEFAULT_MODEL, DTYPES, ModelLoadError, load_pair, set_offline
 from .policy import T_MAX, SteeringParams, effective_strength
 
 
@@ -18,6 +18,8 @@ def _add_model_args(p: argparse.ArgumentParser):
                    help="hub id, local folder or .gguf for the on-device SLM (env COSTEER_LOCAL_MODEL; default: the cloud model)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--dtype", default="float32", choices=DTYPES)
+    p.add_argument("--allow-downloads", action="store_true",
+                   help="let transformers fetch a hub model (off by default: nothing leaves this machine)")
 
 
 def load_engine_or_exit(args, stock_linear: bool = False):
@@ -130,6 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
+    set_offline(getattr(args, "allow_downloads", False))
     args.func(args, args.subparser)
 
 

@@ -43,6 +43,16 @@ class LoadedModel:
         return self.model.get_output_embeddings().weight.shape[0]
 
 
+def set_offline(allow_downloads: bool = False):
+    """No hub access and no telemetry unless asked. Call before transformers/huggingface_hub
+    are imported: they read these variables at import time."""
+    os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+    os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+    if not allow_downloads:
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
+
 def cache_dir() -> Path:
     """Where converted GGUF copies live: $COSTEER_CACHE, else ~/.cache/costeer."""
     return Path(os.environ.get("COSTEER_CACHE") or Path.home() / ".cache" / "costeer")
@@ -116,8 +126,9 @@ def load_model(spec: str | None = None, device: str = "cpu", dtype: str = "float
 def _one_line(exc: Exception) -> str:
     text = f"{type(exc).__name__}: {exc}".strip().splitlines()
     line = text[0] if text else type(exc).__name__
-    if "offline" in str(exc).lower() or "HF_HUB_OFFLINE" in str(exc):
-        line += " — the hub is not reachable here; pass a local folder or .gguf file"
+    if os.environ.get("HF_HUB_OFFLINE") == "1" or "offline" in str(exc).lower():
+        line += (" — hub downloads are off: pass --allow-downloads to fetch a hub model once, "
+                 "or give a local folder or .gguf file")
     return line[:400]
 
 
@@ -138,7 +149,7 @@ def _converted_gguf(gguf_path: Path) -> Path:
     """Return a cached plain-transformers copy of a GGUF model, converting once if needed."""
     stat = gguf_path.stat()
     key = hashlib.sha256(f"{gguf_path.resolve()}|{stat.st_size}|{int(stat.st_mtime)}".encode()).hexdigest()[:16]
-    target = cache_dir() / f"{gguf_path.stem}-{key}"
+    target = cache_dir() / "models" / f"{gguf_path.stem}-{key}"
     if (target / "costeer-converted.json").is_file():
         return target
     import torch

@@ -29,9 +29,9 @@ def engine(lm):
     return CoSteerEngine(lm)
 
 
-def run_cli(args, **kw):
+def run_cli(args, env=None, **kw):
     """Run a project CLI in a child process, as a user would."""
     import subprocess
 
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env = dict(env if env is not None else os.environ, PYTHONPATH=str(ROOT))
     return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=ROOT, env=env, timeout=600, **kw)

@@ -11,7 +11,7 @@ from costeer.models import ModelLoadError, cache_dir, load_model, load_pair
 def test_bundled_model_loads_from_the_converted_cache(lm):
     assert lm.name == "bundled:SmolLM2-135M-Instruct"
     assert lm.vocab_size == 49152
-    folders = [p for p in cache_dir().glob("SmolLM2-135M-Instruct.Q4_1-*") if (p / "costeer-converted.json").is_file()]
+    folders = [p for p in (cache_dir() / "models").glob("SmolLM2-135M-Instruct.Q4_1-*") if (p / "costeer-converted.json").is_file()]
     assert folders, "the converted copy is cached"
     assert not (folders[0] / "config.json").read_text().count("quantization_config")
 

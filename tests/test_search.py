@@ -81,6 +81,13 @@ def test_context_order_tags_and_budget(store):
     assert store.build_context("ana", "ramen", max_tokens=10) == small  # deterministic
 
 
+def test_profile_entries_always_count(store):
+    store.add_user("zed")
+    store.add_entry("zed", "Vegan, lives in Lyon", kind="profile")
+    store.add_entry("zed", "Collects stamps", kind="note")
+    assert store.build_context("zed", "plan my Friday") == "[profile] Vegan, lives in Lyon"
+
+
 def test_context_with_a_custom_counter(store):
     chars = store.build_context("ana", "ramen", max_tokens=60, count_tokens=len)
     assert len(chars) <= 60 and chars.startswith("[profile]")

@@ -241,12 +241,16 @@ class Studio:
         return (f"Vote #{vid} saved. **{steered} was steered (CoSteer)**, {other} was the cloud model alone.", None)
 
     # -- the named API -------------------------------------------------------------------
-    def generate_pair(self, user, message, T=20, eta=10.0, lam=2.0):
+    def generate_pair(self, user, message, T=20, eta=10.0, lam=2.0, max_new_tokens=128):
         user = check_user(self.store, user)
         message = check_message(message)
         out = self.engine.generate([{"role": "user", "content": message}], self.context_for(user, message),
-                                   "side_by_side", make_params(T, eta, lam), Sampling(max_new_tokens=128))
+                                   "side_by_side", make_params(T, eta, lam), make_sampling(max_new_tokens=max_new_tokens))
         return out["texts"]["unsteered"], out["texts"]["steered"]
+
+    def history(self, user) -> list[dict]:
+        user = check_user(self.store, user)
+        return [{k: e[k] for k in ("id", "kind", "title", "text", "pinned")} for e in self.store.entries(user)]
 
     def add_history(self, user, text, kind="note"):
         user = check_user(self.store, user)

@@ -27,6 +27,7 @@ KINDS = ("profile", "preference", "writing", "chat", "note")
 MAX_TEXT_BYTES = 100_000
 MAX_TITLE_CHARS = 500
 MAX_NAME_CHARS = 100
+MAX_IMPORT_BYTES = 5_000_000
 VOTES = ("A", "B", "tie", "both_bad")
 EXPORT_FORMAT = "costeer-user"
 BUSY_TIMEOUT_MS = 10_000
@@ -197,16 +198,17 @@ class UserStore:
 
     def build_context(self, user: str, query: str, max_tokens: int = 512,
                       count_tokens: Callable[[str], int] | None = None) -> str:
-        """The personal context for one message: pinned entries, then the best retrieved ones,
-        one line each tagged with its kind, cut to `max_tokens`. Entries that match nothing in
-        the message stay out: a small device model copies whatever context it is given."""
+        """The personal context for one message: pinned entries and `profile` entries (who the
+        user is matters to every message), then the best retrieved ones, one line each tagged
+        with its kind, cut to `max_tokens`. Other entries that match nothing in the message stay
+        out: a small device model copies whatever context it is given."""
         if not isinstance(max_tokens, int) or max_tokens < 1:
             raise StoreError(f"max_tokens must be a positive integer, got {max_tokens!r}")
         count = count_tokens or (lambda s: len(s.split()))
-        pinned = [e for e in self.entries(user) if e["pinned"]]
-        retrieved = [e for e in self.search(user, query, k=20) if not e["pinned"]]
+        standing = [e for e in self.entries(user) if e["pinned"] or e["kind"] == "profile"]
+        retrieved = [e for e in self.search(user, query, k=20) if not (e["pinned"] or e["kind"] == "profile")]
         lines: list[str] = []
-        for e in pinned + retrieved:
+        for e in standing + retrieved:
             line = f"[{e['kind']}] " + (f"{e['title']}: " if e["title"] else "") + " ".join(e["text"].split())
             if count("\n".join(lines + [line])) <= max_tokens:
                 lines.append(line)
@@ -266,6 +268,9 @@ class UserStore:
         """Import a .json (export / LongLaMP row / list) or .jsonl (one entry per line) file."""
         path = Path(path)
         try:
+            size = path.stat().st_size
+            if size > MAX_IMPORT_BYTES:
+                raise StoreError(f"import file {path.name} is {size / 1e6:.1f} MB; the limit is {MAX_IMPORT_BYTES / 1e6:g} MB")
             raw = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             raise StoreError(f"cannot read import file {path.name}: {exc}") from exc
