@@ -35,7 +35,9 @@ def build_app(studio):
             gr.Markdown(f"ℹ️ Demo set-up: **one model ({engine.cloud.name}) plays both roles**, cloud and device. "
                         "It shows the mechanism, not the quality of a real cloud/device pair.", elem_id="model-note")
         else:
-            gr.Markdown(f"Cloud model: **{engine.cloud.name}** · device model: **{engine.local.name}**", elem_id="model-note")
+            where = "over HTTP, top-%d log-probs per token" % engine.cloud.top_k if hasattr(engine.cloud, "top_k") else "in this process"
+            gr.Markdown(f"Cloud model: **{engine.cloud.name}** ({where}) · device model: **{engine.local.name}**",
+                        elem_id="model-note")
 
         conv = gr.State(new_conversation())
         trial = gr.State(None)
@@ -211,6 +213,9 @@ def parse_args(argv=None):
     p.add_argument("--db", default=None, help="SQLite file (env COSTEER_DB; default ./data/costeer.db)")
     p.add_argument("--cloud-model", default=os.environ.get("COSTEER_CLOUD_MODEL"))
     p.add_argument("--local-model", default=os.environ.get("COSTEER_LOCAL_MODEL"))
+    p.add_argument("--cloud-url", default=os.environ.get("COSTEER_CLOUD_URL"),
+                   help="OpenAI-compatible cloud endpoint, e.g. http://127.0.0.1:8001/v1 (env COSTEER_CLOUD_URL)")
+    p.add_argument("--top-k", type=int, default=20, help="with --cloud-url: top-k log-probs per step (default 20)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
     p.add_argument("--auth", default=None, help="USER:PASS required to open the app")

@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from .models import DEFAULT_MODEL, DTYPES, ModelLoadError, load_pair, set_offline
+from .models import DEFAULT_MODEL, DTYPES, ModelLoadError, load_model, load_pair, set_offline
 from .policy import T_MAX, SteeringParams, effective_strength
 
 
@@ -16,6 +16,11 @@ def _add_model_args(p: argparse.ArgumentParser):
                    help=f"hub id, local folder or .gguf for the cloud LLM (env COSTEER_CLOUD_MODEL; default {DEFAULT_MODEL})")
     p.add_argument("--local-model", default=os.environ.get("COSTEER_LOCAL_MODEL"),
                    help="hub id, local folder or .gguf for the on-device SLM (env COSTEER_LOCAL_MODEL; default: the cloud model)")
+    p.add_argument("--cloud-url", default=os.environ.get("COSTEER_CLOUD_URL"),
+                   help="OpenAI-compatible cloud endpoint, e.g. http://127.0.0.1:8001/v1 (env COSTEER_CLOUD_URL); "
+                        "the cloud model then runs there, not in this process")
+    p.add_argument("--top-k", type=_positive_int("top-k", 1, 1000), default=20,
+                   help="with --cloud-url: how many next-token log-probs the cloud returns (vLLM's default cap is 20)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--dtype", default="float32", choices=DTYPES)
     p.add_argument("--allow-downloads", action="store_true",
@@ -23,13 +28,24 @@ def _add_model_args(p: argparse.ArgumentParser):
 
 
 def load_engine_or_exit(args, stock_linear: bool = False):
-    """Load both models; a failure prints one line and exits 1."""
+    """Load both models (or the device model and a remote cloud); a failure prints one line, exits 1."""
+    from .cloud import CloudError, RemoteCloud
     from .decoding import CoSteerEngine
 
     try:
-        cloud, local = load_pair(args.cloud_model, args.local_model or args.cloud_model, args.device, args.dtype, stock_linear)
+        if getattr(args, "cloud_url", None):
+            local = load_model(args.local_model, args.device, args.dtype, stock_linear)
+            cloud = RemoteCloud(args.cloud_url.rstrip("/").removesuffix("/v1"), local.tokenizer, top_k=args.top_k).connect()
+            print(f"costeer: cloud: {cloud.name} (top-{cloud.top_k} log-probs over HTTP); device: {local.name}",
+                  file=sys.stderr)
+        else:
+            cloud, local = load_pair(args.cloud_model, args.local_model or args.cloud_model, args.device, args.dtype,
+                                     stock_linear)
     except ModelLoadError as exc:
         print(f"costeer: error: model load failed: {exc}", file=sys.stderr)
+        sys.exit(1)
+    except CloudError as exc:
+        print(f"costeer: error: {exc}", file=sys.stderr)
         sys.exit(1)
     engine = CoSteerEngine(cloud, local)
     if engine.same_model:
@@ -65,12 +81,18 @@ def cmd_generate(args, parser):
             context = Path(args.context_file).read_text(encoding="utf-8")
         except OSError as exc:
             parser.error(f"--context-file: cannot read {args.context_file}: {exc.strerror}")
+    from .cloud import CloudError
+
     engine = load_engine_or_exit(args)
     messages = [{"role": "user", "content": args.prompt}]
     texts = {"unsteered": "", "steered": ""}
     transcript = CloudTranscript()
-    for ev in engine.stream(messages, context, "side_by_side", params, sampling, transcript):
-        texts[ev.stream] += ev.text
+    try:
+        for ev in engine.stream(messages, context, "side_by_side", params, sampling, transcript):
+            texts[ev.stream] += ev.text
+    except CloudError as exc:
+        print(f"costeer: error: {exc}", file=sys.stderr)
+        sys.exit(1)
     C = effective_strength(params)
     if args.json:
         print(json.dumps({"unsteered": texts["unsteered"], "steered": texts["steered"], "effective_strength": C,
@@ -86,13 +108,31 @@ def cmd_bench(args, parser):
     from .bench import run_bench
 
     engine = load_engine_or_exit(args, stock_linear=args.stock_linear)
+    from .bench import http_vs_in_process, topk_agreement
+
     result = run_bench(engine, tokens=args.tokens, repeats=args.repeats)
     result["stock_linear"] = args.stock_linear
+    if not args.no_cloud and isinstance(engine.cloud, type(engine.local)):
+        result.update(topk_agreement(engine, tokens=args.tokens))
+        result.update(http_vs_in_process(engine, tokens=args.tokens, repeats=max(1, args.repeats - 1)))
     if args.json:
         print(json.dumps(result))
     else:
         for k, v in result.items():
             print(f"{k:40s} {v}")
+
+
+def cmd_serve_cloud(args, parser):
+    from .cloud_server import serve
+
+    try:
+        lm = load_model(args.model, args.device, args.dtype)
+    except ModelLoadError as exc:
+        print(f"costeer: error: model load failed: {exc}", file=sys.stderr)
+        sys.exit(1)
+    print(f"costeer: serving {lm.name} on http://{args.host}:{args.port}/v1"
+          + (f", auditing requests to {args.audit_log}" if args.audit_log else ""), file=sys.stderr, flush=True)
+    serve(lm, args.host, args.port, args.audit_log, args.max_logprobs)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -123,9 +163,22 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--tokens", type=_positive_int("tokens", 2, 1024), default=64)
     b.add_argument("--repeats", type=_positive_int("repeats", 1, 50), default=3)
     b.add_argument("--stock-linear", action="store_true", help="measure with torch's stock Linear layers")
+    b.add_argument("--no-cloud", action="store_true", help="skip the top-k agreement and loopback-HTTP figures")
     b.add_argument("--json", action="store_true")
     _add_model_args(b)
     b.set_defaults(func=cmd_bench, subparser=b)
+
+    c = sub.add_parser("serve-cloud", help="serve a model as an OpenAI-compatible cloud endpoint with top-k logprobs")
+    c.add_argument("--model", default=os.environ.get("COSTEER_CLOUD_MODEL"), help=f"default {DEFAULT_MODEL}")
+    c.add_argument("--host", default="127.0.0.1")
+    c.add_argument("--port", type=_positive_int("port", 1, 65535), default=8001)
+    c.add_argument("--audit-log", help="append every request body to this JSONL file")
+    c.add_argument("--max-logprobs", type=_positive_int("max-logprobs", 1, 100000), default=20,
+                   help="largest `logprobs` a request may ask for (vLLM's default cap is 20)")
+    c.add_argument("--device", default="cpu")
+    c.add_argument("--dtype", default="float32", choices=DTYPES)
+    c.add_argument("--allow-downloads", action="store_true")
+    c.set_defaults(func=cmd_serve_cloud, subparser=c)
     return parser
 
 

@@ -86,3 +86,74 @@ def run_bench(engine: CoSteerEngine, tokens: int = 64, repeats: int = 3) -> dict
     out["cloud_model"], out["local_model"] = engine.cloud.name, engine.local.name
     out["same_model"] = engine.same_model
     return out
+
+
+def topk_agreement(engine: CoSteerEngine, ks=(5, 20, 100), tokens: int = 48) -> dict:
+    """Share of steps where steering among the cloud's top-k picks the token full-vocabulary steering
+    picks (greedy, teacher-forced along the full-vocabulary answer, over BENCH_PROMPTS)."""
+    from .policy import effective_strength, steer_from_logprobs
+
+    C = effective_strength(SteeringParams())
+    same = {k: 0 for k in ks}
+    steps = 0
+    for prompt, context in BENCH_PROMPTS:
+        plain, with_ctx = build_prompts(engine.local.tokenizer, [{"role": "user", "content": prompt}], context)
+        cloud, device = _Rows(engine.cloud, [plain]), _Rows(engine.local, [plain, with_ctx])
+        for _ in range(tokens):
+            b = torch.log_softmax(cloud.logits[0], -1)
+            d = torch.log_softmax(device.logits[1], -1) - torch.log_softmax(device.logits[0], -1)
+            full = int(torch.argmax(steer_from_logprobs(b, d, C)))
+            for k in ks:
+                top = torch.topk(b, k).indices
+                masked = torch.full_like(b, float("-inf"))
+                masked[top] = b[top]  # what a top-k cloud returns
+                same[k] += int(int(torch.argmax(steer_from_logprobs(torch.log_softmax(masked, -1), d, C))) == full)
+            steps += 1
+            if full in engine.eos_ids:
+                break
+            cloud.step([full])
+            device.step([full, full])
+    return {f"top{k}_agreement": round(same[k] / steps, 4) for k in ks} | {"agreement_steps": steps}
+
+
+def http_vs_in_process(engine: CoSteerEngine, tokens: int = 32, repeats: int = 2, top_k: int = 20) -> dict:
+    """Steered ms/token with the cloud in this process vs behind `serve-cloud` over loopback HTTP."""
+    import socket
+    import subprocess
+    import sys
+    import urllib.request
+    from pathlib import Path
+
+    from .cloud import RemoteCloud
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    root = Path(__file__).resolve().parents[1]
+    server = subprocess.Popen([sys.executable, "-m", "costeer", "serve-cloud", "--port", str(port),
+                               "--model", engine.cloud.name, "--max-logprobs", str(top_k)],
+                              cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(600):
+            try:
+                urllib.request.urlopen(url + "/health", timeout=1).close()
+                break
+            except OSError:
+                if server.poll() is not None:
+                    raise RuntimeError("serve-cloud exited during start-up")
+                time.sleep(0.2)
+        remote = CoSteerEngine(RemoteCloud(url, engine.local.tokenizer, top_k=top_k).connect(), engine.local)
+        params, sampling = SteeringParams(), Sampling(max_new_tokens=tokens)
+        runs = {"in_process": [], "http": []}
+        for _ in range(repeats):
+            for prompt, context in BENCH_PROMPTS:
+                m = [{"role": "user", "content": prompt}]
+                runs["in_process"].append(_timed(engine.stream(m, context, "steered", params, sampling))[1])
+                runs["http"].append(_timed(remote.stream(m, context, "steered", params, sampling))[1])
+    finally:
+        server.terminate()
+        server.wait(timeout=20)
+    ip, http = statistics.median(runs["in_process"]), statistics.median(runs["http"])
+    return {"in_process_steered_ms_per_token": round(ip, 2), "http_steered_ms_per_token": round(http, 2),
+            "http_over_in_process": round(http / ip, 3), "http_top_k": top_k}

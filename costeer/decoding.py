@@ -178,15 +178,23 @@ def _choose(logprobs: torch.Tensor, sampling: Sampling, gen: torch.Generator | N
 class CoSteerEngine:
     """Streams CoSteer decoding for one conversation; holds no per-conversation state."""
 
-    def __init__(self, cloud: LoadedModel, local: LoadedModel | None = None):
+    def __init__(self, cloud, local: LoadedModel | None = None):
+        """`cloud` is a LoadedModel (in process) or a RemoteCloud (over HTTP; then `local` is required)."""
         self.cloud = cloud
         self.local = local or cloud
         self._piece_cache: dict[int, str] = {}
-        tok = cloud.tokenizer
+        tok = self.local.tokenizer
         eos = {tok.eos_token_id} if tok.eos_token_id is not None else set()
-        gen_eos = getattr(cloud.model.generation_config, "eos_token_id", None)
+        gen_eos = getattr(self.local.model.generation_config, "eos_token_id", None)
         eos |= set(gen_eos if isinstance(gen_eos, list) else [gen_eos] if gen_eos is not None else [])
         self.eos_ids = frozenset(eos)
+
+    def _cloud_rows(self, prompts):
+        if isinstance(self.cloud, LoadedModel):
+            return _Rows(self.cloud, prompts)
+        from .cloud import RemoteRows
+
+        return RemoteRows(self.cloud, prompts, self.local.vocab_size)
 
     @property
     def same_model(self) -> bool:
@@ -237,7 +245,7 @@ class CoSteerEngine:
         else:
             device_rows = []
         prompt_of = {"unsteered": plain_unsteered, "llm": plain, "slm": plain, "slm_ctx": with_ctx}
-        runners = [(self.cloud, cloud_rows, _Rows(self.cloud, [prompt_of[r] for r in cloud_rows]))]
+        runners = [(self.cloud, cloud_rows, self._cloud_rows([prompt_of[r] for r in cloud_rows]))]
         if device_rows:
             runners.append((self.local, device_rows, _Rows(self.local, [prompt_of[r] for r in device_rows])))
 

@@ -44,3 +44,7 @@ def test_bench_reports_every_figure():
     assert out["steered_over_plain"] == round(out["steered_ms_per_token"] / out["plain_ms_per_token"], 3) or \
         abs(out["steered_over_plain"] - out["steered_ms_per_token"] / out["plain_ms_per_token"]) < 0.01
     assert out["naive_over_steered"] > 0 and out["peak_rss_mb"] > 0
+    for k in (5, 20, 100):
+        assert 0 <= out[f"top{k}_agreement"] <= 1
+    assert out["top5_agreement"] <= out["top100_agreement"] + 1e-9 or out["agreement_steps"] < 10
+    assert out["http_steered_ms_per_token"] > 0 and out["in_process_steered_ms_per_token"] > 0

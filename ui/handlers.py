@@ -16,6 +16,7 @@ from pathlib import Path
 
 import gradio as gr
 
+from costeer.cloud import CloudError
 from costeer.decoding import CloudTranscript, CoSteerEngine, Sampling
 from costeer.policy import SteeringParams, effective_strength
 from costeer.stats import overlap_score, summarize_votes
@@ -54,6 +55,14 @@ def make_sampling(temperature=0.0, top_p=1.0, seed=None, max_new_tokens=128) -> 
         seed = None if seed in (None, "", -1) or (isinstance(seed, float) and math.isnan(seed)) else int(seed)
         return Sampling(max_new_tokens=int(max_new_tokens), temperature=float(temperature), top_p=float(top_p), seed=seed)
     except (ValueError, TypeError) as exc:
+        raise gr.Error(str(exc)) from None
+
+
+def cloud_errors_shown(events):
+    """A failing remote cloud becomes a visible error naming the cloud and the fault."""
+    try:
+        yield from events
+    except CloudError as exc:
         raise gr.Error(str(exc)) from None
 
 
@@ -97,6 +106,12 @@ class Studio:
         except (ValueError, TypeError) as exc:
             return strength_markdown(None, str(exc))
 
+    def _generate(self, *args):
+        try:
+            return self.engine.generate(*args)
+        except CloudError as exc:
+            raise gr.Error(str(exc)) from None
+
     # -- chat ---------------------------------------------------------------------------
     def chat(self, user, message, side_by_side, T, eta, lam, alpha, beta, temperature, top_p, seed,
              max_new_tokens, conv):
@@ -120,8 +135,9 @@ class Studio:
             u_chat = unsteered_msgs + [{"role": "assistant", "content": texts["unsteered"]}] if side_by_side else conv["unsteered"]
             return u_chat, s_chat
 
-        for ev in self.engine.stream(steered_msgs, context, mode, params, sampling, transcript,
-                                     unsteered_messages=unsteered_msgs):
+        stream = self.engine.stream(steered_msgs, context, mode, params, sampling, transcript,
+                                    unsteered_messages=unsteered_msgs)
+        for ev in cloud_errors_shown(stream):
             texts[ev.stream] += ev.text
             if ev.stream == "steered":
                 events.append(ev)
@@ -221,8 +237,8 @@ class Studio:
         message = check_message(message)
         params = make_params(T, eta, lam, alpha, beta)
         sampling = make_sampling(temperature, top_p, seed, max_new_tokens)
-        out = self.engine.generate([{"role": "user", "content": message}], self.context_for(user, message),
-                                   "side_by_side", params, sampling)
+        out = self._generate([{"role": "user", "content": message}], self.context_for(user, message),
+                             "side_by_side", params, sampling)
         steered_side = self.rng.choice("AB")
         a, b = ((out["texts"]["steered"], out["texts"]["unsteered"]) if steered_side == "A"
                 else (out["texts"]["unsteered"], out["texts"]["steered"]))
@@ -244,8 +260,8 @@ class Studio:
     def generate_pair(self, user, message, T=20, eta=10.0, lam=2.0, max_new_tokens=128):
         user = check_user(self.store, user)
         message = check_message(message)
-        out = self.engine.generate([{"role": "user", "content": message}], self.context_for(user, message),
-                                   "side_by_side", make_params(T, eta, lam), make_sampling(max_new_tokens=max_new_tokens))
+        out = self._generate([{"role": "user", "content": message}], self.context_for(user, message),
+                             "side_by_side", make_params(T, eta, lam), make_sampling(max_new_tokens=max_new_tokens))
         return out["texts"]["unsteered"], out["texts"]["steered"]
 
     def history(self, user) -> list[dict]:
@@ -331,12 +347,12 @@ class Studio:
         history = " ".join(e["text"] for e in self.store.entries(user))
         messages = [{"role": "user", "content": message}]
         progress(0, desc="unsteered baseline")
-        unsteered = self.engine.generate(messages, context, "unsteered", make_params(T, eta, lam, alpha, beta), sampling)["texts"]["unsteered"]
+        unsteered = self._generate(messages, context, "unsteered", make_params(T, eta, lam, alpha, beta), sampling)["texts"]["unsteered"]
         rows, Cs, scores = [], [], []
         for i, v in enumerate(values):
             progress((i + 1) / (len(values) + 1), desc=f"{param} = {v:g}")
             params = make_params(**{**base, param: v}, alpha=alpha, beta=beta)
-            text = self.engine.generate(messages, context, "steered", params, sampling)["texts"]["steered"]
+            text = self._generate(messages, context, "steered", params, sampling)["texts"]["steered"]
             C = effective_strength(params)
             score = overlap_score(text, history)
             Cs.append(C)

@@ -1,0 +1,203 @@
+"""The cloud as its own process (OpenAI-compatible subset) and the device talking to it."""
+import inspect
+import json
+import threading
+import time
+import urllib.error
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+import torch
+
+from apprunner import free_port
+from cloudrunner import running_cloud
+from conftest import run_cli
+from costeer.cloud import CloudError, RemoteCloud
+from costeer.decoding import CoSteerEngine, Sampling, build_prompts
+
+FRIDAY = [{"role": "user", "content": "Suggest a plan for my Friday evening."}]
+OSAKA = "I am a strict vegetarian living in Osaka. I love jazz and quiet places. I always answer in short bullet points."
+
+
+@pytest.fixture(scope="module")
+def cloud_url():
+    with running_cloud(None, "--max-logprobs", "100") as url:
+        yield url
+
+
+def _post(url, body):
+    req = urllib.request.Request(url, data=json.dumps(body).encode() if not isinstance(body, bytes) else body,
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+def test_health_models_and_completion_shape(cloud_url, lm):
+    with urllib.request.urlopen(cloud_url + "/health") as r:
+        assert json.loads(r.read()) == {"status": "ok"}
+    with urllib.request.urlopen(cloud_url + "/v1/models") as r:
+        assert json.loads(r.read())["data"][0]["id"] == lm.name
+    ids, _ = build_prompts(lm.tokenizer, FRIDAY, "")
+    status, out = _post(cloud_url + "/v1/completions", {"prompt": ids, "max_tokens": 1, "logprobs": 5,
+                                                         "temperature": 0, "return_tokens_as_token_ids": True})
+    assert status == 200 and out["object"] == "text_completion"
+    top = out["choices"][0]["logprobs"]["top_logprobs"][0]
+    assert len(top) == 5 and all(k.startswith("token_id:") for k in top)
+    # the same numbers as the model in this process
+    with torch.inference_mode():
+        ref = torch.log_softmax(lm.model(torch.tensor([ids])).logits[0, -1].float(), -1)
+    for k, v in top.items():
+        assert abs(ref[int(k.split(":")[1])] - v) < 1e-3
+    status, text_out = _post(cloud_url + "/v1/completions", {"prompt": "Hello", "max_tokens": 3})
+    assert status == 200 and text_out["choices"][0]["text"]
+
+
+def test_prefix_cache_makes_a_step_incremental(cloud_url, lm):
+    ids, _ = build_prompts(lm.tokenizer, [{"role": "user", "content": "Tell me about cache reuse #7"}], "")
+    _, first = _post(cloud_url + "/v1/completions", {"prompt": ids, "max_tokens": 1, "logprobs": 1})
+    _, second = _post(cloud_url + "/v1/completions", {"prompt": ids + [100], "max_tokens": 1, "logprobs": 1})
+    assert second["usage"]["cache_hits"] == first["usage"]["cache_hits"] + 1
+    assert second["usage"]["cache_misses"] == first["usage"]["cache_misses"]
+
+
+@pytest.mark.parametrize("body, message", [
+    ({"prompt": [10, 999999]}, "token ids must be integers in [0, 49152)"),
+    ({"prompt": []}, "prompt must be text"),
+    ({"prompt": [1, 2], "logprobs": 101}, "logprobs must be an integer in [0, 100]"),
+    ({"prompt": [1, 2], "temperature": 0.7}, "only temperature 0"),
+    (b"{broken", "not valid JSON"),
+])
+def test_bad_requests_are_400_with_a_reason(cloud_url, body, message):
+    status, out = _post(cloud_url + "/v1/completions", body)
+    assert status == 400 and message in out["detail"]
+
+
+def test_remote_engine_steers_among_the_clouds_top_k(cloud_url, lm, engine):
+    remote = RemoteCloud(cloud_url, lm.tokenizer, top_k=20).connect()
+    assert remote.model_id == lm.name
+    r_engine = CoSteerEngine(remote, lm)
+    greedy = Sampling(max_new_tokens=16)
+    events = list(r_engine.stream(FRIDAY, OSAKA, "side_by_side", sampling=greedy))
+    local = {}
+    for ev in engine.stream(FRIDAY, OSAKA, "side_by_side", sampling=greedy):
+        local.setdefault(ev.stream, []).append(ev.token_id)
+    remote_ids = {}
+    for ev in events:
+        remote_ids.setdefault(ev.stream, []).append(ev.token_id)
+    assert remote_ids["unsteered"] == local["unsteered"]  # greedy on the cloud: top-k holds the argmax
+    assert remote_ids["steered"] and any(ev.changed for ev in events if ev.stream == "steered")
+    for ev in events:  # everything steering can pick is one of the cloud's top-k
+        assert sum(p for _, p in ev.top_steered) <= 1.0 + 1e-4
+
+
+def test_tokenizer_mismatch_is_refused(cloud_url, tmp_path, lm):
+    class Shifted:
+        def __call__(self, text, add_special_tokens=False):
+            return {"input_ids": [i + 1 for i in lm.tokenizer(text, add_special_tokens=False)["input_ids"]]}
+
+    with pytest.raises(CloudError, match="tokenizes differently"):
+        RemoteCloud(cloud_url, Shifted()).connect()
+
+
+def test_cloud_interface_takes_token_ids_only():
+    params = list(inspect.signature(RemoteCloud.next_logprobs).parameters)
+    assert params == ["self", "rows"]
+
+
+# -- faults, caused for real by a misbehaving HTTP server on loopback ------------------------------
+class _Faulty(BaseHTTPRequestHandler):
+    mode = "500"
+    hits = 0
+
+    def log_message(self, *a):
+        pass
+
+    def _send(self, status, body, headers=()):
+        self.send_response(status)
+        for k, v in headers:
+            self.send_header(k, v)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_POST(self):
+        type(self).hits += 1
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        mode = type(self).mode
+        if mode == "500":
+            self._send(500, b"boom")
+        elif mode == "429":
+            self._send(429, b"slow down", [("Retry-After", "0")])
+        elif mode == "json":
+            self._send(200, b"{not json")
+        elif mode == "slow":
+            time.sleep(3)
+            self._send(200, b"{}")
+        elif mode == "vocab":
+            body = {"choices": [{"index": 0, "logprobs": {"top_logprobs": [{"token_id:99999999": -0.1}]}}]}
+            self._send(200, json.dumps(body).encode())
+
+
+@pytest.fixture
+def faulty():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Faulty)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    _Faulty.hits = 0
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.parametrize("mode, words, attempts", [
+    ("500", "failed after 3 attempts: HTTP 500", 3),
+    ("429", "failed after 3 attempts: HTTP 429", 3),
+    ("json", "malformed JSON", 3),
+    ("slow", "timed out", 3),
+    ("vocab", "outside the vocabulary", 1),
+])
+def test_faults_end_in_a_clear_error_never_a_hang(faulty, lm, mode, words, attempts):
+    _Faulty.mode = mode
+    cloud = RemoteCloud(faulty, lm.tokenizer, timeout=1.0, connect_timeout=1.0, retries=2)
+    start = time.time()
+    with pytest.raises(CloudError) as err:
+        cloud.next_logprobs([[1, 2, 3]])
+    assert faulty in str(err.value) and words in str(err.value)
+    assert _Faulty.hits == attempts
+    assert time.time() - start < 15
+
+
+def test_connection_refused_is_retried_then_reported(lm):
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    start = time.time()
+    with pytest.raises(CloudError, match="failed after 3 attempts: cannot connect"):
+        RemoteCloud(url, lm.tokenizer, retries=2).connect()
+    assert time.time() - start < 15
+
+
+def test_cli_with_a_dead_cloud_is_one_line_exit_1():
+    r = run_cli(["-m", "costeer", "generate", "--prompt", "hi", "--cloud-url", f"http://127.0.0.1:{free_port()}/v1"])
+    assert r.returncode == 1 and "cannot connect" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_app_runs_against_the_remote_cloud(cloud_url, tmp_path):
+    """Two processes: `serve-cloud` and `app.py --cloud-url`, the same demo as one process."""
+    from gradio_client import Client
+
+    from apprunner import running_app
+    from user_store import UserStore
+
+    db = tmp_path / "c.db"
+    store = UserStore(db)
+    store.add_user("kenji")
+    store.add_entry("kenji", OSAKA, kind="profile")
+    with running_app(db, "--cloud-url", cloud_url + "/v1") as url:
+        with urllib.request.urlopen(url) as r:
+            assert cloud_url.encode() in r.read()  # the page says which cloud it uses
+        unsteered, steered = Client(url, verbose=False).predict("kenji", "Suggest a plan for my Friday evening.",
+                                                                 20, 10, 2, 24, api_name="/generate_pair")
+        assert unsteered.strip() and steered.strip() and unsteered != steered
