@@ -83,6 +83,10 @@ def build_app(studio):
                         top_p = gr.Slider(0.05, 1, 1, step=0.05, label="top-p")
                         seed = gr.Number(None, label="seed (blank = random)", precision=0)
                         max_new = gr.Slider(8, 512, 128, step=8, label="max new tokens")
+                    with gr.Row():
+                        gate_on = gr.Checkbox(False, label="Confidence gate: skip the device while the cloud is sure")
+                        gate_threshold = gr.Slider(0.01, 0.5, 0.1, step=0.01, label="gate threshold (skip when top p ≥ 1 − threshold)")
+                        gate_patience = gr.Slider(1, 10, 2, step=1, label="gate patience (confident steps first)")
 
             with gr.Tab("History"):
                 table = gr.Dataframe(headers=["id", "kind", "title", "text", "pinned"], interactive=False,
@@ -147,7 +151,7 @@ def build_app(studio):
             s.change(Studio.strength, sliders, strength, api_visibility="private", queue=False)
         sampling = [temperature, top_p, seed, max_new]
         chat_out = [unsteered_chat, steered_chat, tokens, privacy, conv, message]
-        chat_in = [user, message, side, *sliders, *sampling, conv]
+        chat_in = [user, message, side, *sliders, *sampling, conv, gate_on, gate_threshold, gate_patience]
         send.click(studio.chat, chat_in, chat_out, api_visibility="private")
         message.submit(studio.chat, chat_in, chat_out, api_visibility="private")
 

@@ -48,10 +48,26 @@ def load_engine_or_exit(args, stock_linear: bool = False):
         print(f"costeer: error: {exc}", file=sys.stderr)
         sys.exit(1)
     engine = CoSteerEngine(cloud, local)
+    if engine.vocab_map is not None:
+        print(f"costeer: cloud and device tokenizers differ; steering on their intersection: "
+              f"{engine.vocab_map.describe()}; it holds {100 * probe_mass(engine):.1f}% of the cloud's "
+              "next-token probability on a probe prompt", file=sys.stderr)
     if engine.same_model:
         print(f"costeer: note: one model ({cloud.name}) plays both roles, cloud LLM and on-device SLM. "
               "This is a stand-in for a real pair; pass --cloud-model/--local-model for one.", file=sys.stderr)
     return engine
+
+
+def probe_mass(engine) -> float:
+    """Share of the cloud's next-token mass on shared tokens, for a short probe conversation."""
+    import torch
+
+    from .decoding import build_prompts
+
+    ids, _ = build_prompts(engine.cloud.tokenizer, [{"role": "user", "content": "Describe a good weekend."}], "")
+    with torch.inference_mode():
+        logits = engine.cloud.model(torch.tensor([ids], device=engine.cloud.device)).logits[0, -1].float()
+    return engine.vocab_map.mass_covered(torch.log_softmax(logits, -1))
 
 
 def _positive_int(name, lo, hi):
@@ -67,9 +83,10 @@ def _positive_int(name, lo, hi):
 
 
 def cmd_generate(args, parser):
-    from .decoding import CloudTranscript, Sampling
+    from .decoding import CloudTranscript, ConfidenceGate, Sampling
 
     try:
+        gate = ConfidenceGate(args.gate, args.gate_patience) if args.gate is not None else None
         params = SteeringParams(T=args.T, eta=args.eta, lam=args.lam, alpha=args.alpha, beta=args.beta)
         sampling = Sampling(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                             top_p=args.top_p, seed=args.seed, stop=tuple(args.stop or ()))
@@ -87,9 +104,12 @@ def cmd_generate(args, parser):
     messages = [{"role": "user", "content": args.prompt}]
     texts = {"unsteered": "", "steered": ""}
     transcript = CloudTranscript()
+    skipped = steps = 0
     try:
-        for ev in engine.stream(messages, context, "side_by_side", params, sampling, transcript):
+        for ev in engine.stream(messages, context, "side_by_side", params, sampling, transcript, gate=gate):
             texts[ev.stream] += ev.text
+            if ev.stream == "steered":
+                skipped, steps = skipped + ev.device_skipped, steps + 1
     except CloudError as exc:
         print(f"costeer: error: {exc}", file=sys.stderr)
         sys.exit(1)
@@ -98,7 +118,8 @@ def cmd_generate(args, parser):
         print(json.dumps({"unsteered": texts["unsteered"], "steered": texts["steered"], "effective_strength": C,
                           "params": params.as_dict(), "cloud_model": engine.cloud.name,
                           "local_model": engine.local.name, "same_model": engine.same_model,
-                          "seed": sampling.seed}, ensure_ascii=False))
+                          "seed": sampling.seed, "device_skipped": skipped, "steered_steps": steps},
+                         ensure_ascii=False))
     else:
         print(f"== unsteered (cloud model alone, no personal context) ==\n{texts['unsteered']}\n")
         print(f"== steered (CoSteer, effective strength C = {C:.3f}) ==\n{texts['steered']}")
@@ -108,10 +129,11 @@ def cmd_bench(args, parser):
     from .bench import run_bench
 
     engine = load_engine_or_exit(args, stock_linear=args.stock_linear)
-    from .bench import http_vs_in_process, topk_agreement
+    from .bench import gate_bench, http_vs_in_process, topk_agreement
 
     result = run_bench(engine, tokens=args.tokens, repeats=args.repeats)
     result["stock_linear"] = args.stock_linear
+    result.update(gate_bench(engine, tokens=args.tokens, repeats=max(1, args.repeats - 1)))
     if not args.no_cloud and isinstance(engine.cloud, type(engine.local)):
         result.update(topk_agreement(engine, tokens=args.tokens))
         result.update(http_vs_in_process(engine, tokens=args.tokens, repeats=max(1, args.repeats - 1)))
@@ -120,6 +142,41 @@ def cmd_bench(args, parser):
     else:
         for k, v in result.items():
             print(f"{k:40s} {v}")
+
+
+def cmd_eval(args, parser):
+    from .eval import BASE_METHODS, evaluate, load_rows, plot_sweep, sweep_methods, table
+
+    try:
+        rows = load_rows(args.data, args.limit)
+        methods = list(args.methods) if args.methods else []
+        sweep = None
+        if args.sweep:
+            sweep = sweep_methods(args.sweep)
+            methods = methods or []
+            methods += [m for m in sweep[2] if m not in methods]
+        methods = methods or list(BASE_METHODS)
+        from .eval import parse_method
+
+        for m in methods:
+            parse_method(m)
+    except (OSError, ValueError) as exc:
+        parser.error(str(exc))
+    if not rows:
+        parser.error(f"--data {args.data}: no rows")
+    engine = load_engine_or_exit(args)
+    summary, _ = evaluate(engine, rows, methods, args.max_new_tokens, args.out, progress=not args.no_progress)
+    result = {"methods": summary, "rows": len(rows), "cloud_model": engine.cloud.name,
+              "local_model": engine.local.name, "meteor": "not computed: needs WordNet data, not available offline"}
+    if sweep:
+        plot = args.plot or f"sweep_{sweep[0]}.png"
+        plot_sweep(summary, sweep[0], sweep[1], sweep[2], plot)
+        result["sweep_plot"] = plot
+        print(f"costeer: sweep plot written to {plot}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(table(summary))
 
 
 def cmd_serve_cloud(args, parser):
@@ -155,6 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--top-p", type=float, default=1.0)
     g.add_argument("--seed", type=int, default=None)
     g.add_argument("--stop", action="append", help="stop string (repeatable)")
+    g.add_argument("--gate", type=float, default=None, metavar="THRESHOLD",
+                   help="confidence gate: skip the device passes while the cloud's top probability >= 1 - THRESHOLD")
+    g.add_argument("--gate-patience", type=int, default=2, help="consecutive confident steps before the gate skips")
     g.add_argument("--json", action="store_true", help="one JSON object on stdout")
     _add_model_args(g)
     g.set_defaults(func=cmd_generate, subparser=g)
@@ -167,6 +227,19 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--json", action="store_true")
     _add_model_args(b)
     b.set_defaults(func=cmd_bench, subparser=b)
+
+    e = sub.add_parser("eval", help="compare llm, slm_ctx, llm_ctx and CoSteer against references")
+    e.add_argument("--data", required=True, help="JSONL rows: id, query, profile, reference (or LongLaMP input/output/profile)")
+    e.add_argument("--limit", type=_positive_int("limit", 1, 10**9))
+    e.add_argument("--methods", nargs="+", help="llm slm_ctx llm_ctx costeer costeer:T=..,eta=..,lam=.. (default: the four)")
+    e.add_argument("--max-new-tokens", type=_positive_int("max-new-tokens", 1, 4096), default=128)
+    e.add_argument("--sweep", help="run CoSteer over values of one parameter, e.g. lam=0.5,1,2,4; writes a plot")
+    e.add_argument("--plot", help="where the sweep plot goes (default sweep_<param>.png)")
+    e.add_argument("--out", help="per-row results JSONL; a rerun resumes, skipping (id, method) pairs already there")
+    e.add_argument("--json", action="store_true")
+    e.add_argument("--no-progress", action="store_true")
+    _add_model_args(e)
+    e.set_defaults(func=cmd_eval, subparser=e)
 
     c = sub.add_parser("serve-cloud", help="serve a model as an OpenAI-compatible cloud endpoint with top-k logprobs")
     c.add_argument("--model", default=os.environ.get("COSTEER_CLOUD_MODEL"), help=f"default {DEFAULT_MODEL}")

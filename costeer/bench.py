@@ -157,3 +157,31 @@ def http_vs_in_process(engine: CoSteerEngine, tokens: int = 32, repeats: int = 2
     ip, http = statistics.median(runs["in_process"]), statistics.median(runs["http"])
     return {"in_process_steered_ms_per_token": round(ip, 2), "http_steered_ms_per_token": round(http, 2),
             "http_over_in_process": round(http / ip, 3), "http_top_k": top_k}
+
+
+def gate_bench(engine: CoSteerEngine, tokens: int = 64, repeats: int = 2, threshold: float = 0.1,
+               patience: int = 2) -> dict:
+    """Steered decoding with and without the confidence gate: time per token and skipped passes."""
+    from .decoding import ConfidenceGate
+
+    gate = ConfidenceGate(threshold, patience)
+    params, sampling = SteeringParams(), Sampling(max_new_tokens=tokens)
+    runs = {"ungated": [], "gated": []}
+    skipped = steps = 0
+    for _ in range(repeats):
+        for prompt, context in BENCH_PROMPTS:
+            m = [{"role": "user", "content": prompt}]
+            runs["ungated"].append(_timed(engine.stream(m, context, "steered", params, sampling))[1])
+            events = []
+
+            def record(it):
+                for ev in it:
+                    events.append(ev)
+                    yield ev
+            runs["gated"].append(_timed(record(engine.stream(m, context, "steered", params, sampling, gate=gate)))[1])
+            skipped += sum(ev.device_skipped for ev in events)
+            steps += len(events)
+    ungated, gated = statistics.median(runs["ungated"]), statistics.median(runs["gated"])
+    return {"gate_threshold": threshold, "gate_patience": patience, "gated_steered_ms_per_token": round(gated, 2),
+            "gate_device_skip_share": round(skipped / max(1, steps), 3),
+            "gate_speedup_over_ungated": round(ungated / gated, 3)}

@@ -67,6 +67,7 @@ class TokenEvent:
     top_steered: list[tuple[str, float]]
     kl: float  # KL(steered || base) in nats; 0 for the unsteered stream
     finish: str | None = None  # "eos", "stop" or "length" on a stream's last event
+    device_skipped: bool = False  # the confidence gate (or an incomplete character) skipped the device
 
 
 @dataclass
@@ -77,6 +78,11 @@ class CloudTranscript:
     prompt_ids: dict[str, list[int]] = field(default_factory=dict)
     prompt_text: dict[str, str] = field(default_factory=dict)
     token_ids: dict[str, list[int]] = field(default_factory=dict)
+
+
+def system_with_context(context: str, system: str = SYSTEM_PROMPT) -> str:
+    """The system message a model sees when it is given the personal context directly."""
+    return system + (f"\n\n{CONTEXT_HEADER}\n{context.strip()}" if context.strip() else "")
 
 
 def build_prompts(tokenizer, messages: list[dict], context: str) -> tuple[list[int], list[int]]:
@@ -92,11 +98,16 @@ def build_prompts(tokenizer, messages: list[dict], context: str) -> tuple[list[i
             system = m["content"]
         else:
             rest.append({"role": m["role"], "content": m["content"]})
-    with_ctx = system + (f"\n\n{CONTEXT_HEADER}\n{context.strip()}" if context.strip() else "")
+    with_ctx = system_with_context(context, system)
 
     def encode(sys_text):
-        text = tokenizer.apply_chat_template([{"role": "system", "content": sys_text}] + rest, tokenize=False, add_generation_prompt=True)
-        return tokenizer(text, add_special_tokens=False)["input_ids"]
+        turns = [{"role": "system", "content": sys_text}] + rest
+        if tokenizer.chat_template:
+            text = tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
+            return tokenizer(text, add_special_tokens=False)["input_ids"]
+        # a base model without a chat template: a plain transcript it can continue
+        text = "".join(f"{t['role'].capitalize()}: {t['content']}\n\n" for t in turns) + "Assistant:"
+        return tokenizer(text)["input_ids"]
 
     return encode(system), encode(with_ctx)
 
@@ -125,18 +136,83 @@ class _Rows:
         return out.logits[:, -1, :].float()  # (B, V)
 
     def step(self, tokens: list[int]) -> torch.Tensor:
-        ids = torch.tensor(tokens, device=self.mask.device)[:, None]
+        return self.extend([[t] for t in tokens])
+
+    def extend(self, tokens: list[list[int]]) -> torch.Tensor:
+        """Append n tokens to every row (the same n) in one forward; logits after the last."""
+        ids = torch.tensor(tokens, device=self.mask.device)  # (B, n)
+        n = ids.shape[1]
         self.mask = torch.cat([self.mask, torch.ones_like(ids)], dim=1)
-        positions = self.next_pos
-        self.next_pos = self.next_pos + 1
+        positions = self.next_pos + torch.arange(n, device=ids.device)  # (B, n)
+        self.next_pos = self.next_pos + n
         self.logits = self._forward(ids, positions)
         return self.logits
+
+    def crop(self, n: int):
+        """Forget the last n tokens of every row (their logits are stale until the next extend)."""
+        self.cache.crop(-n)  # a negative value removes that many tokens
+        self.mask = self.mask[:, :-n]
+        self.next_pos = self.next_pos - n
 
     def keep(self, rows: list[int]):
         """Drop finished rows so later steps do not pay for them."""
         idx = torch.tensor(rows, device=self.mask.device)
         self.cache.batch_select_indices(idx)
         self.mask, self.next_pos, self.logits = self.mask[idx], self.next_pos[idx], self.logits[idx]
+
+
+class _LazyRows:
+    """Device rows that follow the steered answer only when their logits are needed.
+
+    `logits_after(ids)` brings every row to `prompt + ids`: it feeds what is new in one forward,
+    and when `ids` no longer extends what was fed (a re-tokenized answer changed an earlier
+    token) it crops the KV cache back to the common prefix first. This keeps the device caches
+    consistent after a gated stretch and across tokenizers."""
+
+    def __init__(self, lm: LoadedModel, prompts: list[list[int]]):
+        self.rows = _Rows(lm, prompts)
+        self.prompt_logits = self.rows.logits
+        self.fed: list[int] = []
+        self.forwards = 1
+
+    def logits_after(self, ids: list[int]) -> torch.Tensor:
+        common = 0
+        for a, b in zip(self.fed, ids):
+            if a != b:
+                break
+            common += 1
+        if common < len(self.fed):
+            back = len(self.fed) - common
+            if common == len(ids) and common > 0:
+                back, common = back + 1, common - 1  # re-feed the last token to get fresh logits
+            self.rows.crop(back)
+            self.fed = self.fed[:common]
+            if not ids:
+                self.rows.logits = self.prompt_logits
+        new = ids[len(self.fed):]
+        if new:
+            self.rows.extend([new] * self.rows.mask.shape[0])
+            self.fed = list(ids)
+            self.forwards += 1
+        return self.rows.logits
+
+
+@dataclass(frozen=True)
+class ConfidenceGate:
+    """Skip the device passes while the cloud is sure (the paper's adaptive variant).
+
+    Once the cloud's top probability has been >= 1 - threshold for `patience` consecutive steps,
+    steering uses d = 0 (the cloud's own distribution) and the device models do not run, until
+    the cloud is unsure again; the device caches then catch up in one forward."""
+
+    threshold: float = 0.1
+    patience: int = 2
+
+    def __post_init__(self):
+        if not isinstance(self.threshold, (int, float)) or not math.isfinite(self.threshold) or not 0 < self.threshold < 1:
+            raise ValueError(f"gate threshold must be in (0, 1), got {self.threshold!r}")
+        if isinstance(self.patience, bool) or not isinstance(self.patience, int) or not 1 <= self.patience <= 100:
+            raise ValueError(f"gate patience must be an integer in [1, 100], got {self.patience!r}")
 
 
 class _TextStream:
@@ -183,9 +259,16 @@ class CoSteerEngine:
         self.cloud = cloud
         self.local = local or cloud
         self._piece_cache: dict[int, str] = {}
-        tok = self.local.tokenizer
+        self.vocab_map = None
+        if isinstance(cloud, LoadedModel) and self.local is not cloud and \
+                cloud.tokenizer.get_vocab() != self.local.tokenizer.get_vocab():
+            from .vocab_map import VocabMap
+
+            self.vocab_map = VocabMap(cloud.tokenizer, self.local.tokenizer, cloud.vocab_size, self.local.vocab_size)
+        tok = self.cloud.tokenizer  # answers are in cloud token ids
         eos = {tok.eos_token_id} if tok.eos_token_id is not None else set()
-        gen_eos = getattr(self.local.model.generation_config, "eos_token_id", None)
+        model = cloud.model if isinstance(cloud, LoadedModel) else self.local.model
+        gen_eos = getattr(model.generation_config, "eos_token_id", None)
         eos |= set(gen_eos if isinstance(gen_eos, list) else [gen_eos] if gen_eos is not None else [])
         self.eos_ids = frozenset(eos)
 
@@ -213,7 +296,8 @@ class CoSteerEngine:
     def stream(self, messages: list[dict], context: str = "", mode: str = "steered",
                params: SteeringParams = SteeringParams(), sampling: Sampling = Sampling(),
                transcript: CloudTranscript | None = None,
-               unsteered_messages: list[dict] | None = None) -> Iterator[TokenEvent]:
+               unsteered_messages: list[dict] | None = None,
+               gate: ConfidenceGate | None = None) -> Iterator[TokenEvent]:
         """Yield TokenEvents until every stream of `mode` has finished.
 
         `unsteered_messages` lets the unsteered stream continue its own conversation in a
@@ -236,18 +320,22 @@ class CoSteerEngine:
                 transcript.prompt_text[s] = self.cloud.tokenizer.decode(ids)
                 transcript.token_ids[s] = []
 
-        # Row layout: row names per model, in batch order.
+        # Row layout. Fast path: one model, no gate -> the with-context row rides in the cloud batch
+        # and the llm row doubles as the device's without-context row. Otherwise the device rows
+        # follow the answer lazily (gated stretches, another model, another tokenizer).
+        shared = self.same_model and gate is None
         cloud_rows = [s if s == "unsteered" else "llm" for s in streams]
+        device, device_rows = None, []
         if "steered" in streams:
-            if self.same_model:
-                cloud_rows.append("slm_ctx")  # llm row doubles as slm row
-            device_rows = [] if self.same_model else ["slm", "slm_ctx"]
-        else:
-            device_rows = []
-        prompt_of = {"unsteered": plain_unsteered, "llm": plain, "slm": plain, "slm_ctx": with_ctx}
-        runners = [(self.cloud, cloud_rows, self._cloud_rows([prompt_of[r] for r in cloud_rows]))]
-        if device_rows:
-            runners.append((self.local, device_rows, _Rows(self.local, [prompt_of[r] for r in device_rows])))
+            if shared:
+                cloud_rows.append("slm_ctx")
+            else:
+                d_plain, d_ctx = (plain, with_ctx) if self.vocab_map is None else \
+                    build_prompts(self.local.tokenizer, messages, context)
+                device_rows = ["slm_ctx"] if self.same_model else ["slm", "slm_ctx"]
+                device = _LazyRows(self.local, [d_plain if r == "slm" else d_ctx for r in device_rows])
+        prompt_of = {"unsteered": plain_unsteered, "llm": plain, "slm_ctx": with_ctx}
+        rows = self._cloud_rows([prompt_of[r] for r in cloud_rows])
 
         seed = sampling.seed if sampling.seed is not None else int.from_bytes(os.urandom(7), "big")
         gens = {}
@@ -255,12 +343,11 @@ class CoSteerEngine:
             gens[s] = torch.Generator().manual_seed(seed) if sampling.temperature > 0 else None
         texts = {s: _TextStream(self.cloud.tokenizer, sampling.stop) for s in streams}
         live = list(streams)
+        steered_ids: list[int] = []  # the steered answer so far, in cloud token ids
+        confident = 0  # consecutive steps with the cloud's top probability >= 1 - threshold
 
         for step in range(sampling.max_new_tokens):
-            logits = {}
-            for _, names, rows in runners:
-                for i, name in enumerate(names):
-                    logits[name] = rows.logits[i]
+            logits = {name: rows.logits[i] for i, name in enumerate(cloud_rows)}
             chosen = {}
             events = []
             for s in live:
@@ -271,13 +358,20 @@ class CoSteerEngine:
                     events.append(TokenEvent(s, step, token, "", False, top, top, 0.0))
                 else:
                     b = torch.log_softmax(logits["llm"], dim=-1)
-                    slm = logits["llm"] if self.same_model else logits["slm"]
-                    d = torch.log_softmax(logits["slm_ctx"], dim=-1) - torch.log_softmax(slm, dim=-1)
-                    p = steer_from_logprobs(b, d, strength)
+                    if gate is not None:
+                        confident = confident + 1 if float(b.max()) >= math.log1p(-gate.threshold) else 0
+                    if shared:
+                        d = torch.log_softmax(logits["slm_ctx"], dim=-1) - torch.log_softmax(logits["llm"], dim=-1)
+                    elif gate is not None and confident >= gate.patience:
+                        d = None  # gated: the device models do not run this step
+                    else:
+                        d = self._device_delta(device, device_rows, steered_ids, logits["llm"])
+                    p = b if d is None else steer_from_logprobs(b, d, strength)
                     token = _choose(p, sampling, gens[s])
                     kl = float((p.exp() * (p - b)).sum())
                     changed = int(torch.argmax(p)) != int(torch.argmax(b))
-                    events.append(TokenEvent(s, step, token, "", changed, self._top(b), self._top(p), max(kl, 0.0)))
+                    events.append(TokenEvent(s, step, token, "", changed, self._top(b), self._top(p), max(kl, 0.0),
+                                             device_skipped=d is None))
                 chosen[s] = token
 
             for ev in events:
@@ -297,26 +391,44 @@ class CoSteerEngine:
             live = [s for s in live if s not in finished]
             if not live:
                 return
+            if "steered" in chosen:
+                steered_ids.append(chosen["steered"])
 
             # Feed the chosen tokens back; drop rows whose stream has finished.
-            for k, (lm, names, rows) in enumerate(runners):
-                keep = [i for i, n in enumerate(names) if (n if n == "unsteered" else "steered") in live]
-                if len(keep) < len(names):
-                    if not keep:
-                        runners[k] = None
-                        continue
-                    rows.keep(keep)
-                    names[:] = [names[i] for i in keep]
-                rows.step([chosen["unsteered" if n == "unsteered" else "steered"] for n in names])
-            runners = [r for r in runners if r is not None]
+            keep = [i for i, n in enumerate(cloud_rows) if (n if n == "unsteered" else "steered") in live]
+            if len(keep) < len(cloud_rows):
+                rows.keep(keep)
+                cloud_rows = [cloud_rows[i] for i in keep]
+            rows.step([chosen["unsteered" if n == "unsteered" else "steered"] for n in cloud_rows])
+
+    def _device_delta(self, device: _LazyRows, names: list[str], steered_ids: list[int], llm_logits):
+        """d = log p_SLM(.|context) - log p_SLM(.) at the answer's current end, in cloud vocabulary;
+        None when the device cannot be in step (the answer ends inside a multi-byte character)."""
+        if self.vocab_map is None:
+            target = steered_ids
+        else:  # the device re-tokenizes the answer's text with its own tokenizer
+            text = self.cloud.tokenizer.decode(steered_ids, skip_special_tokens=True)
+            if text.endswith("\ufffd"):
+                return None
+            target = self.local.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+        out = device.logits_after(target)
+        with_ctx = out[names.index("slm_ctx")]
+        without = llm_logits if "slm" not in names else out[names.index("slm")]
+        d = torch.log_softmax(with_ctx, dim=-1) - torch.log_softmax(without, dim=-1)
+        return d if self.vocab_map is None else self.vocab_map.to_cloud(d)
 
     def generate(self, messages, context="", mode="side_by_side", params=SteeringParams(),
-                 sampling=Sampling(), transcript: CloudTranscript | None = None) -> dict:
-        """Run `stream` to the end; return the texts per stream and how many tokens steering changed."""
+                 sampling=Sampling(), transcript: CloudTranscript | None = None,
+                 gate: ConfidenceGate | None = None) -> dict:
+        """Run `stream` to the end; return the texts per stream, how many tokens steering changed
+        and how many device passes the gate skipped."""
         out = {}
-        changed = {}
-        for ev in self.stream(messages, context, mode, params, sampling, transcript):
+        changed = skipped = steps = 0
+        for ev in self.stream(messages, context, mode, params, sampling, transcript, gate=gate):
             out[ev.stream] = out.get(ev.stream, "") + ev.text
-            changed[ev.stream] = changed.get(ev.stream, 0) + int(ev.changed)
-        return {"texts": out, "changed_tokens": changed.get("steered", 0),
+            if ev.stream == "steered":
+                changed += int(ev.changed)
+                skipped += int(ev.device_skipped)
+                steps += 1
+        return {"texts": out, "changed_tokens": changed, "device_skipped": skipped, "steered_steps": steps,
                 "effective_strength": effective_strength(params)}

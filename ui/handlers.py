@@ -17,7 +17,7 @@ from pathlib import Path
 import gradio as gr
 
 from costeer.cloud import CloudError
-from costeer.decoding import CloudTranscript, CoSteerEngine, Sampling
+from costeer.decoding import CloudTranscript, ConfidenceGate, CoSteerEngine, Sampling
 from costeer.policy import SteeringParams, effective_strength
 from costeer.stats import overlap_score, summarize_votes
 from user_store import KINDS, StoreError, UserStore
@@ -63,6 +63,15 @@ def cloud_errors_shown(events):
     try:
         yield from events
     except CloudError as exc:
+        raise gr.Error(str(exc)) from None
+
+
+def make_gate(on, threshold, patience) -> ConfidenceGate | None:
+    if not on:
+        return None
+    try:
+        return ConfidenceGate(float(threshold), int(patience))
+    except (ValueError, TypeError) as exc:
         raise gr.Error(str(exc)) from None
 
 
@@ -114,12 +123,13 @@ class Studio:
 
     # -- chat ---------------------------------------------------------------------------
     def chat(self, user, message, side_by_side, T, eta, lam, alpha, beta, temperature, top_p, seed,
-             max_new_tokens, conv):
+             max_new_tokens, conv, gate_on=False, gate_threshold=0.1, gate_patience=2):
         """Stream one turn. Yields (unsteered chat, steered chat, tokens html, privacy html, conv, message box)."""
         user = check_user(self.store, user)
         message = check_message(message)
         params = make_params(T, eta, lam, alpha, beta)
         sampling = make_sampling(temperature, top_p, seed, max_new_tokens)
+        gate = make_gate(gate_on, gate_threshold, gate_patience)
         conv = {k: list(v) for k, v in (conv or new_conversation()).items()}
         context = self.context_for(user, message)
         turn = {"role": "user", "content": message}
@@ -136,7 +146,7 @@ class Studio:
             return u_chat, s_chat
 
         stream = self.engine.stream(steered_msgs, context, mode, params, sampling, transcript,
-                                    unsteered_messages=unsteered_msgs)
+                                    unsteered_messages=unsteered_msgs, gate=gate)
         for ev in cloud_errors_shown(stream):
             texts[ev.stream] += ev.text
             if ev.stream == "steered":

@@ -31,8 +31,10 @@ def tokens_html(events) -> str:
         cls = "tok changed" if ev.changed else "tok"
         spans.append(f"<span class='{cls}' title='{tip}'>{html.escape(ev.text)}</span>")
     changed = sum(ev.changed for ev in events)
+    skipped = sum(ev.device_skipped for ev in events)
+    gate = f" The confidence gate skipped the device for {skipped} tokens." if skipped else ""
     legend = (f"<div class='legend'><span class='tok changed'>highlighted</span> = steering changed the top "
-              f"choice ({changed} of {len(events)} tokens). Hover a token for the top alternatives.</div>")
+              f"choice ({changed} of {len(events)} tokens). Hover a token for the top alternatives.{gate}</div>")
     return legend + "<div class='tokens'>" + "".join(spans) + "</div>"
 
 

@@ -1,0 +1,267 @@
+"""`python -m costeer eval`: the paper's comparison on any model pair, with intervals.
+
+Methods (the paper's baselines):
+    llm        cloud model alone, no personal context
+    slm_ctx    device model alone, with the context (what on-device alone gives)
+    llm_ctx    cloud model with the context (the upper bound: it sends personal data)
+    costeer    CoSteer with the paper's defaults; `costeer:T=..,eta=..,lam=..` for variants
+The context comes from the profile through `user_store` retrieval, the code the app uses.
+METEOR is not reported: it needs WordNet data, which cannot be downloaded here.
+"""
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .decoding import CoSteerEngine, ConfidenceGate, Sampling, system_with_context
+from .policy import SteeringParams, effective_strength
+from .stats import bootstrap_ci
+
+BASE_METHODS = ("llm", "slm_ctx", "llm_ctx", "costeer")
+CONTEXT_TOKENS = 256  # the app's budget
+_TEXT_FIELDS = ("text", "abstract", "review", "reviewText", "content")
+
+
+@dataclass
+class Row:
+    id: str
+    query: str
+    profile: list[dict]
+    reference: str
+
+
+def load_rows(path, limit: int | None = None) -> list[Row]:
+    """Our JSONL (id, query, profile, reference) or LongLaMP-style (input, output, profile/top_5)."""
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                d = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path}:{n}: not valid JSON ({exc.msg})") from None
+            query, reference = d.get("query", d.get("input")), d.get("reference", d.get("output"))
+            profile = d.get("profile", d.get("top_5"))
+            if not isinstance(query, str) or not isinstance(reference, str) or not isinstance(profile, list):
+                raise ValueError(f"{path}:{n}: a row needs query/input (text), reference/output (text) and "
+                                 "profile/top_5 (a list)")
+            items = []
+            for item in profile:
+                text = next((item[k] for k in _TEXT_FIELDS if isinstance(item, dict) and isinstance(item.get(k), str)), None)
+                if text and text.strip():
+                    items.append({"title": item.get("title"), "text": text})
+            rows.append(Row(str(d.get("id", n)), query, items, reference))
+            if limit and len(rows) >= limit:
+                break
+    return rows
+
+
+def method_spec(name: str) -> tuple[SteeringParams | None, ConfidenceGate | None]:
+    """(None, None) for a baseline; params and optional gate for `costeer` or
+    `costeer:T=5,lam=1` or `costeer:gate=0.1,patience=2`."""
+    if name in ("llm", "slm_ctx", "llm_ctx"):
+        return None, None
+    if name == "costeer":
+        return SteeringParams(), None
+    if not name.startswith("costeer:"):
+        raise ValueError(f"unknown method {name!r}; choose from {', '.join(BASE_METHODS)} or costeer:T=..,eta=..,lam=..")
+    kwargs, gate = {}, {}
+    for part in name.split(":", 1)[1].split(","):
+        key, _, value = part.partition("=")
+        if key not in ("T", "eta", "lam", "alpha", "beta", "gate", "patience") or not value:
+            raise ValueError(f"method {name!r}: expected key=value with key in T, eta, lam, alpha, beta, gate, patience")
+        try:
+            number = int(value) if key in ("T", "patience") else float(value)
+        except ValueError:
+            raise ValueError(f"method {name!r}: {key} must be a number, got {value!r}") from None
+        if key == "gate":
+            gate["threshold"] = number
+        elif key == "patience":
+            gate["patience"] = number
+        else:
+            kwargs[key] = number
+    if "patience" in gate and "threshold" not in gate:
+        raise ValueError(f"method {name!r}: patience needs gate=THRESHOLD too")
+    return SteeringParams(**kwargs), (ConfidenceGate(**gate) if gate else None)
+
+
+def parse_method(name: str) -> SteeringParams | None:
+    return method_spec(name)[0]
+
+
+def scorer():
+    from rouge_score import rouge_scorer
+
+    return rouge_scorer.RougeScorer(["rouge1", "rougeL"], use_stemmer=True)
+
+
+def score(sc, text: str, reference: str) -> dict:
+    s = sc.score(reference, text)
+    return {"rouge1": s["rouge1"].fmeasure, "rougeL": s["rougeL"].fmeasure}
+
+
+def summarize(results: list[dict], methods: list[str], baseline: str = "llm") -> dict:
+    """Means with bootstrap 95% intervals per method, and paired wins against the baseline."""
+    by = {m: {r["id"]: r for r in results if r["method"] == m} for m in methods}
+    out = {}
+    for m in methods:
+        rs = list(by[m].values())
+        if not rs:
+            continue
+        entry = {"n": len(rs)}
+        for metric in ("rouge1", "rougeL"):
+            vals = [r[metric] for r in rs]
+            entry[metric] = statistics.fmean(vals)
+            entry[f"{metric}_ci"] = list(bootstrap_ci(vals))
+        entry["mean_words"] = statistics.fmean(len(r["text"].split()) for r in rs)
+        secs = sum(r["seconds"] for r in rs)
+        entry["tokens_per_s"] = sum(r["tokens"] for r in rs) / secs if secs > 0 else float("nan")
+        params, gate = method_spec(m)
+        if params is not None:
+            entry["effective_strength"] = effective_strength(params)
+        if gate is not None:
+            entry["device_skip_share"] = sum(r.get("device_skipped", 0) for r in rs) / max(1, sum(r["tokens"] for r in rs))
+        if m != baseline and by.get(baseline):
+            common = [i for i in by[m] if i in by[baseline]]
+            if common:
+                diffs = [by[m][i]["rougeL"] - by[baseline][i]["rougeL"] for i in common]
+                entry[f"vs_{baseline}"] = {"n": len(common), "win_share": sum(d > 0 for d in diffs) / len(common),
+                                           "tie_share": sum(d == 0 for d in diffs) / len(common),
+                                           "rougeL_diff": statistics.fmean(diffs),
+                                           "rougeL_diff_ci": list(bootstrap_ci(diffs))}
+        out[m] = entry
+    return out
+
+
+def table(summary: dict) -> str:
+    lines = [f"{'method':24s} {'n':>3s} {'ROUGE-1':>22s} {'ROUGE-L':>22s} {'words':>6s} {'tok/s':>6s} {'win vs llm':>10s}"]
+    for m, e in summary.items():
+        r1 = f"{e['rouge1']:.3f} [{e['rouge1_ci'][0]:.3f},{e['rouge1_ci'][1]:.3f}]"
+        rl = f"{e['rougeL']:.3f} [{e['rougeL_ci'][0]:.3f},{e['rougeL_ci'][1]:.3f}]"
+        win = f"{100 * e['vs_llm']['win_share']:.0f}%" if "vs_llm" in e else "–"
+        lines.append(f"{m:24s} {e['n']:3d} {r1:>22s} {rl:>22s} {e['mean_words']:6.1f} {e['tokens_per_s']:6.1f} {win:>10s}")
+    lines.append("METEOR: not reported (it needs WordNet data, which cannot be downloaded here).")
+    return "\n".join(lines)
+
+
+class Evaluator:
+    """Runs methods on rows; one temporary user store holds each row's profile as a user."""
+
+    def __init__(self, engine: CoSteerEngine, max_new_tokens: int = 128):
+        from user_store import UserStore
+
+        self.engine = engine
+        self.device_alone = engine if engine.same_model else CoSteerEngine(engine.local, engine.local)
+        self.sampling = Sampling(max_new_tokens=max_new_tokens)
+        self._tmp = tempfile.TemporaryDirectory(prefix="costeer-eval-")
+        self.store = UserStore(Path(self._tmp.name) / "eval.db")
+        self.sc = scorer()
+
+    def context(self, row: Row) -> str:
+        user = f"eval:{row.id}"
+        if row.profile:
+            self.store.import_user(row.profile, mode="replace", user=user)
+        else:
+            self.store.add_user(user)
+        tok = self.engine.local.tokenizer
+        return self.store.build_context(user, row.query, max_tokens=CONTEXT_TOKENS,
+                                        count_tokens=lambda s: len(tok(s, add_special_tokens=False)["input_ids"]))
+
+    def run(self, row: Row, method: str, context: str) -> dict:
+        params, gate = method_spec(method)
+        question = [{"role": "user", "content": row.query}]
+        with_context = [{"role": "system", "content": system_with_context(context)}] + question
+        if method == "llm":
+            engine, messages, mode, ctx = self.engine, question, "unsteered", ""
+        elif method == "llm_ctx":
+            engine, messages, mode, ctx = self.engine, with_context, "unsteered", ""
+        elif method == "slm_ctx":
+            engine, messages, mode, ctx = self.device_alone, with_context, "unsteered", ""
+        else:
+            engine, messages, mode, ctx = self.engine, question, "steered", context
+        start = time.perf_counter()
+        text, tokens, skipped = "", 0, 0
+        for ev in engine.stream(messages, ctx, mode, params or SteeringParams(), self.sampling, gate=gate):
+            text += ev.text
+            tokens += 1
+            skipped += int(ev.device_skipped)
+        seconds = time.perf_counter() - start
+        return {"id": row.id, "method": method, "text": text, "tokens": tokens, "seconds": seconds,
+                "device_skipped": skipped, **score(self.sc, text, row.reference)}
+
+
+def evaluate(engine, rows: list[Row], methods: list[str], max_new_tokens: int = 128, out: str | None = None,
+             progress: bool = True) -> tuple[dict, list[dict]]:
+    """Run every (row, method) not already in `out` (resume by id), append to `out`, summarize all."""
+    from tqdm import tqdm
+
+    for m in methods:
+        method_spec(m)  # check every name before any work
+    done = []
+    if out and Path(out).exists():
+        with open(out, encoding="utf-8") as f:
+            done = [json.loads(line) for line in f if line.strip()]
+    have = {(r["id"], r["method"]) for r in done}
+    ids = {r.id for r in rows}
+    todo = [(row, m) for row in rows for m in methods if (row.id, m) not in have]
+    ev = Evaluator(engine, max_new_tokens)
+    results = [r for r in done if r["id"] in ids and r["method"] in methods]
+    contexts: dict[str, str] = {}
+    sink = open(out, "a", encoding="utf-8") if out else None
+    try:
+        for row, m in tqdm(todo, desc="eval", disable=not progress, file=sys.stderr):
+            if row.id not in contexts:
+                contexts[row.id] = ev.context(row)
+            r = ev.run(row, m, contexts[row.id])
+            results.append(r)
+            if sink:
+                sink.write(json.dumps(r, ensure_ascii=False) + "\n")
+                sink.flush()
+    finally:
+        if sink:
+            sink.close()
+    return summarize(results, methods), results
+
+
+def sweep_methods(spec: str) -> tuple[str, list[float], list[str]]:
+    """'lam=0.5,1,2,4' -> ('lam', [0.5, 1, 2, 4], ['costeer:lam=0.5', ...])."""
+    key, _, values = spec.partition("=")
+    if key not in ("T", "eta", "lam") or not values:
+        raise ValueError(f"--sweep must look like lam=0.5,1,2 (key T, eta or lam), got {spec!r}")
+    try:
+        nums = [float(v) for v in values.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"--sweep values must be numbers, got {values!r}") from None
+    fmt = (lambda v: str(int(v))) if key == "T" else (lambda v: f"{v:g}")
+    return key, nums, [f"costeer:{key}={fmt(v)}" for v in nums]
+
+
+def plot_sweep(summary: dict, key: str, values: list[float], methods: list[str], path: str, metric: str = "rougeL"):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ys = [summary[m][metric] for m in methods]
+    lo = [summary[m][metric] - summary[m][f"{metric}_ci"][0] for m in methods]
+    hi = [summary[m][f"{metric}_ci"][1] - summary[m][metric] for m in methods]
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    ax.errorbar(values, ys, yerr=[lo, hi], fmt="o-", capsize=4, color="#2a9d8f", label=f"{metric} (95% CI)")
+    ax.set_xlabel(key)
+    ax.set_ylabel(metric)
+    ax2 = ax.twinx()
+    Cs = [summary[m]["effective_strength"] for m in methods]
+    ax2.plot(values, Cs, "s--", color="#e76f51", label="C")
+    ax2.set_ylabel("effective strength C")
+    if max(Cs) / max(min(Cs), 1e-9) > 50:
+        ax2.set_yscale("log")
+    fig.legend(loc="upper right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
