@@ -243,25 +243,14 @@ def sweep_methods(spec: str) -> tuple[str, list[float], list[str]]:
 
 
 def plot_sweep(summary: dict, key: str, values: list[float], methods: list[str], path: str, metric: str = "rougeL"):
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from .plots import score_and_strength
 
     ys = [summary[m][metric] for m in methods]
     lo = [summary[m][metric] - summary[m][f"{metric}_ci"][0] for m in methods]
     hi = [summary[m][f"{metric}_ci"][1] - summary[m][metric] for m in methods]
-    fig, ax = plt.subplots(figsize=(6.4, 3.6))
-    ax.errorbar(values, ys, yerr=[lo, hi], fmt="o-", capsize=4, color="#2a9d8f", label=f"{metric} (95% CI)")
-    ax.set_xlabel(key)
-    ax.set_ylabel(metric)
-    ax2 = ax.twinx()
-    Cs = [summary[m]["effective_strength"] for m in methods]
-    ax2.plot(values, Cs, "s--", color="#e76f51", label="C")
-    ax2.set_ylabel("effective strength C")
-    if max(Cs) / max(min(Cs), 1e-9) > 50:
-        ax2.set_yscale("log")
-    fig.legend(loc="upper right")
-    fig.tight_layout()
+    fig = score_and_strength(values, ys, [summary[m]["effective_strength"] for m in methods], key, metric,
+                             f"{metric} (95% CI)", yerr=[lo, hi])
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -1,4 +1,5 @@
-"""Start `python app.py` as a real server on a free port, wait until it answers, always stop it."""
+"""Start a project server (`app.py`, `serve-cloud`) as a real process on a free port, wait until it
+answers, and always stop it."""
 import os
 import socket
 import subprocess
@@ -17,28 +18,25 @@ def free_port() -> int:
 
 
 @contextmanager
-def running_app(db_path, *extra_args, timeout=180):
-    port = free_port()
+def running_process(args: list[str], probe_url: str, log_path, timeout: float = 180):
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    log = open(f"{db_path}.app.log", "w")
-    proc = subprocess.Popen([sys.executable, "app.py", "--port", str(port), "--db", str(db_path), *extra_args],
-                            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/"
+    log = open(log_path, "w")
+    proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.time() + timeout
         while True:
             if proc.poll() is not None:
-                raise RuntimeError(f"app exited with {proc.returncode}: {open(log.name).read()[-2000:]}")
+                raise RuntimeError(f"{args[0]} exited with {proc.returncode}: {open(log_path).read()[-2000:]}")
             try:
-                with urllib.request.urlopen(url, timeout=2) as r:
+                with urllib.request.urlopen(probe_url, timeout=2) as r:
                     if r.status == 200:
                         break
             except OSError:
                 pass
             if time.time() > deadline:
-                raise RuntimeError("app did not answer in time")
-            time.sleep(0.5)
-        yield url
+                raise RuntimeError(f"{args[0]} did not answer in {timeout} s")
+            time.sleep(0.3)
+        yield
     finally:
         proc.terminate()
         try:
@@ -47,3 +45,12 @@ def running_app(db_path, *extra_args, timeout=180):
             proc.kill()
             proc.wait()
         log.close()
+
+
+@contextmanager
+def running_app(db_path, *extra_args, timeout=180):
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/"
+    with running_process(["app.py", "--port", str(port), "--db", str(db_path), *extra_args], url,
+                         f"{db_path}.app.log", timeout):
+        yield url

@@ -18,6 +18,7 @@ import gradio as gr
 
 from costeer.cloud import CloudError
 from costeer.decoding import CloudTranscript, ConfidenceGate, CoSteerEngine, Sampling
+from costeer.plots import score_and_strength
 from costeer.policy import SteeringParams, effective_strength
 from costeer.stats import overlap_score, summarize_votes
 from user_store import KINDS, StoreError, UserStore
@@ -335,11 +336,6 @@ class Studio:
     # -- parameter explorer ----------------------------------------------------------
     def explore(self, user, message, param, values_text, T, eta, lam, alpha, beta, max_new_tokens,
                 progress=gr.Progress()):
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
         user = check_user(self.store, user)
         message = check_message(message)
         if param not in SWEEPABLE:
@@ -369,17 +365,7 @@ class Studio:
             scores.append(score)
             rows.append([f"{param} = {v:g}", round(C, 3), round(score, 3), text])
         rows.insert(0, ["unsteered", 0.0, round(overlap_score(unsteered, history), 3), unsteered])
-        fig, ax = plt.subplots(figsize=(7, 3.2))
-        ax.plot(values, scores, "o-", color="#2a9d8f", label="personalization score")
-        ax.set_xlabel(param)
-        ax.set_ylabel("word overlap with history")
-        ax2 = ax.twinx()
-        ax2.plot(values, Cs, "s--", color="#e76f51", label="C")
-        ax2.set_ylabel("effective strength C")
-        if max(Cs) / max(min(Cs), 1e-9) > 50:
-            ax2.set_yscale("log")
-        fig.legend(loc="upper right")
-        fig.tight_layout()
+        fig = score_and_strength(values, scores, Cs, param, "word overlap with history", "personalization score")
         return rows, fig
 
 
