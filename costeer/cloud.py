@@ -129,16 +129,16 @@ class RemoteRows:
     Outside the top-k the logits are -inf, so log_softmax renormalizes over the top-k and the
     steered distribution can only re-rank them."""
 
-    def __init__(self, cloud: RemoteCloud, prompts: list[list[int]], vocab: int):
-        self.cloud, self.vocab = cloud, vocab
+    def __init__(self, cloud: RemoteCloud, prompts: list[list[int]], vocab: int, device: str = "cpu"):
+        self.cloud, self.vocab, self.device = cloud, vocab, device
         self.ids = [list(p) for p in prompts]
         self.logits = self._fetch()
 
     def _fetch(self) -> torch.Tensor:
-        logits = torch.full((len(self.ids), self.vocab), float("-inf"))
+        logits = torch.full((len(self.ids), self.vocab), float("-inf"), device=self.device)
         for row, top in enumerate(self.cloud.next_logprobs(self.ids)):
-            idx = torch.tensor(list(top.keys()))
-            logits[row, idx] = torch.tensor(list(top.values()))
+            idx = torch.tensor(list(top.keys()), device=self.device)
+            logits[row, idx] = torch.tensor(list(top.values()), device=self.device)
         return logits
 
     def step(self, tokens: list[int]) -> torch.Tensor:

@@ -277,7 +277,7 @@ class CoSteerEngine:
             return _Rows(self.cloud, prompts)
         from .cloud import RemoteRows
 
-        return RemoteRows(self.cloud, prompts, self.local.vocab_size)
+        return RemoteRows(self.cloud, prompts, self.local.vocab_size, self.local.device)
 
     @property
     def same_model(self) -> bool:

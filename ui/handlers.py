@@ -9,6 +9,7 @@ import csv
 import io
 import json
 import math
+import os
 import random
 import tempfile
 from dataclasses import dataclass, field
@@ -233,7 +234,7 @@ class Studio:
 
     def export_history(self, user):
         user = check_user(self.store, user)
-        out = Path(tempfile.mkdtemp(prefix="costeer-export-")) / "history.json"
+        out = Path(tempfile.mkdtemp(prefix="costeer-export-", dir=os.environ.get("GRADIO_TEMP_DIR"))) / "history.json"
         out.write_text(json.dumps(self.store.export_user(user), ensure_ascii=False, indent=1), encoding="utf-8")
         return str(out)
 
@@ -322,7 +323,7 @@ class Studio:
         return rows, fig
 
     def votes_csv(self):
-        out = Path(tempfile.mkdtemp(prefix="costeer-votes-")) / "votes.csv"
+        out = Path(tempfile.mkdtemp(prefix="costeer-votes-", dir=os.environ.get("GRADIO_TEMP_DIR"))) / "votes.csv"
         buf = io.StringIO()
         w = csv.writer(buf)
         cols = ["id", "created_at", "rater", "user", "vote", "steered_side", "answer_a", "answer_b",
