@@ -280,6 +280,13 @@ class CoSteerEngine:
         return RemoteRows(self.cloud, prompts, self.local.vocab_size, self.local.device)
 
     @property
+    def context_limit(self) -> int | None:
+        """The smallest context window among the in-process models (a remote cloud checks its own)."""
+        models = [m for m in (self.cloud, self.local) if isinstance(m, LoadedModel)]
+        limits = [getattr(m.model.config, "max_position_embeddings", None) for m in models]
+        return min((x for x in limits if x), default=None)
+
+    @property
     def same_model(self) -> bool:
         """True when one model plays both roles (the bundled default)."""
         return self.local is self.cloud
@@ -311,6 +318,12 @@ class CoSteerEngine:
                 raise ValueError("messages must end with a user message")
         plain, with_ctx = build_prompts(self.cloud.tokenizer, messages, context)
         plain_unsteered = plain if unsteered_messages is messages else build_prompts(self.cloud.tokenizer, unsteered_messages, "")[0]
+        limit = self.context_limit
+        longest = max(len(with_ctx), len(plain_unsteered)) if mode != "unsteered" else len(plain_unsteered)
+        if limit and longest + sampling.max_new_tokens > limit:
+            raise ValueError(f"conversation too long: {longest} prompt tokens + max_new_tokens "
+                             f"{sampling.max_new_tokens} exceed the model's context of {limit} tokens; "
+                             "start a new conversation or shorten the personal context")
         strength = effective_strength(params)
         streams = ["unsteered"] if mode == "unsteered" else ["steered"] if mode == "steered" else ["unsteered", "steered"]
         if transcript is not None:

@@ -58,6 +58,15 @@ def test_chat_bad_input_is_a_visible_error(studio, user, message, kw, words):
         _chat(studio, message, new_conversation(), user=user, **kw)
 
 
+def test_a_conversation_longer_than_the_model_is_a_clear_error(studio):
+    turn = "word " * 700
+    conv = {k: [{"role": r, "content": turn} for _ in range(7) for r in ("user", "assistant")]
+            for k in ("steered", "unsteered")}
+    with pytest.raises(gr.Error, match="conversation too long: .* exceed the model's context of 8192 tokens"):
+        _chat(studio, "one more question", conv)
+    assert _chat(studio, "Plan my Friday evening", new_conversation())[1][-1]["content"]  # still works
+
+
 def test_strength_text_warns_when_extreme():
     assert "C = 1.783" in Studio.strength(20, 10, 2, 2, 1)
     assert "Extreme steering" in Studio.strength(20, 10, 0.5, 2, 1)

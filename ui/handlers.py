@@ -61,10 +61,10 @@ def make_sampling(temperature=0.0, top_p=1.0, seed=None, max_new_tokens=128) -> 
 
 
 def cloud_errors_shown(events):
-    """A failing remote cloud becomes a visible error naming the cloud and the fault."""
+    """A failing remote cloud, or a conversation too long for the model, becomes a visible error."""
     try:
         yield from events
-    except CloudError as exc:
+    except (CloudError, ValueError) as exc:
         raise gr.Error(str(exc)) from None
 
 
@@ -120,7 +120,7 @@ class Studio:
     def _generate(self, *args):
         try:
             return self.engine.generate(*args)
-        except CloudError as exc:
+        except (CloudError, ValueError) as exc:
             raise gr.Error(str(exc)) from None
 
     # -- chat ---------------------------------------------------------------------------
