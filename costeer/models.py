@@ -130,7 +130,8 @@ def load_model(spec: str | None = None, device: str = "cpu", dtype: str = "float
     except ModelLoadError:
         raise
     except Exception as exc:  # noqa: BLE001 - transformers raises many types; we report one line
-        raise ModelLoadError(f"{name}: could not load ({_one_line(exc)})") from exc
+        hub_id = name not in (DEFAULT_MODEL, GEMMA_SPEC) and not name.endswith(".gguf") and not Path(name).exists()
+        raise ModelLoadError(f"{name}: could not load ({_one_line(exc, hub_id)})") from exc
     model.to(device)
     model.eval()
     if device == "cpu" and dtype == "float32" and not stock_linear:
@@ -140,10 +141,11 @@ def load_model(spec: str | None = None, device: str = "cpu", dtype: str = "float
     return LoadedModel(name=name, model=model, tokenizer=tok, device=device)
 
 
-def _one_line(exc: Exception) -> str:
+def _one_line(exc: Exception, hub_id: bool) -> str:
+    """The first line of the error; for a hub id with downloads off, how to get it."""
     text = f"{type(exc).__name__}: {exc}".strip().splitlines()
     line = text[0] if text else type(exc).__name__
-    if os.environ.get("HF_HUB_OFFLINE") == "1" or "offline" in str(exc).lower():
+    if hub_id and (os.environ.get("HF_HUB_OFFLINE") == "1" or "offline" in str(exc).lower()):
         line += (" — hub downloads are off: pass --allow-downloads to fetch a hub model once, "
                  "or give a local folder or .gguf file")
     return line[:400]

@@ -75,6 +75,7 @@ def test_missing_folder_and_corrupt_gguf(tmp_path):
     with pytest.raises(ModelLoadError) as err:
         load_model(str(bad))
     assert "broken.gguf" in str(err.value) and "\n" not in str(err.value)
+    assert "--allow-downloads" not in str(err.value)  # a local file: the hub hint would mislead
 
 
 def test_hub_id_offline_gives_one_line(monkeypatch):
