@@ -145,21 +145,17 @@ def cmd_bench(args, parser):
 
 
 def cmd_eval(args, parser):
-    from .eval import BASE_METHODS, evaluate, load_rows, plot_sweep, sweep_methods, table
+    from .eval import BASE_METHODS, evaluate, load_rows, method_spec, plot_sweep, sweep_methods, table
 
     try:
         rows = load_rows(args.data, args.limit)
-        methods = list(args.methods) if args.methods else []
-        sweep = None
-        if args.sweep:
-            sweep = sweep_methods(args.sweep)
-            methods = methods or []
+        methods = list(args.methods or [])
+        sweep = sweep_methods(args.sweep) if args.sweep else None
+        if sweep:
             methods += [m for m in sweep[2] if m not in methods]
         methods = methods or list(BASE_METHODS)
-        from .eval import parse_method
-
         for m in methods:
-            parse_method(m)
+            method_spec(m)  # every name checked before the models load
     except (OSError, ValueError) as exc:
         parser.error(str(exc))
     if not rows:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import resource
 import statistics
 import time
+from types import SimpleNamespace
 
 import torch
 
@@ -44,7 +45,7 @@ def naive_steered_events(engine: CoSteerEngine, messages, context, params, sampl
     for step in range(sampling.max_new_tokens):
         p = ftrl_steer(llm.logits, slm.logits, slm_ctx.logits, params)[0]
         token = int(torch.argmax(p))
-        yield type("Ev", (), {"step": step, "token_id": token})
+        yield SimpleNamespace(step=step, token_id=token)  # the two fields _timed and tests read
         if token in engine.eos_ids:
             return
         for rows in (llm, slm, slm_ctx):
