@@ -12,6 +12,7 @@ import os
 import sys
 from pathlib import Path
 
+from costeer.loading import add_model_args, bounded_int
 from costeer.models import cache_dir, set_offline
 from costeer.policy import SteeringParams
 
@@ -35,8 +36,8 @@ def build_app(studio):
             gr.Markdown(f"ℹ️ Demo set-up: **one model ({engine.cloud.name}) plays both roles**, cloud and device. "
                         "It shows the mechanism, not the quality of a real cloud/device pair.", elem_id="model-note")
         else:
-            where = "over HTTP, top-%d log-probs per token" % engine.cloud.top_k if hasattr(engine.cloud, "top_k") else "in this process"
-            gr.Markdown(f"Cloud model: **{engine.cloud.name}** ({where}) · device model: **{engine.local.name}**",
+            where = engine.cloud.where
+            gr.Markdown(f"Cloud model: **{engine.cloud.name}** ({where}) · device model: **{engine.device.name}**",
                         elem_id="model-note")
 
         conv = gr.State(new_conversation())
@@ -213,21 +214,13 @@ def build_app(studio):
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description="CoSteer Studio")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--port", type=bounded_int("--port", 1, 65535), default=7860)
     p.add_argument("--db", default=None, help="SQLite file (env COSTEER_DB; default ./data/costeer.db)")
-    p.add_argument("--cloud-model", default=os.environ.get("COSTEER_CLOUD_MODEL"))
-    p.add_argument("--local-model", default=os.environ.get("COSTEER_LOCAL_MODEL"))
-    p.add_argument("--cloud-url", default=os.environ.get("COSTEER_CLOUD_URL"),
-                   help="OpenAI-compatible cloud endpoint, e.g. http://127.0.0.1:8001/v1 (env COSTEER_CLOUD_URL)")
-    p.add_argument("--top-k", type=int, default=20, help="with --cloud-url: top-k log-probs per step (default 20)")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    add_model_args(p)  # --cloud-model, --local-model, --cloud-url, --top-k, --device, --dtype, --allow-downloads
     p.add_argument("--auth", default=None, help="USER:PASS required to open the app")
     p.add_argument("--share", action="store_true", help="ask Gradio for a public share link (off by default)")
     p.add_argument("--insecure-no-auth", action="store_true",
                    help="allow a non-loopback --host without --auth (anyone on the network can read all histories)")
-    p.add_argument("--allow-downloads", action="store_true",
-                   help="let transformers fetch a hub model (off by default: nothing leaves this machine)")
     args = p.parse_args(argv)
     if args.auth and ":" not in args.auth:
         p.error("--auth must be USER:PASS")
@@ -247,11 +240,11 @@ def main(argv=None):
         sys.exit(2)
     os.environ["GRADIO_TEMP_DIR"] = str(private_temp_dir(cache_dir()))
 
-    from costeer.__main__ import load_engine_or_exit
+    from costeer.loading import load_engine_or_exit
     from ui.handlers import Studio
     from user_store import StoreError, UserStore
 
-    engine = load_engine_or_exit(args)  # a load failure prints one line and exits 1
+    engine = load_engine_or_exit(args, prog="app")  # a load failure prints one line and exits 1
     try:
         store = UserStore(args.db)
     except (StoreError, OSError) as exc:

@@ -7,86 +7,19 @@ import os
 import sys
 from pathlib import Path
 
-from .models import DEFAULT_MODEL, DTYPES, ModelLoadError, load_model, load_pair, set_offline
+from .loading import add_model_args as _add_model_args
+from .loading import bounded_int as _positive_int
+from .loading import load_engine_or_exit
+from .models import DEFAULT_MODEL, DTYPES, ModelLoadError, load_model, set_offline
+from .loading import text_arg, writable_file_problem
 from .policy import T_MAX, SteeringParams, effective_strength
-
-
-def _add_model_args(p: argparse.ArgumentParser):
-    p.add_argument("--cloud-model", default=os.environ.get("COSTEER_CLOUD_MODEL"),
-                   help=f"hub id, local folder or .gguf for the cloud LLM (env COSTEER_CLOUD_MODEL; default {DEFAULT_MODEL})")
-    p.add_argument("--local-model", default=os.environ.get("COSTEER_LOCAL_MODEL"),
-                   help="hub id, local folder or .gguf for the on-device SLM (env COSTEER_LOCAL_MODEL; default: the cloud model)")
-    p.add_argument("--cloud-url", default=os.environ.get("COSTEER_CLOUD_URL"),
-                   help="OpenAI-compatible cloud endpoint, e.g. http://127.0.0.1:8001/v1 (env COSTEER_CLOUD_URL); "
-                        "the cloud model then runs there, not in this process")
-    p.add_argument("--top-k", type=_positive_int("top-k", 1, 1000), default=20,
-                   help="with --cloud-url: how many next-token log-probs the cloud returns (vLLM's default cap is 20)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--dtype", default="float32", choices=DTYPES)
-    p.add_argument("--allow-downloads", action="store_true",
-                   help="let transformers fetch a hub model (off by default: nothing leaves this machine)")
-
-
-def load_engine_or_exit(args, stock_linear: bool = False):
-    """Load both models (or the device model and a remote cloud); a failure prints one line, exits 1."""
-    from .cloud import CloudError, RemoteCloud
-    from .decoding import CoSteerEngine
-
-    try:
-        if getattr(args, "cloud_url", None):
-            local = load_model(args.local_model, args.device, args.dtype, stock_linear)
-            cloud = RemoteCloud(args.cloud_url.rstrip("/").removesuffix("/v1"), local.tokenizer, top_k=args.top_k).connect()
-            print(f"costeer: cloud: {cloud.name} (top-{cloud.top_k} log-probs over HTTP); device: {local.name}",
-                  file=sys.stderr)
-        else:
-            cloud, local = load_pair(args.cloud_model, args.local_model or args.cloud_model, args.device, args.dtype,
-                                     stock_linear)
-    except ModelLoadError as exc:
-        print(f"costeer: error: model load failed: {exc}", file=sys.stderr)
-        sys.exit(1)
-    except CloudError as exc:
-        print(f"costeer: error: {exc}", file=sys.stderr)
-        sys.exit(1)
-    engine = CoSteerEngine(cloud, local)
-    if engine.vocab_map is not None:
-        print(f"costeer: cloud and device tokenizers differ; steering on their intersection: "
-              f"{engine.vocab_map.describe()}; it holds {100 * probe_mass(engine):.1f}% of the cloud's "
-              "next-token probability on a probe prompt", file=sys.stderr)
-    if engine.same_model:
-        print(f"costeer: note: one model ({cloud.name}) plays both roles, cloud LLM and on-device SLM. "
-              "This is a stand-in for a real pair; pass --cloud-model/--local-model for one.", file=sys.stderr)
-    return engine
-
-
-def probe_mass(engine) -> float:
-    """Share of the cloud's next-token mass on shared tokens, for a short probe conversation."""
-    import torch
-
-    from .decoding import build_prompts
-
-    ids, _ = build_prompts(engine.cloud.tokenizer, [{"role": "user", "content": "Describe a good weekend."}], "")
-    with torch.inference_mode():
-        logits = engine.cloud.model(torch.tensor([ids], device=engine.cloud.device)).logits[0, -1].float()
-    return engine.vocab_map.mass_covered(torch.log_softmax(logits, -1))
-
-
-def _positive_int(name, lo, hi):
-    def parse(text):
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be an integer in [{lo}, {hi}], got {text!r}")
-        if not lo <= value <= hi:
-            raise argparse.ArgumentTypeError(f"{name} must be an integer in [{lo}, {hi}], got {value}")
-        return value
-    return parse
 
 
 def cmd_generate(args, parser):
     from .decoding import CloudTranscript, ConfidenceGate, Sampling
 
     try:
-        gate = ConfidenceGate(args.gate, args.gate_patience) if args.gate is not None else None
+        gate = ConfidenceGate(args.gate, args.gate_patience, args.gate_mode) if args.gate is not None else None
         params = SteeringParams(T=args.T, eta=args.eta, lam=args.lam, alpha=args.alpha, beta=args.beta)
         sampling = Sampling(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                             top_p=args.top_p, seed=args.seed, stop=tuple(args.stop or ()))
@@ -98,6 +31,9 @@ def cmd_generate(args, parser):
             context = Path(args.context_file).read_text(encoding="utf-8")
         except OSError as exc:
             parser.error(f"--context-file: cannot read {args.context_file}: {exc.strerror}")
+        except UnicodeDecodeError as exc:
+            parser.error(f"--context-file: {args.context_file} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} "
+                         f"at offset {exc.start})")
     from .cloud import CloudError
 
     engine = load_engine_or_exit(args)
@@ -110,6 +46,8 @@ def cmd_generate(args, parser):
             texts[ev.stream] += ev.text
             if ev.stream == "steered":
                 skipped, steps = skipped + ev.device_skipped, steps + 1
+    except ValueError as exc:  # the request does not fit a model's context
+        parser.error(str(exc))
     except CloudError as exc:
         print(f"costeer: error: {exc}", file=sys.stderr)
         sys.exit(1)
@@ -117,7 +55,7 @@ def cmd_generate(args, parser):
     if args.json:
         print(json.dumps({"unsteered": texts["unsteered"], "steered": texts["steered"], "effective_strength": C,
                           "params": params.as_dict(), "cloud_model": engine.cloud.name,
-                          "local_model": engine.local.name, "same_model": engine.same_model,
+                          "local_model": engine.device.name, "same_model": engine.same_model,
                           "seed": sampling.seed, "device_skipped": skipped, "steered_steps": steps},
                          ensure_ascii=False))
     else:
@@ -134,7 +72,7 @@ def cmd_bench(args, parser):
     result = run_bench(engine, tokens=args.tokens, repeats=args.repeats)
     result["stock_linear"] = args.stock_linear
     result.update(gate_bench(engine, tokens=args.tokens, repeats=max(1, args.repeats - 1)))
-    if not args.no_cloud and isinstance(engine.cloud, type(engine.local)):
+    if not args.no_cloud and engine.same_model:  # the figures below compare against the in-process cloud
         result.update(topk_agreement(engine, tokens=args.tokens))
         result.update(http_vs_in_process(engine, tokens=args.tokens, repeats=max(1, args.repeats - 1)))
     if args.json:
@@ -160,10 +98,18 @@ def cmd_eval(args, parser):
         parser.error(str(exc))
     if not rows:
         parser.error(f"--data {args.data}: no rows")
+    if args.cloud_url and "llm_ctx" in methods and not args.allow_context_to_cloud:
+        parser.error("the llm_ctx baseline gives the cloud model the personal context itself, and with --cloud-url "
+                     "that sends personal data to the cloud server; drop llm_ctx from --methods, or pass "
+                     "--allow-context-to-cloud if the data may go there")
+    for option, path in (("--out", args.out), ("--plot", (args.plot or f"sweep_{sweep[0]}.png") if sweep else None)):
+        problem = writable_file_problem(path)
+        if problem:  # checked before the work, not after an hour of it
+            parser.error(f"{option}: {problem}")
     engine = load_engine_or_exit(args)
     summary, _ = evaluate(engine, rows, methods, args.max_new_tokens, args.out, progress=not args.no_progress)
     result = {"methods": summary, "rows": len(rows), "cloud_model": engine.cloud.name,
-              "local_model": engine.local.name, "meteor": "not computed: needs WordNet data, not available offline"}
+              "local_model": engine.device.name, "meteor": "not computed: needs WordNet data, not available offline"}
     if sweep:
         plot = args.plot or f"sweep_{sweep[0]}.png"
         plot_sweep(summary, sweep[0], sweep[1], sweep[2], plot)
@@ -176,8 +122,12 @@ def cmd_eval(args, parser):
 
 
 def cmd_serve_cloud(args, parser):
-    from .cloud_server import serve
+    from .cloud_server import check_audit_log, serve
 
+    try:
+        check_audit_log(args.audit_log)
+    except OSError as exc:
+        parser.error(f"--audit-log: cannot write {args.audit_log}: {exc.strerror or exc}")
     try:
         lm = load_model(args.model, args.device, args.dtype)
     except ModelLoadError as exc:
@@ -185,7 +135,8 @@ def cmd_serve_cloud(args, parser):
         sys.exit(1)
     print(f"costeer: serving {lm.name} on http://{args.host}:{args.port}/v1"
           + (f", auditing requests to {args.audit_log}" if args.audit_log else ""), file=sys.stderr, flush=True)
-    serve(lm, args.host, args.port, args.audit_log, args.max_logprobs)
+    serve(lm, args.host, args.port, args.audit_log, args.max_logprobs, args.max_rows, args.max_request_tokens,
+          args.cache_mb)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -193,9 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     g = sub.add_parser("generate", help="print the unsteered and the steered answer to one prompt")
-    g.add_argument("--prompt", required=True)
+    g.add_argument("--prompt", required=True, type=text_arg("--prompt"))
     ctx = g.add_mutually_exclusive_group()
-    ctx.add_argument("--context", help="personal context (stays on the device)")
+    ctx.add_argument("--context", type=text_arg("--context"), help="personal context (stays on the device)")
     ctx.add_argument("--context-file", help="read the personal context from a file")
     d = SteeringParams()
     g.add_argument("--T", type=_positive_int("T", 1, T_MAX), default=d.T)
@@ -207,10 +158,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     g.add_argument("--top-p", type=float, default=1.0)
     g.add_argument("--seed", type=int, default=None)
-    g.add_argument("--stop", action="append", help="stop string (repeatable)")
+    g.add_argument("--stop", action="append", type=text_arg("--stop"), help="stop string (repeatable)")
     g.add_argument("--gate", type=float, default=None, metavar="THRESHOLD",
                    help="confidence gate: skip the device passes while the cloud's top probability >= 1 - THRESHOLD")
-    g.add_argument("--gate-patience", type=int, default=2, help="consecutive confident steps before the gate skips")
+    g.add_argument("--gate-patience", type=_positive_int("--gate-patience", 1, 100), default=3,
+                   help="consecutive confident steps before the gate skips (default 3, as AdaCoSteer)")
+    g.add_argument("--gate-mode", choices=("paper", "reopen"), default="paper",
+                   help="paper (default): once the gate closes, fusion stays off for the rest of the answer, as the "
+                        "official AdaCoSteer does; reopen: steering resumes when the cloud is unsure again")
     g.add_argument("--json", action="store_true", help="one JSON object on stdout")
     _add_model_args(g)
     g.set_defaults(func=cmd_generate, subparser=g)
@@ -234,6 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", help="per-row results JSONL; a rerun resumes, skipping (id, method) pairs already there")
     e.add_argument("--json", action="store_true")
     e.add_argument("--no-progress", action="store_true")
+    e.add_argument("--allow-context-to-cloud", action="store_true",
+                   help="with --cloud-url: let the llm_ctx baseline send the personal context to the cloud server")
     _add_model_args(e)
     e.set_defaults(func=cmd_eval, subparser=e)
 
@@ -244,6 +201,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--audit-log", help="append every request body to this JSONL file")
     c.add_argument("--max-logprobs", type=_positive_int("max-logprobs", 1, 100000), default=20,
                    help="largest `logprobs` a request may ask for (vLLM's default cap is 20)")
+    c.add_argument("--max-rows", type=_positive_int("--max-rows", 1, 256), default=16,
+                   help="most prompts in one request")
+    c.add_argument("--max-request-tokens", type=_positive_int("--max-request-tokens", 1, 10**6), default=16384,
+                   help="most tokens one request may make the server process (prompts + max_tokens per row)")
+    c.add_argument("--cache-mb", type=_positive_int("--cache-mb", 1, 10**6), default=1024,
+                   help="memory for the KV caches of recent requests, in MiB")
     c.add_argument("--device", default="cpu")
     c.add_argument("--dtype", default="float32", choices=DTYPES)
     c.add_argument("--allow-downloads", action="store_true")

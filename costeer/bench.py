@@ -9,12 +9,14 @@ from __future__ import annotations
 import resource
 import statistics
 import time
-from types import SimpleNamespace
 
 import torch
 
-from .decoding import CoSteerEngine, Sampling, _Rows, build_prompts
-from .policy import SteeringParams, ftrl_steer
+from .decoding import CoSteerEngine, Sampling
+from .device import DeviceLM
+from .policy import SteeringParams
+from .prompts import build_prompts
+from .rows import ModelRows
 
 BENCH_PROMPTS = [
     ("Write a short story about a lighthouse keeper who finds a message in a bottle.",
@@ -38,18 +40,15 @@ def _timed(events_iter):
     return first, per * 1000, len(steps)
 
 
+def naive_engine(engine: CoSteerEngine) -> CoSteerEngine:
+    """The published loop's layout: the cloud and the device apart, nothing shared."""
+    return CoSteerEngine(engine.cloud, DeviceLM(engine.device.lm, engine.cloud.tokenizer, engine.device.lm.vocab_size))
+
+
 def naive_steered_events(engine: CoSteerEngine, messages, context, params, sampling):
-    """What the published per-token loop does: three separate forwards, three caches, T-step update."""
-    plain, with_ctx = build_prompts(engine.cloud.tokenizer, messages, context)
-    llm, slm, slm_ctx = _Rows(engine.cloud, [plain]), _Rows(engine.local, [plain]), _Rows(engine.local, [with_ctx])
-    for step in range(sampling.max_new_tokens):
-        p = ftrl_steer(llm.logits, slm.logits, slm_ctx.logits, params)[0]
-        token = int(torch.argmax(p))
-        yield SimpleNamespace(step=step, token_id=token)  # the two fields _timed and tests read
-        if token in engine.eos_ids:
-            return
-        for rows in (llm, slm, slm_ctx):
-            rows.step([token])
+    """What the published per-token loop does: the cloud's and the device's forwards apart, and the
+    T-step FTRL update (the reference steering processor) instead of the closed form."""
+    return naive_engine(engine).stream(messages, context, "steered", params, sampling, reference=True)
 
 
 def run_bench(engine: CoSteerEngine, tokens: int = 64, repeats: int = 3) -> dict:
@@ -84,7 +83,7 @@ def run_bench(engine: CoSteerEngine, tokens: int = 64, repeats: int = 3) -> dict
     out["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     out["repeats"] = repeats * len(BENCH_PROMPTS)
     out["torch_threads"] = torch.get_num_threads()
-    out["cloud_model"], out["local_model"] = engine.cloud.name, engine.local.name
+    out["cloud_model"], out["local_model"] = engine.cloud.name, engine.device.name
     out["same_model"] = engine.same_model
     return out
 
@@ -98,11 +97,11 @@ def topk_agreement(engine: CoSteerEngine, ks=(5, 20, 100), tokens: int = 48) -> 
     same = {k: 0 for k in ks}
     steps = 0
     for prompt, context in BENCH_PROMPTS:
-        plain, with_ctx = build_prompts(engine.local.tokenizer, [{"role": "user", "content": prompt}], context)
-        cloud, device = _Rows(engine.cloud, [plain]), _Rows(engine.local, [plain, with_ctx])
+        plain, with_ctx = build_prompts(engine.device.tokenizer, [{"role": "user", "content": prompt}], context)
+        cloud, device = engine.cloud.open([plain]), ModelRows(engine.device.lm, [plain, with_ctx])
         for _ in range(tokens):
-            b = torch.log_softmax(cloud.logits[0], -1)
-            d = torch.log_softmax(device.logits[1], -1) - torch.log_softmax(device.logits[0], -1)
+            b = cloud.logprobs[0]
+            d = device.logprobs[1] - device.logprobs[0]
             full = int(torch.argmax(steer_from_logprobs(b, d, C)))
             for k in ks:
                 top = torch.topk(b, k).indices
@@ -144,7 +143,9 @@ def http_vs_in_process(engine: CoSteerEngine, tokens: int = 32, repeats: int = 2
                 if server.poll() is not None:
                     raise RuntimeError("serve-cloud exited during start-up")
                 time.sleep(0.2)
-        remote = CoSteerEngine(RemoteCloud(url, engine.local.tokenizer, top_k=top_k).connect(), engine.local)
+        lm = engine.device.lm
+        remote = CoSteerEngine(RemoteCloud(url, lm.tokenizer, lm.vocab_size, lm.eos_ids, top_k=top_k).connect(),
+                               DeviceLM(lm))
         params, sampling = SteeringParams(), Sampling(max_new_tokens=tokens)
         runs = {"in_process": [], "http": []}
         for _ in range(repeats):

@@ -1,82 +1,247 @@
 """`python -m costeer serve-cloud`: the cloud side as its own process, speaking the subset of the
-OpenAI completions API that vLLM serves (token-id prompts, top-k `logprobs`).
+OpenAI completions API that vLLM serves (token-id prompts, top-k `logprobs`, `/tokenize`).
 
 It never receives personal data from CoSteer clients: the device sends the conversation's token
 ids and the chosen tokens only. `--audit-log FILE` appends every request body to a JSONL file so
 that claim can be checked (tests/test_cloud_privacy.py does).
 
-KV caches: each request's prompt usually extends a prompt seen one step earlier, so the server
-keeps the caches of the last `MAX_CONVERSATIONS` prompts (LRU) and runs only the new tokens.
+Work. All prompts of a request go through one batched forward (left padding, as the engine
+does). The model runs on one worker thread, never on the event loop, so `/health` answers while
+it computes. A request is refused with a 400 naming the limit before any work when it has more
+rows than `max_rows`, a prompt longer than the model's context, or more tokens in all than
+`max_request_tokens`; long prompts are prefilled in chunks, and between chunks the worker stops
+if the client has gone or the server is shutting down.
+
+KV caches. A CoSteer client's next request extends each row of its previous one by a token, so
+the server keeps the batched cache of recent requests and runs only the new tokens. A request
+matches a kept batch when every one of its prompts extends one of the batch's rows by the same
+number of tokens (two rows may extend the same cached row, as the side-by-side streams do at
+their first step). The caches are bounded in bytes, least recently used dropped first.
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import time
 import uuid
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from typing import Union
 
 import torch
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
 from .models import LoadedModel
 
-MAX_CONVERSATIONS = 32  # cached prompts (KV caches) kept, least recently used dropped first
 DEFAULT_MAX_LOGPROBS = 20  # vLLM's default cap
+DEFAULT_MAX_ROWS = 16
+DEFAULT_MAX_REQUEST_TOKENS = 16384
+DEFAULT_CACHE_MB = 1024
+TOKENS_PER_FORWARD = 2048  # rows x chunk length of one prefill forward: bounds memory and time between checks
 
 
-class _PrefixCache:
-    """Token-id prompt -> (DynamicCache, next-token logits); finds the longest cached prefix."""
+class Cancelled(Exception):
+    """The client went away or the server is stopping: the work is abandoned."""
 
-    def __init__(self, lm: LoadedModel, capacity: int = MAX_CONVERSATIONS):
-        self.lm, self.capacity = lm, capacity
-        self.entries: OrderedDict[tuple, tuple] = OrderedDict()
+
+class Refused(Exception):
+    """A request over a limit; the message names the field and the limit."""
+
+
+# -- request and response models ---------------------------------------------------------------
+class CompletionRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")  # OpenAI clients send more fields than we read
+
+    model: StrictStr | None = None
+    prompt: Union[StrictStr, list[StrictInt], list[list[StrictInt]]]
+    max_tokens: StrictInt = Field(16, ge=1, le=512)
+    logprobs: StrictInt | None = Field(None, ge=0)
+    temperature: float | None = 0
+    return_tokens_as_token_ids: StrictBool = False
+
+
+class TokenizeRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    model: StrictStr | None = None
+    prompt: StrictStr | None = None  # vLLM's name
+    content: StrictStr | None = None  # llama-server's name
+    add_special_tokens: StrictBool = True  # vLLM's default
+
+
+class Logprobs(BaseModel):
+    tokens: list[str]
+    token_logprobs: list[float]
+    top_logprobs: list[dict[str, float]]
+    text_offset: list[int]
+
+
+class Choice(BaseModel):
+    index: int
+    text: str
+    logprobs: Logprobs | None
+    finish_reason: str
+
+
+class CompletionResponse(BaseModel):
+    id: str
+    object: str = "text_completion"
+    created: int
+    model: str
+    choices: list[Choice]
+    usage: dict[str, int]
+
+
+# -- batched rows with a prefix cache ------------------------------------------------------------
+class _Batch:
+    """Rows in one KV cache, as the engine's ModelRows, plus the token ids of every row."""
+
+    def __init__(self, rows, cache, mask, next_pos, logprobs):
+        self.rows, self.cache, self.mask, self.next_pos, self.logprobs = rows, cache, mask, next_pos, logprobs
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for layer in self.cache.layers
+                   for t in (getattr(layer, "keys", None), getattr(layer, "values", None)) if t is not None)
+
+    def select(self, idx: list[int]):
+        if idx != list(range(len(self.rows))):
+            index = torch.tensor(idx, device=self.mask.device)
+            self.cache.batch_select_indices(index)
+            self.mask, self.next_pos, self.logprobs = self.mask[index], self.next_pos[index], self.logprobs[index]
+            self.rows = [self.rows[i] for i in idx]
+
+
+class PrefixCache:
+    def __init__(self, lm: LoadedModel, max_bytes: int, stopping: threading.Event):
+        self.lm, self.max_bytes, self.stopping = lm, max_bytes, stopping
+        self.entries: OrderedDict[int, _Batch] = OrderedDict()
         self.hits = self.misses = 0
+        self._next_key = 0
 
-    @torch.inference_mode()
-    def next_logits(self, ids: list[int]) -> torch.Tensor:
+    @property
+    def nbytes(self) -> int:
+        return sum(e.nbytes for e in self.entries.values())
+
+    def _match(self, prompts: list[tuple]):
+        """The most recent kept batch every prompt extends by the same number of tokens."""
+        for key in reversed(self.entries):
+            rows = self.entries[key].rows
+            idx, grow = [], set()
+            for p in prompts:
+                best = max((j for j, r in enumerate(rows) if len(r) <= len(p) and p[:len(r)] == r),
+                           key=lambda j: len(rows[j]), default=None)
+                if best is None:
+                    break
+                idx.append(best)
+                grow.add(len(p) - len(rows[best]))
+            if len(idx) == len(prompts) and len(grow) == 1:
+                return key, idx, grow.pop()
+        return None
+
+    def run(self, prompts: list[tuple], cancel: threading.Event) -> _Batch:
+        """The batch for these prompts, with next-token log-probs."""
+        hit = self._match(prompts)
+        if hit:
+            key, idx, grow = hit
+            batch = self.entries.pop(key)  # its cache is extended in place below
+            batch.select(idx)
+            self.hits += 1
+            if grow:
+                self.extend(batch, [list(p[-grow:]) for p in prompts], cancel)
+        else:
+            self.misses += 1
+            batch = self._prefill([list(p) for p in prompts], cancel)
+        return batch  # the caller keeps it once its work is done (a cancelled batch is dropped)
+
+    def keep(self, batch: _Batch):
+        self._next_key += 1
+        self.entries[self._next_key] = batch
+        while len(self.entries) > 1 and self.nbytes > self.max_bytes:
+            self.entries.popitem(last=False)
+
+    def _prefill(self, prompts: list[list[int]], cancel) -> _Batch:
         from transformers import DynamicCache
 
-        key = tuple(ids)
-        if key in self.entries:  # the same prompt again (e.g. two streams sharing a prefix)
-            self.entries.move_to_end(key)
-            self.hits += 1
-            return self.entries[key][1]
-        best = max((k for k in self.entries if len(k) < len(key) and key[:len(k)] == k), key=len, default=None)
-        if best is not None:
-            cache, _ = self.entries.pop(best)  # extended in place: the shorter key is no longer valid
-            new = ids[len(best):]
-            self.hits += 1
-        else:
-            cache, new = DynamicCache(config=self.lm.model.config), ids
-            self.misses += 1
-        start = len(ids) - len(new)
-        inp = torch.tensor([new], device=self.lm.device)
-        pos = torch.arange(start, len(ids), device=self.lm.device)[None]
-        out = self.lm.model(input_ids=inp, position_ids=pos, past_key_values=cache, use_cache=True, logits_to_keep=1)
-        logits = out.logits[0, -1].float()
-        self.entries[key] = (cache, logits)
-        while len(self.entries) > self.capacity:
-            self.entries.popitem(last=False)
-        return logits
+        device, pad = self.lm.device, self.lm.tokenizer.pad_token_id
+        width = max(len(p) for p in prompts)
+        ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=device)
+        full_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
+        positions = (full_mask.cumsum(-1) - 1).clamp(min=0)
+        batch = _Batch([tuple(p) for p in prompts], DynamicCache(config=self.lm.model.config),
+                       full_mask[:, :0], None, None)
+        chunk = max(16, TOKENS_PER_FORWARD // len(prompts))
+        for start in range(0, width, chunk):
+            self._check(cancel)
+            end = min(width, start + chunk)
+            batch.mask = full_mask[:, :end]
+            batch.logprobs = self._model(ids[:, start:end], batch.mask, positions[:, start:end], batch.cache)
+        batch.next_pos = positions[:, -1:] + 1
+        return batch
+
+    def extend(self, batch: _Batch, new: list[list[int]], cancel):
+        """Append the same number of tokens to every row, in chunks."""
+        ids = torch.tensor(new, device=batch.mask.device)
+        chunk = max(16, TOKENS_PER_FORWARD // len(new))
+        for start in range(0, ids.shape[1], chunk):
+            self._check(cancel)
+            part = ids[:, start:start + chunk]
+            n = part.shape[1]
+            batch.mask = torch.cat([batch.mask, torch.ones_like(part)], dim=1)
+            positions = batch.next_pos + torch.arange(n, device=part.device)
+            batch.next_pos = batch.next_pos + n
+            batch.logprobs = self._model(part, batch.mask, positions, batch.cache)
+        batch.rows = [r + tuple(t) for r, t in zip(batch.rows, new)]
+
+    @torch.inference_mode()
+    def _model(self, ids, mask, positions, cache):
+        out = self.lm.model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
+                            use_cache=True, logits_to_keep=1)
+        return torch.log_softmax(out.logits[:, -1, :].float(), dim=-1)
+
+    def _check(self, cancel):
+        if cancel.is_set() or self.stopping.is_set():
+            raise Cancelled()
 
 
-def create_app(lm: LoadedModel, audit_log: str | None = None, max_logprobs: int = DEFAULT_MAX_LOGPROBS):
-    app = FastAPI(title="CoSteer cloud (OpenAI-compatible completions subset)")
-    cache = _PrefixCache(lm)
-    model_lock = threading.Lock()  # one forward at a time: caches are shared state
+# -- the app ---------------------------------------------------------------------------------------
+def check_audit_log(path: str | None):
+    """Fail at start-up, not on every request, when the audit log cannot be written."""
+    if path:
+        with open(path, "a", encoding="utf-8"):
+            pass
+
+
+def create_app(lm: LoadedModel, audit_log: str | None = None, max_logprobs: int = DEFAULT_MAX_LOGPROBS,
+               max_rows: int = DEFAULT_MAX_ROWS, max_request_tokens: int = DEFAULT_MAX_REQUEST_TOKENS,
+               cache_mb: int = DEFAULT_CACHE_MB) -> FastAPI:
+    check_audit_log(audit_log)
+    stopping = threading.Event()
+    worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="costeer-model")  # one forward at a time
+    cache = PrefixCache(lm, cache_mb * 2**20, stopping)
     audit_lock = threading.Lock()
-    vocab = lm.vocab_size
-    tok = lm.tokenizer
+    tok, vocab = lm.tokenizer, lm.vocab_size
+    context = lm.context_limit
 
-    def audit(body: dict, path: str):
+    async def lifespan(app):
+        yield
+        stopping.set()  # a forward in progress ends at its next chunk
+        worker.shutdown(wait=False, cancel_futures=True)
+
+    app = FastAPI(title="CoSteer cloud (OpenAI-compatible completions subset)", lifespan=lifespan)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError):
+        return JSONResponse({"detail": _one_line(exc)}, status_code=400)
+
+    def audit(body, path: str):
         if audit_log:
             with audit_lock, open(audit_log, "a", encoding="utf-8") as f:
                 f.write(json.dumps({"time": time.time(), "path": path, "body": body}, ensure_ascii=False) + "\n")
-
-    def piece(token_id: int, as_ids: bool) -> str:
-        return f"token_id:{token_id}" if as_ids else tok.decode([token_id])
 
     @app.get("/health")
     def health():
@@ -86,91 +251,130 @@ def create_app(lm: LoadedModel, audit_log: str | None = None, max_logprobs: int 
     def models():
         audit({}, "/v1/models")
         return {"object": "list", "data": [{"id": lm.name, "object": "model", "owned_by": "costeer",
-                                            "max_model_len": getattr(lm.model.config, "max_position_embeddings", None)}]}
+                                            "max_model_len": context}]}
 
     @app.post("/tokenize")
-    async def tokenize(request: Request):
-        body = await _json_body(request)
-        audit(body, "/tokenize")
-        prompt = body.get("prompt")
-        if not isinstance(prompt, str):
-            raise HTTPException(400, "prompt must be a string")
-        ids = tok(prompt, add_special_tokens=False)["input_ids"]
-        return {"tokens": ids, "count": len(ids), "max_model_len": getattr(lm.model.config, "max_position_embeddings", None)}
+    def tokenize(body: TokenizeRequest):
+        audit(body.model_dump(exclude_none=True), "/tokenize")
+        text = body.prompt if body.prompt is not None else body.content
+        if text is None:
+            return JSONResponse({"detail": "prompt (or content) must be a string"}, status_code=400)
+        ids = tok(text, add_special_tokens=body.add_special_tokens)["input_ids"]
+        return {"tokens": ids, "count": len(ids), "max_model_len": context}
 
-    @app.post("/v1/completions")
-    async def completions(request: Request):
-        body = await _json_body(request)
-        audit(body, "/v1/completions")
-        prompts = _prompts(body.get("prompt"), vocab, tok)
-        max_tokens = body.get("max_tokens", 16)
-        k = body.get("logprobs") or 0
-        if not isinstance(max_tokens, int) or not 1 <= max_tokens <= 512:
-            raise HTTPException(400, "max_tokens must be an integer in [1, 512]")
-        if not isinstance(k, int) or not 0 <= k <= max_logprobs:
-            raise HTTPException(400, f"logprobs must be an integer in [0, {max_logprobs}] (server cap --max-logprobs)")
-        if body.get("temperature", 0) not in (0, 0.0, None):
-            raise HTTPException(400, "only temperature 0 is served: sampling happens on the device")
-        as_ids = bool(body.get("return_tokens_as_token_ids"))
-        choices = []
-        with model_lock:
-            for index, ids in enumerate(prompts):
-                ids = list(ids)
-                lp = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
-                text = ""
-                finish = "length"
-                for _ in range(max_tokens):
-                    logprobs = torch.log_softmax(cache.next_logits(ids), dim=-1)
-                    token = int(torch.argmax(logprobs))
-                    lp["tokens"].append(piece(token, as_ids))
-                    lp["token_logprobs"].append(float(logprobs[token]))
-                    lp["text_offset"].append(len(text))
-                    if k:
-                        values, top = torch.topk(logprobs, k)
-                        lp["top_logprobs"].append({piece(int(i), as_ids): float(v) for v, i in zip(values, top)})
-                    text += tok.decode([token])
-                    ids.append(token)
-                    if token == tok.eos_token_id:
-                        finish = "stop"
-                        break
-                choices.append({"index": index, "text": text, "logprobs": lp if k else None, "finish_reason": finish})
+    @app.post("/v1/completions", response_model=CompletionResponse)
+    async def completions(body: CompletionRequest, request: Request):
+        audit(body.model_dump(exclude_none=True), "/v1/completions")
+        try:
+            prompts = _check_request(body, tok, vocab, context, max_logprobs, max_rows, max_request_tokens)
+        except Refused as exc:
+            return JSONResponse({"detail": str(exc)}, status_code=400)
+        cancel = threading.Event()
+        future = asyncio.get_running_loop().run_in_executor(worker, _complete, cache, tok, body, prompts, cancel)
+        try:
+            while not future.done():
+                await asyncio.wait([future], timeout=0.05)
+                if not future.done() and await request.is_disconnected():
+                    cancel.set()
+            choices = future.result()
+        except Cancelled:
+            return JSONResponse({"detail": "cancelled"}, status_code=499)
+        finally:
+            cancel.set()  # also when this task itself is cancelled (shutdown): the worker stops
         n_prompt = sum(len(p) for p in prompts)
-        return JSONResponse({"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
-                             "model": lm.name, "choices": choices,
-                             "usage": {"prompt_tokens": n_prompt, "completion_tokens": sum(len(c["logprobs"]["tokens"]) if c["logprobs"] else 0 for c in choices),
-                                       "cache_hits": cache.hits, "cache_misses": cache.misses}})
+        n_done = sum(len(c.logprobs.tokens) if c.logprobs else 0 for c in choices)
+        return CompletionResponse(id=f"cmpl-{uuid.uuid4().hex}", created=int(time.time()), model=lm.name,
+                                  choices=choices, usage={"prompt_tokens": n_prompt, "completion_tokens": n_done,
+                                                          "cache_hits": cache.hits, "cache_misses": cache.misses,
+                                                          "cache_bytes": cache.nbytes})
 
     return app
 
 
-async def _json_body(request: Request) -> dict:
-    try:
-        body = json.loads(await request.body())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise HTTPException(400, "request body is not valid JSON") from None
-    if not isinstance(body, dict):
-        raise HTTPException(400, "request body must be a JSON object")
-    return body
+def _one_line(exc: RequestValidationError) -> str:
+    errors = exc.errors()
+    if any(e.get("type") == "json_invalid" for e in errors):
+        return "request body is not valid JSON"
+    if any(e.get("type") == "model_attributes_type" for e in errors):
+        return "request body must be a JSON object"
+    parts = []
+    for e in errors[:3]:
+        where = ".".join(str(x) for x in e.get("loc", ()) if x != "body") or "body"
+        parts.append(f"{where}: {e.get('msg', 'invalid')}")
+    return "; ".join(parts) or "invalid request"
 
 
-def _prompts(prompt, vocab: int, tok) -> list[list[int]]:
-    """OpenAI's prompt forms: text, a list of ids, or a list of those."""
+def _check_request(body: CompletionRequest, tok, vocab, context, max_logprobs, max_rows, max_request_tokens):
+    """The prompts as tuples of ids, or Refused naming the limit."""
+    k = body.logprobs or 0
+    if k > max_logprobs:
+        raise Refused(f"logprobs must be an integer in [0, {max_logprobs}] (server cap --max-logprobs)")
+    if body.temperature not in (0, 0.0, None):
+        raise Refused("only temperature 0 is served: sampling happens on the device")
+    prompt = body.prompt
     if isinstance(prompt, str):
-        return [tok(prompt, add_special_tokens=False)["input_ids"]]
-    if isinstance(prompt, list) and prompt and all(isinstance(x, int) and not isinstance(x, bool) for x in prompt):
-        batch = [prompt]
-    elif isinstance(prompt, list) and prompt and all(isinstance(p, list) and p for p in prompt):
-        batch = prompt
+        prompts = [tok(prompt, add_special_tokens=False)["input_ids"]]
+    elif prompt and all(isinstance(x, int) for x in prompt):
+        prompts = [prompt]
+    elif prompt and all(isinstance(p, list) and p for p in prompt):
+        prompts = prompt
     else:
-        raise HTTPException(400, "prompt must be text, a non-empty list of token ids, or a list of those")
-    for ids in batch:
-        bad = [x for x in ids if not isinstance(x, int) or isinstance(x, bool) or not 0 <= x < vocab]
+        raise Refused("prompt must be text, a non-empty list of token ids, or a list of those")
+    if not all(prompts):
+        raise Refused("prompt must not be empty")
+    if len(prompts) > max_rows:
+        raise Refused(f"prompt: at most {max_rows} prompts per request (--max-rows), got {len(prompts)}")
+    for ids in prompts:
+        bad = [x for x in ids if not 0 <= x < vocab]
         if bad:
-            raise HTTPException(400, f"token ids must be integers in [0, {vocab}); got {bad[:3]}")
-    return batch
+            raise Refused(f"prompt: token ids must be integers in [0, {vocab}); got {bad[:3]}")
+        if context and len(ids) + body.max_tokens > context:
+            raise Refused(f"prompt: {len(ids)} tokens + max_tokens {body.max_tokens} exceed the model's context "
+                          f"of {context} tokens")
+    total = sum(len(p) + body.max_tokens for p in prompts)
+    if total > max_request_tokens:
+        raise Refused(f"prompt: {total} tokens in all (prompts + max_tokens per row) exceed the request limit "
+                      f"of {max_request_tokens} (--max-request-tokens)")
+    return [tuple(p) for p in prompts]
 
 
-def serve(lm: LoadedModel, host: str, port: int, audit_log: str | None, max_logprobs: int):
+def _complete(cache: PrefixCache, tok, body: CompletionRequest, prompts: list[tuple], cancel) -> list[Choice]:
+    """Greedy completion of every row at once; runs on the worker thread."""
+    k, as_ids = body.logprobs or 0, body.return_tokens_as_token_ids
+    piece = (lambda t: f"token_id:{t}") if as_ids else (lambda t: tok.decode([t]))
+    eos = tok.eos_token_id
+    batch = cache.run(prompts, cancel)
+    n = len(prompts)
+    out = [Logprobs(tokens=[], token_logprobs=[], top_logprobs=[], text_offset=[]) for _ in range(n)]
+    texts, finish = [""] * n, ["length"] * n
+    for step in range(body.max_tokens):
+        tokens = batch.logprobs.argmax(-1).tolist()
+        values, top = torch.topk(batch.logprobs, k) if k else (None, None)
+        for i, t in enumerate(tokens):
+            if finish[i] == "stop":
+                continue
+            lp = out[i]
+            lp.tokens.append(piece(t))
+            lp.token_logprobs.append(float(batch.logprobs[i, t]))
+            lp.text_offset.append(len(texts[i]))
+            if k:
+                lp.top_logprobs.append({piece(int(j)): float(v) for v, j in zip(values[i], top[i])})
+            texts[i] += tok.decode([t])
+            if t == eos:
+                finish[i] = "stop"
+        if step + 1 == body.max_tokens or all(f == "stop" for f in finish):
+            break
+        cache.extend(batch, [[t] for t in tokens], cancel)
+    cache.keep(batch)
+    return [Choice(index=i, text=texts[i], logprobs=out[i] if k else None, finish_reason=finish[i]) for i in range(n)]
+
+
+def serve(lm: LoadedModel, host: str, port: int, audit_log: str | None, max_logprobs: int,
+          max_rows: int = DEFAULT_MAX_ROWS, max_request_tokens: int = DEFAULT_MAX_REQUEST_TOKENS,
+          cache_mb: int = DEFAULT_CACHE_MB):
     import uvicorn
 
-    uvicorn.run(create_app(lm, audit_log, max_logprobs), host=host, port=port, log_level="warning")
+    app = create_app(lm, audit_log, max_logprobs, max_rows, max_request_tokens, cache_mb)
+    # SIGTERM: stop accepting, give running requests 2 s, then cancel them (their work stops at
+    # the next chunk) and exit.
+    uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=2)

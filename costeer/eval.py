@@ -157,7 +157,7 @@ class Evaluator:
         from user_store import UserStore
 
         self.engine = engine
-        self.device_alone = engine if engine.same_model else CoSteerEngine(engine.local, engine.local)
+        self.device_alone = engine if engine.same_model else CoSteerEngine.one_model(engine.device.lm)
         self.sampling = Sampling(max_new_tokens=max_new_tokens)
         self._tmp = tempfile.TemporaryDirectory(prefix="costeer-eval-")
         self.store = UserStore(Path(self._tmp.name) / "eval.db")
@@ -169,7 +169,7 @@ class Evaluator:
             self.store.import_user(row.profile, mode="replace", user=user)
         else:
             self.store.add_user(user)
-        tok = self.engine.local.tokenizer
+        tok = self.engine.device.tokenizer
         return self.store.build_context(user, row.query, max_tokens=CONTEXT_TOKENS,
                                         count_tokens=lambda s: len(tok(s, add_special_tokens=False)["input_ids"]))
 

@@ -45,6 +45,18 @@ class LoadedModel:
     def vocab_size(self) -> int:
         return self.model.get_output_embeddings().weight.shape[0]
 
+    @property
+    def eos_ids(self) -> frozenset[int]:
+        """Every id that ends an answer: the tokenizer's EOS and the generation config's."""
+        eos = {self.tokenizer.eos_token_id} if self.tokenizer.eos_token_id is not None else set()
+        gen = getattr(self.model.generation_config, "eos_token_id", None)
+        eos |= set(gen if isinstance(gen, list) else [gen] if gen is not None else [])
+        return frozenset(eos)
+
+    @property
+    def context_limit(self) -> int | None:
+        return getattr(self.model.config, "max_position_embeddings", None)
+
 
 def set_offline(allow_downloads: bool = False):
     """No hub access and no telemetry unless asked. Call before transformers/huggingface_hub
@@ -170,6 +182,7 @@ def _converted_gguf(gguf_path: Path) -> Path:
     key = hashlib.sha256(f"{gguf_path.resolve()}|{stat.st_size}|{int(stat.st_mtime)}".encode()).hexdigest()[:16]
     target = cache_dir() / "models" / f"{gguf_path.stem}-{key}"
     if (target / "costeer-converted.json").is_file():
+        _name_architecture(target)
         return target
     import torch
     from safetensors.torch import save_file
@@ -186,6 +199,7 @@ def _converted_gguf(gguf_path: Path) -> Path:
         config = model.config
         if hasattr(config, "quantization_config"):
             delattr(config, "quantization_config")
+        config.architectures = [type(model).__name__]  # vLLM picks its model class by this name
         config.save_pretrained(tmp)
         tok.save_pretrained(tmp)
         state = {k: v.contiguous() for k, v in model.state_dict().items()}
@@ -200,6 +214,21 @@ def _converted_gguf(gguf_path: Path) -> Path:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def _name_architecture(folder: Path):
+    """Copies converted before `architectures` was written get it now (vLLM needs it to serve them)."""
+    path = folder / "config.json"
+    config = json.loads(path.read_text())
+    if config.get("architectures"):
+        return
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    config["architectures"] = [MODEL_FOR_CAUSAL_LM_MAPPING_NAMES[AutoConfig.from_pretrained(folder).model_type]]
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(config, indent=2))
+    os.replace(tmp, path)
 
 
 def same_tokenizer(a: LoadedModel, b: LoadedModel) -> bool:

@@ -91,13 +91,7 @@ def _base_and_delta(llm_logits, slm_without_logits, slm_with_logits):
 def ftrl_steer(llm_logits, slm_without_logits, slm_with_logits, params: SteeringParams = SteeringParams()):
     """The paper's update, T explicit iterations. Returns p_T, log-probs [batch, vocab]."""
     b, d = _base_and_delta(llm_logits, slm_without_logits, slm_with_logits)
-    p, U = b, torch.zeros_like(b)
-    inv_eta = 1.0 / params.eta
-    for t in range(1, params.T + 1):
-        u = params.alpha * (p - b) + params.beta * d
-        U = U + u
-        p = torch.log_softmax((t * params.lam * b + U + p * inv_eta) / (t * params.lam + inv_eta), dim=-1)
-    return p
+    return ftrl_from_logprobs(b, d, params)
 
 
 def closed_form_steer(llm_logits, slm_without_logits, slm_with_logits, params: SteeringParams = SteeringParams()):
@@ -109,3 +103,13 @@ def closed_form_steer(llm_logits, slm_without_logits, slm_with_logits, params: S
 def steer_from_logprobs(b: torch.Tensor, d: torch.Tensor, strength: float) -> torch.Tensor:
     """The engine's hot path: b and d already computed, C already known."""
     return torch.log_softmax(b + strength * d, dim=-1)
+
+
+def ftrl_from_logprobs(b: torch.Tensor, d: torch.Tensor, params: SteeringParams) -> torch.Tensor:
+    """The T-step loop on b and d already computed (the reference steering processor)."""
+    p, U = b, torch.zeros_like(b)
+    inv_eta = 1.0 / params.eta
+    for t in range(1, params.T + 1):
+        U = U + params.alpha * (p - b) + params.beta * d
+        p = torch.log_softmax((t * params.lam * b + U + p * inv_eta) / (t * params.lam + inv_eta), dim=-1)
+    return p

@@ -15,3 +15,17 @@ def running_cloud(audit_log=None, *extra, timeout=180):
     url = f"http://127.0.0.1:{port}"
     with running_process(args, url + "/health", log, timeout):
         yield url
+
+
+def remote_cloud(url, lm, **kw):
+    """A RemoteCloud at `url` that shares the bundled model's tokenizer (the device's)."""
+    from costeer.cloud import RemoteCloud
+
+    return RemoteCloud(url, lm.tokenizer, lm.vocab_size, lm.eos_ids, **kw)
+
+
+def remote_engine(url, lm, **kw):
+    from costeer.decoding import CoSteerEngine
+    from costeer.device import DeviceLM
+
+    return CoSteerEngine(remote_cloud(url, lm, **kw).connect(), DeviceLM(lm))

@@ -26,7 +26,7 @@ def lm():
 def engine(lm):
     from costeer.decoding import CoSteerEngine
 
-    return CoSteerEngine(lm)
+    return CoSteerEngine.one_model(lm)
 
 
 def run_cli(args, env=None, **kw):

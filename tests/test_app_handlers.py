@@ -62,7 +62,7 @@ def test_a_conversation_longer_than_the_model_is_a_clear_error(studio):
     turn = "word " * 700
     conv = {k: [{"role": r, "content": turn} for _ in range(7) for r in ("user", "assistant")]
             for k in ("steered", "unsteered")}
-    with pytest.raises(gr.Error, match="conversation too long: .* exceed the model's context of 8192 tokens"):
+    with pytest.raises(gr.Error, match="conversation too long: .* exceed the cloud model's context of 8192 tokens"):
         _chat(studio, "one more question", conv)
     assert _chat(studio, "Plan my Friday evening", new_conversation())[1][-1]["content"]  # still works
 

@@ -48,3 +48,50 @@ def test_bench_reports_every_figure():
         assert 0 <= out[f"top{k}_agreement"] <= 1
     assert out["top5_agreement"] <= out["top100_agreement"] + 1e-9 or out["agreement_steps"] < 10
     assert out["http_steered_ms_per_token"] > 0 and out["in_process_steered_ms_per_token"] > 0
+
+
+def _one_line_error(r, code=2):
+    assert r.returncode == code, (r.returncode, r.stderr[-500:])
+    assert "Traceback" not in r.stderr and r.stderr.strip()
+    return r.stderr
+
+
+def test_bad_text_and_files_are_one_line_errors(tmp_path):
+    """Each of these printed a traceback before."""
+    bad = tmp_path / "latin1.txt"
+    bad.write_bytes("Café in São Paulo".encode("latin-1"))
+    assert "is not UTF-8 text" in _one_line_error(run_cli(["-m", "costeer", "generate", "--prompt", "hi",
+                                                          "--context-file", str(bad)]))
+    # "\udcff" is how Python hands over the raw byte 0xff from a shell argument
+    assert "--prompt is not valid UTF-8 text" in _one_line_error(run_cli(["-m", "costeer", "generate", "--prompt", "\udcff"]))
+    assert "not valid UTF-8 text" in _one_line_error(run_cli(["-m", "user_store", "--db", str(tmp_path / "s.db"),
+                                                              "add", "Ana", "\udcff"]))
+    (tmp_path / "notes.db").write_text("just some text, not a database\n" * 20)
+    for db in (tmp_path / "notes.db", tmp_path, "/proc/costeer.db"):
+        err = _one_line_error(run_cli(["-m", "user_store", "--db", str(db), "users"]))
+        assert "cannot open the database" in err and str(db) in err
+    assert (tmp_path / "notes.db").read_text().startswith("just some text")  # nothing written into it
+
+
+def test_too_long_a_prompt_is_refused_in_words():
+    err = _one_line_error(run_cli(["-m", "costeer", "generate", "--prompt", "word " * 9000, "--max-new-tokens", "4"]))
+    assert "conversation too long" in err and "context of 8192 tokens" in err
+
+
+def test_eval_checks_its_output_paths_before_the_work(tmp_path):
+    data = "assets/eval/sample.jsonl"
+    for args, words in ((["--out", str(tmp_path)], "--out: "),
+                        (["--sweep", "lam=1,2", "--plot", "/nonexistent/p.png"], "--plot: the folder /nonexistent does not exist")):
+        err = _one_line_error(run_cli(["-m", "costeer", "eval", "--data", data, "--limit", "1", *args]))
+        assert words in err and "model" not in err.split(words)[0][-40:]
+
+
+def test_eval_does_not_send_the_context_to_a_cloud_unasked():
+    err = _one_line_error(run_cli(["-m", "costeer", "eval", "--data", "assets/eval/sample.jsonl", "--limit", "1",
+                                   "--cloud-url", "http://127.0.0.1:9/v1", "--methods", "llm", "llm_ctx"]))
+    assert "llm_ctx" in err and "--allow-context-to-cloud" in err and "personal data" in err
+
+
+def test_app_checks_top_k():
+    err = _one_line_error(run_cli(["app.py", "--top-k", "0"]))
+    assert "--top-k must be an integer in [1, 1000]" in err

@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from apprunner import free_port
-from cloudrunner import running_cloud
+from cloudrunner import remote_cloud, remote_engine, running_cloud
 from conftest import run_cli
 from costeer.cloud import CloudError, RemoteCloud
-from costeer.decoding import CoSteerEngine, Sampling, build_prompts
+from costeer.decoding import Sampling, build_prompts
 
 FRIDAY = [{"role": "user", "content": "Suggest a plan for my Friday evening."}]
 OSAKA = "I am a strict vegetarian living in Osaka. I love jazz and quiet places. I always answer in short bullet points."
@@ -77,9 +77,8 @@ def test_bad_requests_are_400_with_a_reason(cloud_url, body, message):
 
 
 def test_remote_engine_steers_among_the_clouds_top_k(cloud_url, lm, engine):
-    remote = RemoteCloud(cloud_url, lm.tokenizer, top_k=20).connect()
-    assert remote.model_id == lm.name
-    r_engine = CoSteerEngine(remote, lm)
+    r_engine = remote_engine(cloud_url, lm, top_k=20)
+    assert r_engine.cloud.model_id == lm.name
     greedy = Sampling(max_new_tokens=16)
     events = list(r_engine.stream(FRIDAY, OSAKA, "side_by_side", sampling=greedy))
     local = {}
@@ -100,7 +99,7 @@ def test_tokenizer_mismatch_is_refused(cloud_url, tmp_path, lm):
             return {"input_ids": [i + 1 for i in lm.tokenizer(text, add_special_tokens=False)["input_ids"]]}
 
     with pytest.raises(CloudError, match="tokenizes differently"):
-        RemoteCloud(cloud_url, Shifted()).connect()
+        RemoteCloud(cloud_url, Shifted(), lm.vocab_size, lm.eos_ids).connect()
 
 
 def test_cloud_interface_takes_token_ids_only():
@@ -162,7 +161,7 @@ def faulty():
 ])
 def test_faults_end_in_a_clear_error_never_a_hang(faulty, lm, mode, words, attempts):
     _Faulty.mode = mode
-    cloud = RemoteCloud(faulty, lm.tokenizer, timeout=1.0, connect_timeout=1.0, retries=2)
+    cloud = remote_cloud(faulty, lm, timeout=1.0, connect_timeout=1.0, retries=2)
     start = time.time()
     with pytest.raises(CloudError) as err:
         cloud.next_logprobs([[1, 2, 3]])
@@ -175,7 +174,7 @@ def test_connection_refused_is_retried_then_reported(lm):
     url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     start = time.time()
     with pytest.raises(CloudError, match="failed after 3 attempts: cannot connect"):
-        RemoteCloud(url, lm.tokenizer, retries=2).connect()
+        remote_cloud(url, lm, retries=2).connect()
     assert time.time() - start < 15
 
 

@@ -3,9 +3,9 @@ steered generations for users whose histories hold canaries leak nothing of them
 import json
 import uuid
 
-from cloudrunner import running_cloud
-from costeer.cloud import PROBE_TEXT, RemoteCloud
-from costeer.decoding import CoSteerEngine, Sampling
+from cloudrunner import remote_engine, running_cloud
+from costeer.cloud import PROBE_TEXT
+from costeer.decoding import Sampling
 from user_store import UserStore
 
 HISTORIES = {
@@ -31,7 +31,7 @@ def test_no_personal_data_reaches_the_cloud(tmp_path, lm):
     prompts = ["Plan my Friday evening.", "Write a short note to my family about my week."]
     contexts = []
     with running_cloud(audit) as url:
-        engine = CoSteerEngine(RemoteCloud(url, lm.tokenizer).connect(), lm)
+        engine = remote_engine(url, lm)
         for user in HISTORIES:
             for prompt in prompts:
                 context = store.build_context(user, prompt)

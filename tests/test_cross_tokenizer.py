@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import run_cli
-from costeer.decoding import CoSteerEngine, Sampling
+from costeer.decoding import Sampling, build_engine
 from costeer.vocab_map import VocabMap, token_bytes
 
 OSAKA = "I am a strict vegetarian living in Osaka. I love jazz and quiet places."
@@ -52,7 +52,7 @@ def test_vocabulary_intersection_of_the_two_real_tokenizers(lm, gemma):
 
 def test_steering_across_tokenizers_both_ways(lm, gemma):
     for cloud, local in ((lm, gemma), (gemma, lm)):
-        engine = CoSteerEngine(cloud, local)
+        engine = build_engine(cloud, local)
         assert engine.vocab_map is not None and not engine.same_model
         out = {}
         events = list(engine.stream([{"role": "user", "content": "Suggest a plan for my Friday evening."}], OSAKA,

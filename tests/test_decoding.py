@@ -4,7 +4,8 @@ import torch
 
 from costeer import SteeringParams
 from costeer.bench import naive_steered_events
-from costeer.decoding import CloudTranscript, Sampling, _Rows, build_prompts
+from costeer.decoding import CloudTranscript, Sampling, build_prompts
+from costeer.rows import LazyRows, ModelRows
 
 FRIDAY = [{"role": "user", "content": "Suggest a plan for my Friday evening."}]
 OSAKA = ("I am a strict vegetarian living in Osaka. I love jazz and quiet places. "
@@ -24,13 +25,13 @@ def test_batched_rows_match_unbatched_rows(lm):
     """Left padding, masks and positions: a row in a padded batch decodes as it does alone."""
     short, long = build_prompts(lm.tokenizer, FRIDAY, OSAKA)
     assert len(long) > len(short) + 10  # real padding in the batch
-    batch = _Rows(lm, [short, long])
-    alone = [_Rows(lm, [short]), _Rows(lm, [long])]
+    batch = ModelRows(lm, [short, long])
+    alone = [ModelRows(lm, [short]), ModelRows(lm, [long])]
     for _ in range(12):
         for i in range(2):
-            assert torch.allclose(batch.logits[i], alone[i].logits[0], atol=2e-3), f"row {i} diverged"
-        tokens = [int(batch.logits[i].argmax()) for i in range(2)]
-        assert tokens == [int(a.logits[0].argmax()) for a in alone]
+            assert torch.allclose(batch.logprobs[i], alone[i].logprobs[0], atol=2e-3), f"row {i} diverged"
+        tokens = [int(batch.logprobs[i].argmax()) for i in range(2)]
+        assert tokens == [int(a.logprobs[0].argmax()) for a in alone]
         batch.step(tokens)
         for i in range(2):
             alone[i].step([tokens[i]])
@@ -146,9 +147,9 @@ def test_multi_turn_each_stream_keeps_its_conversation(engine):
 def test_gate_skips_device_passes_and_caches_stay_consistent(engine):
     """With a gate that skips often, every step where the device does run must give exactly the delta
     a fresh device pass over the same prefix gives (the lazy caches caught up correctly)."""
-    from costeer.decoding import ConfidenceGate, _Rows
+    from costeer.decoding import ConfidenceGate
 
-    gate = ConfidenceGate(threshold=0.6, patience=1)  # skip whenever the cloud's top p >= 0.4
+    gate = ConfidenceGate(threshold=0.6, patience=1, mode="reopen")  # skip whenever the cloud's top p >= 0.4
     events = list(engine.stream(FRIDAY, OSAKA, "steered", SteeringParams(), Sampling(max_new_tokens=40), gate=gate))
     flags = [e.device_skipped for e in events]
     assert any(flags) and not all(flags)
@@ -160,7 +161,7 @@ def test_gate_skips_device_passes_and_caches_stay_consistent(engine):
 
     C = effective_strength(SteeringParams())
     for i in resumed[:3]:
-        fresh = _Rows(engine.cloud, [plain + ids[:i], with_ctx + ids[:i]]).logits
+        fresh = ModelRows(engine.cloud.lm, [plain + ids[:i], with_ctx + ids[:i]]).logprobs
         b = torch.log_softmax(fresh[0], -1)
         p = steer_from_logprobs(b, torch.log_softmax(fresh[1], -1) - b, C)
         assert int(torch.argmax(p)) == ids[i]
@@ -174,13 +175,12 @@ def test_gate_skips_device_passes_and_caches_stay_consistent(engine):
 def test_lazy_rows_crop_and_refeed(lm):
     """The device side of cross-tokenizer steering: when the target ids change an earlier token,
     the cache is cropped back and re-fed; logits match a fresh pass over the new ids."""
-    from costeer.decoding import _LazyRows, _Rows
 
     prompt, _ = build_prompts(lm.tokenizer, FRIDAY, "")
-    lazy = _LazyRows(lm, [prompt])
+    lazy = LazyRows(lm, [prompt])
     a = lm.tokenizer(" Take a walk in Osaka", add_special_tokens=False)["input_ids"]
     b = a[:2] + lm.tokenizer(" quiet jazz bar", add_special_tokens=False)["input_ids"]
     for target in (a, b, b[:3], b[:1], []):
-        got = lazy.logits_after(target)[0]
-        want = _Rows(lm, [prompt + target]).logits[0]
+        got = lazy.logprobs_after(target)[0]
+        want = ModelRows(lm, [prompt + target]).logprobs[0]
         assert torch.allclose(got, want, atol=2e-3), target

@@ -40,11 +40,11 @@ def tiny_folder(tmp_path_factory, lm):
 
 
 def test_a_local_folder_works_as_device_model(tiny_folder, lm):
-    from costeer.decoding import CoSteerEngine, Sampling
+    from costeer.decoding import Sampling, build_engine
 
     cloud, local = load_pair(None, str(tiny_folder))
     assert local is not cloud and local.name == str(tiny_folder)
-    engine = CoSteerEngine(cloud, local)
+    engine = build_engine(cloud, local)
     events = list(engine.stream([{"role": "user", "content": "Hi"}], "I like tea.", "side_by_side",
                                 sampling=Sampling(max_new_tokens=4)))
     assert {e.stream for e in events} == {"steered", "unsteered"}
@@ -60,10 +60,10 @@ def test_different_tokenizers_get_a_vocabulary_map(tiny_folder, tmp_path):
     a, b = "hello", "world"
     vocab[a], vocab[b] = vocab[b], vocab[a]  # same tokens, different ids
     (other / "tokenizer.json").write_text(json.dumps(tj))
-    from costeer.decoding import CoSteerEngine
+    from costeer.decoding import build_engine
 
     cloud, local = load_pair(str(tiny_folder), str(other))
-    engine = CoSteerEngine(cloud, local)
+    engine = build_engine(cloud, local)
     assert engine.vocab_map is not None and engine.vocab_map.size > 40_000
 
 

@@ -104,7 +104,7 @@ class Studio:
 
     # -- context and strength -------------------------------------------------------
     def count_tokens(self, text: str) -> int:
-        return len(self.engine.local.tokenizer(text, add_special_tokens=False)["input_ids"])
+        return len(self.engine.device.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def context_for(self, user: str, message: str) -> str:
         return self.store.build_context(user, message, max_tokens=self.context_tokens, count_tokens=self.count_tokens)
@@ -290,7 +290,7 @@ class Studio:
     def rate(self, rater, user, message, answer_a, answer_b, steered_side, vote, params=None):
         try:
             return self.store.add_vote(rater, user, [{"role": "user", "content": message}], answer_a, answer_b,
-                                       steered_side, vote, params or {}, self.engine.cloud.name, self.engine.local.name)
+                                       steered_side, vote, params or {}, self.engine.cloud.name, self.engine.device.name)
         except StoreError as exc:
             raise gr.Error(str(exc)) from None
 

@@ -40,8 +40,20 @@ def build_parser():
     return p
 
 
+def _text_args(parser, args):
+    """Arguments the shell could not decode arrive with lone surrogates: refuse them in words."""
+    for name, value in vars(args).items():
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                parser.error(f"{name.replace('_', '-')}: not valid UTF-8 text")
+
+
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _text_args(parser, args)
     try:
         store = UserStore(args.db)
         cmd = args.command

@@ -57,6 +57,15 @@ def _now() -> str:
 class UserStore:
     def __init__(self, path: str | os.PathLike | None = None):
         self.path = Path(path) if path is not None else default_db_path()
+        try:
+            self._open()
+        except (sqlite3.Error, OSError) as exc:  # a directory, not a database, /proc, no permission
+            reason = getattr(exc, "strerror", None) or str(exc)
+            raise StoreError(f"cannot open the database {self.path}: {reason}") from None
+
+    def _open(self):
+        if self.path.is_dir():
+            raise OSError(f"{self.path} is a directory, not an SQLite file")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(str(self.path), timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False)
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")

@@ -1,0 +1,94 @@
+"""Where the rows of one answer live: two arrangements of the same parts, chosen once when the
+engine is built.
+
+    Split      any CloudLM and any DeviceLM, as in the paper's deployment. The cloud's rows get
+               the conversation's token ids and the chosen tokens; the device's rows get the
+               context. Nothing connects the two but the engine's loop.
+    OneModel   the single-process demo: one model plays both roles (the bundled default). The
+               device's without-context row is then the same computation as the cloud's steered
+               row, so it is shared, and (without a gate) the device's with-context row rides in
+               the cloud's batch: three distributions for one batched forward. Both roles share a
+               process here; the boundary it demonstrates is the one Split enforces.
+
+A `Plan` holds one answer's rows: cloud log-probs per stream (`base`), the delta at the steered
+answer's end (`delta`), and `advance`, which feeds the chosen tokens and drops finished streams.
+"""
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import torch
+
+from .cloud import CloudLM, InProcessCloud, Rows
+from .device import DeviceLM
+from .models import LoadedModel
+from .prompts import with_context_ids
+from .rows import LazyRows, ModelRows
+
+PRIVATE_ROW = "device_ctx"  # OneModel's with-context row; it follows the steered stream
+
+
+class Plan:
+    def __init__(self, rows: Rows, names: list[str], delta: Callable[[list[int]], torch.Tensor | None] | None):
+        self.rows, self.names, self._delta = rows, names, delta
+        self.cloud_ms = 0.0  # time of the last forward (or round trip) that produced `base`
+
+    @property
+    def live(self) -> list[str]:
+        return [n for n in self.names if n != PRIVATE_ROW]
+
+    def base(self, stream: str) -> torch.Tensor:
+        return self.rows.logprobs[self.names.index(stream)]
+
+    def delta(self, answer_ids: list[int]) -> torch.Tensor | None:
+        return self._delta(answer_ids)
+
+    def advance(self, chosen: dict[str, int]):
+        """Feed each live stream's chosen token; streams missing from `chosen` have finished."""
+        follows = lambda n: "steered" if n == PRIVATE_ROW else n  # noqa: E731
+        keep = [i for i, n in enumerate(self.names) if follows(n) in chosen]
+        if len(keep) < len(self.names):
+            self.rows.keep(keep)
+            self.names = [self.names[i] for i in keep]
+        start = time.perf_counter()
+        self.rows.step([chosen[follows(n)] for n in self.names])
+        self.cloud_ms = (time.perf_counter() - start) * 1000
+
+
+class Split:
+    name = "split"
+
+    def __init__(self, cloud: CloudLM, device: DeviceLM):
+        self.cloud, self.device = cloud, device
+
+    def open(self, cloud_prompts: dict[str, list[int]], messages: list[dict], context: str, gated: bool) -> Plan:
+        device = self.device.open(messages, context) if "steered" in cloud_prompts else None
+        start = time.perf_counter()
+        plan = Plan(self.cloud.open(list(cloud_prompts.values())), list(cloud_prompts),
+                    device.delta if device else None)
+        plan.cloud_ms = (time.perf_counter() - start) * 1000
+        return plan
+
+
+class OneModel:
+    name = "one-model"
+
+    def __init__(self, lm: LoadedModel):
+        self.lm, self.cloud, self.device = lm, InProcessCloud(lm), DeviceLM(lm)
+
+    def open(self, cloud_prompts: dict[str, list[int]], messages: list[dict], context: str, gated: bool) -> Plan:
+        names, prompts = list(cloud_prompts), list(cloud_prompts.values())
+        start = time.perf_counter()
+        if "steered" not in names:
+            plan = Plan(ModelRows(self.lm, prompts), names, None)
+        elif gated:  # the with-context row follows lazily, so a gated step costs it nothing
+            private = LazyRows(self.lm, [with_context_ids(self.lm.tokenizer, messages, context)])
+            plan = Plan(ModelRows(self.lm, prompts), names, None)
+            plan._delta = lambda ids: private.logprobs_after(ids)[0] - plan.base("steered")
+        else:
+            private = with_context_ids(self.lm.tokenizer, messages, context)
+            plan = Plan(ModelRows(self.lm, prompts + [private]), names + [PRIVATE_ROW], None)
+            plan._delta = lambda ids: plan.base(PRIVATE_ROW) - plan.base("steered")
+        plan.cloud_ms = (time.perf_counter() - start) * 1000
+        return plan

@@ -1,0 +1,59 @@
+"""The device side: the only place the personal context enters.
+
+`DeviceLM.open(messages, context)` is the one API that takes the context. It builds the device's
+two prompts (without and with the context), keeps their rows lazily in step with the steered
+answer, and gives back the delta d = log p_SLM(.|context) - log p_SLM(.) in the cloud's
+vocabulary. With another tokenizer than the cloud's, the device re-tokenizes the answer's text
+and moves d onto the shared tokens (vocab_map.py).
+"""
+from __future__ import annotations
+
+import torch
+
+from .models import LoadedModel
+from .prompts import build_prompts
+from .rows import LazyRows
+
+
+class DeviceLM:
+    def __init__(self, lm: LoadedModel, cloud_tokenizer=None, cloud_vocab: int | None = None):
+        self.lm, self.name, self.tokenizer = lm, lm.name, lm.tokenizer
+        self.context_limit = lm.context_limit
+        self.cloud_tokenizer = cloud_tokenizer or lm.tokenizer
+        self.vocab_map = None
+        if cloud_tokenizer is not None and cloud_tokenizer.get_vocab() != lm.tokenizer.get_vocab():
+            from .vocab_map import VocabMap
+
+            self.vocab_map = VocabMap(cloud_tokenizer, lm.tokenizer, cloud_vocab, lm.vocab_size)
+
+    def prompt_lengths(self, messages: list[dict], context: str) -> int:
+        return max(len(p) for p in build_prompts(self.tokenizer, messages, context))
+
+    def open(self, messages: list[dict], context: str) -> "DeviceRows":
+        return DeviceRows(self, LazyRows(self.lm, list(build_prompts(self.tokenizer, messages, context))))
+
+
+class DeviceRows:
+    """The device's two rows for one answer (0: without context, 1: with)."""
+
+    def __init__(self, device: DeviceLM, rows: LazyRows):
+        self.device, self.rows = device, rows
+
+    @property
+    def forwards(self) -> int:
+        return self.rows.forwards
+
+    def delta(self, answer_ids: list[int]) -> torch.Tensor | None:
+        """d at the end of the answer so far (cloud token ids); None when the device cannot be in
+        step yet (the answer ends inside a multi-byte character, another tokenizer)."""
+        vmap = self.device.vocab_map
+        if vmap is None:
+            target = answer_ids
+        else:
+            text = self.device.cloud_tokenizer.decode(answer_ids, skip_special_tokens=True)
+            if text.endswith("\ufffd"):
+                return None
+            target = self.device.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+        out = self.rows.logprobs_after(target)
+        d = out[1] - out[0]
+        return d if vmap is None else vmap.to_cloud(d)

@@ -1,0 +1,54 @@
+"""Conversations as token ids, for each side of the boundary.
+
+The cloud side sees `conversation_ids(tokenizer, messages)`: the conversation and nothing else
+(it has no parameter a context could be passed through). Only the device builds the
+with-context prompt (`with_context_ids`): the personal context goes into the system message of
+that one row, and both device rows otherwise carry the same system prompt, so the delta
+isolates what the context adds.
+"""
+from __future__ import annotations
+
+SYSTEM_PROMPT = "You are a helpful assistant."
+CONTEXT_HEADER = "What you know about the user (private, stays on the user's device):"
+
+
+def system_with_context(context: str, system: str = SYSTEM_PROMPT) -> str:
+    """The system message a model sees when it is given the personal context directly."""
+    return system + (f"\n\n{CONTEXT_HEADER}\n{context.strip()}" if context.strip() else "")
+
+
+def _split_system(messages: list[dict]) -> tuple[str, list[dict]]:
+    system, rest = SYSTEM_PROMPT, []
+    for m in messages:
+        if m["role"] == "system":
+            system = m["content"]
+        else:
+            rest.append({"role": m["role"], "content": m["content"]})
+    return system, rest
+
+
+def _encode(tokenizer, system: str, rest: list[dict]) -> list[int]:
+    turns = [{"role": "system", "content": system}] + rest
+    if tokenizer.chat_template:
+        text = tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+    # a base model without a chat template: a plain transcript it can continue
+    text = "".join(f"{t['role'].capitalize()}: {t['content']}\n\n" for t in turns) + "Assistant:"
+    return tokenizer(text)["input_ids"]
+
+
+def conversation_ids(tokenizer, messages: list[dict]) -> list[int]:
+    """The conversation as the cloud (and the device's without-context row) sees it."""
+    system, rest = _split_system(messages)
+    return _encode(tokenizer, system, rest)
+
+
+def with_context_ids(tokenizer, messages: list[dict], context: str) -> list[int]:
+    """The device's with-context prompt: the context inside the system message."""
+    system, rest = _split_system(messages)
+    return _encode(tokenizer, system_with_context(context, system), rest)
+
+
+def build_prompts(tokenizer, messages: list[dict], context: str) -> tuple[list[int], list[int]]:
+    """(without, with) context: the device's two prompts."""
+    return conversation_ids(tokenizer, messages), with_context_ids(tokenizer, messages, context)

@@ -1,0 +1,192 @@
+"""Engine v2: the privacy boundary in process, the steering processors, and the review's bugs,
+each with a test that failed before its fix. Real bundled model throughout."""
+import inspect
+import math
+import re
+import uuid
+
+import pytest
+import torch
+
+from costeer import SteeringParams
+from costeer.cloud import CloudLM, InProcessCloud, RemoteCloud
+from costeer.decoding import CoSteerEngine, Sampling
+from costeer.device import DeviceLM
+from costeer.prompts import build_prompts
+from costeer.rows import LazyRows, ModelRows
+from costeer.sampling import Chooser
+from costeer.steering import ConfidenceGate, Gate, processor
+from costeer.text import TextStream
+
+FRIDAY = [{"role": "user", "content": "Suggest a plan for my Friday evening."}]
+
+
+class RecordingCloud:
+    """A real CloudLM: the in-process model, recording every token id it is given."""
+
+    def __init__(self, lm):
+        self.inner = InProcessCloud(lm)
+        self.name, self.tokenizer, self.where = "recorder", lm.tokenizer, "in this process (recorded)"
+        self.eos_ids, self.context_limit = self.inner.eos_ids, self.inner.context_limit
+        self.received: list[list[int]] = []  # every prompt, then every step's tokens
+
+    def open(self, prompts):
+        self.received.extend(list(p) for p in prompts)
+        rows = self.inner.open(prompts)
+        outer = self
+
+        class Recorded:
+            logprobs = rows.logprobs
+
+            def step(self, tokens):
+                outer.received.append(list(tokens))
+                self.logprobs = rows.step(tokens)
+                return self.logprobs
+
+            def keep(self, idx):
+                rows.keep(idx)
+                self.logprobs = rows.logprobs
+
+        return Recorded()
+
+
+def test_no_personal_data_reaches_a_cloud_in_process(lm):
+    canary = f"CANARY-{uuid.uuid4().hex[:10]}"
+    context = (f"My code name is {canary}. I am a strict vegetarian living in Osaka, I love jazz and quiet "
+               "places, and my cat is called Mochi.")
+    cloud = RecordingCloud(lm)
+    engine = CoSteerEngine(cloud, DeviceLM(lm))
+    texts = {}
+    for mode in ("steered", "side_by_side"):
+        for ev in engine.stream(FRIDAY, context, mode, sampling=Sampling(max_new_tokens=24)):
+            texts[(mode, ev.stream)] = texts.get((mode, ev.stream), "") + ev.text
+    assert texts[("steered", "steered")] == texts[("side_by_side", "steered")]  # the split engine steers
+    sent = [t for chunk in cloud.received for t in chunk]
+    assert sent and canary not in lm.tokenizer.decode(sent)
+    ctx_ids = lm.tokenizer(context, add_special_tokens=False)["input_ids"]
+    grams = {tuple(ctx_ids[i:i + 8]) for i in range(len(ctx_ids) - 7)}
+    for prompt in cloud.received:
+        assert not grams & {tuple(prompt[i:i + 8]) for i in range(len(prompt) - 7)}
+
+
+def test_no_cloud_type_can_take_a_context():
+    for cls in (CloudLM, InProcessCloud, RemoteCloud):
+        for name, fn in inspect.getmembers(cls, inspect.isfunction):
+            assert not {"context", "messages"} & set(inspect.signature(fn).parameters), (cls, name)
+    assert "context" in inspect.signature(DeviceLM.open).parameters  # the one place it enters
+
+
+def test_split_and_one_model_give_the_same_answers(lm, engine):
+    """The single-process demo is an arrangement, not another algorithm."""
+    split = CoSteerEngine(InProcessCloud(lm), DeviceLM(lm))
+    context = "I am a strict vegetarian living in Osaka. I love jazz."
+    a = [ev.token_id for ev in split.stream(FRIDAY, context, "side_by_side", sampling=Sampling(max_new_tokens=20))]
+    b = [ev.token_id for ev in engine.stream(FRIDAY, context, "side_by_side", sampling=Sampling(max_new_tokens=20))]
+    assert engine.same_model and not split.same_model and a == b
+
+
+def test_reference_processor_equals_closed_form(lm):
+    b = torch.log_softmax(torch.randn(lm.vocab_size, generator=torch.Generator().manual_seed(0)), -1)
+    d = torch.randn(lm.vocab_size, generator=torch.Generator().manual_seed(1))
+    for params in (SteeringParams(), SteeringParams(T=3, lam=1.0), SteeringParams(T=50, eta=0.5, lam=4.0)):
+        fast, ref = processor(params), processor(params, reference=True)
+        assert torch.allclose(fast(b, d), ref(b, d), atol=1e-4)
+        assert torch.equal(fast(b, None), b)  # no delta: the cloud's own distribution
+
+
+# -- the review's bugs ------------------------------------------------------------------------------
+def test_kl_is_finite_with_a_top_k_cloud(lm):
+    """A top-k cloud leaves -inf outside its top-k; KL must not be NaN there."""
+    engine = CoSteerEngine(InProcessCloud(lm, top_k=20), DeviceLM(lm))
+    events = list(engine.stream(FRIDAY, "I live in Osaka and love jazz.", "steered", sampling=Sampling(max_new_tokens=12)))
+    assert events and all(math.isfinite(ev.kl) and ev.kl >= 0 for ev in events)
+    assert any(ev.kl > 0 for ev in events)
+
+
+def test_sampling_generator_lives_on_the_distributions_device():
+    chooser = Chooser(Sampling(temperature=0.8, seed=3), seed=3)
+    probs = torch.log_softmax(torch.randn(50), -1)
+    chooser(probs)
+    assert chooser.generator.device == probs.device
+    if torch.cuda.is_available():  # not on this machine; on a GPU machine this is the case that failed
+        chooser(probs.cuda())
+        assert chooser.generator.device.type == "cuda"
+
+
+def test_a_multi_token_stop_string_never_leaks(lm):
+    stop = "</answer>"
+    text = "The plan: dinner at eight, then jazz.</answer> and this must never show"
+    ids = lm.tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert len(lm.tokenizer(stop, add_special_tokens=False)["input_ids"]) > 1
+    stream = TextStream(lm.tokenizer, (stop,))
+    shown = ""
+    for t in ids:
+        new, hit = stream.add(t)
+        shown += new
+        assert "<" not in shown  # no first part of the stop string is ever streamed
+        if hit:
+            break
+    assert hit and shown == "The plan: dinner at eight, then jazz."
+
+
+def test_incremental_text_is_linear_and_exact(lm):
+    text = "Grüße aus 東京 🎷 — naïve café. " * 40
+    ids = lm.tokenizer(text, add_special_tokens=False)["input_ids"]
+    widths = []
+
+    class Counting:
+        def decode(self, part, skip_special_tokens=True):
+            widths.append(len(part))
+            return lm.tokenizer.decode(part, skip_special_tokens=skip_special_tokens)
+
+    stream = TextStream(Counting())
+    shown = "".join(stream.add(t)[0] for t in ids) + stream.flush()
+    assert shown == lm.tokenizer.decode(ids)
+    assert len(ids) > 300 and max(widths) <= 8  # a short window each step, not the whole answer
+
+
+def test_lazy_rows_past_a_sliding_window(gemma):
+    """Gemma 3's sliding-window layers cannot be cropped once full: the rows start over instead."""
+    window = gemma.model.config.sliding_window
+    prompt, _ = build_prompts(gemma.tokenizer, FRIDAY, "")
+    long = gemma.tokenizer(" jazz and quiet places in Osaka," * 80, add_special_tokens=False)["input_ids"][:window + 40]
+    lazy = LazyRows(gemma, [prompt])
+    lazy.logprobs_after(long)
+    changed = long[:-5] + gemma.tokenizer(" ramen", add_special_tokens=False)["input_ids"]
+    got = lazy.logprobs_after(changed)[0]
+    want = ModelRows(gemma, [prompt + changed]).logprobs[0]
+    assert torch.allclose(got, want, atol=2e-3)
+
+
+@pytest.fixture(scope="module")
+def gemma():
+    from costeer.models import GEMMA_SPEC, load_model
+
+    return load_model(GEMMA_SPEC)
+
+
+def test_gate_paper_mode_never_reopens_and_reopen_mode_does(engine):
+    context = "I am a strict vegetarian living in Osaka. I love jazz and quiet places."
+    sampling = Sampling(max_new_tokens=40)
+    paper = [ev.device_skipped for ev in engine.stream(FRIDAY, context, "steered", sampling=sampling,
+                                                       gate=ConfidenceGate(0.6, 1, "paper"))]
+    reopen = [ev.device_skipped for ev in engine.stream(FRIDAY, context, "steered", sampling=sampling,
+                                                        gate=ConfidenceGate(0.6, 1, "reopen"))]
+    first = paper.index(True)
+    assert all(paper[first:])  # closed for good
+    assert any(a and not b for a, b in zip(reopen, reopen[1:]))  # closes and opens again
+
+
+def test_gate_reads_the_clouds_own_top_probability():
+    """Over HTTP the cloud tells its top-k; renormalizing them would overstate its confidence."""
+    b_cloud = torch.full((100,), float("-inf"))
+    b_cloud[:2] = torch.log(torch.tensor([0.45, 0.05]))  # top-2 mass 0.5: renormalized, p_max = 0.9
+    gate = Gate(processor(SteeringParams()), ConfidenceGate(threshold=0.2, patience=1))
+    assert gate.wants_delta(b_cloud)  # 0.45 < 0.8: not confident
+
+
+def test_bad_gate_settings_name_the_field():
+    with pytest.raises(ValueError, match=re.escape("gate mode must be one of paper, reopen")):
+        ConfidenceGate(0.1, 3, "sometimes")
+    with pytest.raises(ValueError, match=re.escape("gate patience must be an integer in [1, 100]")):
+        ConfidenceGate(0.1, 0)
