@@ -187,3 +187,44 @@ def gate_bench(engine: CoSteerEngine, tokens: int = 64, repeats: int = 2, thresh
     return {"gate_threshold": threshold, "gate_patience": patience, "gated_steered_ms_per_token": round(gated, 2),
             "gate_device_skip_share": round(skipped / max(1, steps), 3),
             "gate_speedup_over_ungated": round(ungated / gated, 3)}
+
+
+def cloud_throughput(url: str, tokenizer, clients: int = 1, steps: int = 16, seconds_cap: float = 120.0) -> dict:
+    """Requests per second a cloud server sustains for `clients` concurrent CoSteer-shaped clients:
+    each opens two rows (side by side), which part at the first token, and then extends both by
+    one token per request."""
+    import threading
+
+    import httpx
+
+    done, errors, lock = [0], [0], threading.Lock()
+    deadline = time.perf_counter() + seconds_cap
+
+    def client(n: int):
+        prompt = build_prompts(tokenizer, [{"role": "user", "content": f"{BENCH_PROMPTS[n % 2][0]} (client {n})"}], "")[0]
+        rows = [list(prompt), list(prompt)]
+        with httpx.Client(timeout=120) as http:
+            for _ in range(steps + 1):
+                if time.perf_counter() > deadline:
+                    return
+                r = http.post(url + "/v1/completions", json={"prompt": rows, "max_tokens": 1, "logprobs": 20,
+                                                             "temperature": 0, "return_tokens_as_token_ids": True})
+                with lock:
+                    done[0] += r.status_code == 200
+                    errors[0] += r.status_code != 200
+                if r.status_code != 200:
+                    return
+                for i, (row, choice) in enumerate(zip(rows, sorted(r.json()["choices"], key=lambda c: c["index"]))):
+                    top = sorted(choice["logprobs"]["top_logprobs"][0].items(), key=lambda kv: -kv[1])
+                    pick = top[1 if i == 1 and len(row) == len(prompt) else 0][0]  # the rows part, as steering does
+                    row.append(int(pick.split(":", 1)[1]))
+
+    start = time.perf_counter()
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - start
+    return {"clients": clients, "requests": done[0], "errors": errors[0], "seconds": round(elapsed, 2),
+            "requests_per_s": round(done[0] / elapsed, 2)}

@@ -238,14 +238,22 @@ def create_app(lm: LoadedModel, audit_log: str | None = None, max_logprobs: int 
     async def invalid(request: Request, exc: RequestValidationError):
         return JSONResponse({"detail": _one_line(exc)}, status_code=400)
 
-    def audit(body, path: str):
+    def audit(body: BaseModel | dict, path: str):
         if audit_log:
+            record = body.model_dump(exclude_none=True) if isinstance(body, BaseModel) else body
             with audit_lock, open(audit_log, "a", encoding="utf-8") as f:
-                f.write(json.dumps({"time": time.time(), "path": path, "body": body}, ensure_ascii=False) + "\n")
+                f.write(json.dumps({"time": time.time(), "path": path, "body": record}, ensure_ascii=False) + "\n")
+
+    stats = {"cancelled": 0, "completed": 0}
 
     @app.get("/health")
     def health():
         return {"status": "ok"}
+
+    @app.get("/stats")
+    def server_stats():
+        return {**stats, "cache_hits": cache.hits, "cache_misses": cache.misses, "cache_bytes": cache.nbytes,
+                "cache_batches": len(cache.entries)}
 
     @app.get("/v1/models")
     def models():
@@ -255,7 +263,7 @@ def create_app(lm: LoadedModel, audit_log: str | None = None, max_logprobs: int 
 
     @app.post("/tokenize")
     def tokenize(body: TokenizeRequest):
-        audit(body.model_dump(exclude_none=True), "/tokenize")
+        audit(body, "/tokenize")
         text = body.prompt if body.prompt is not None else body.content
         if text is None:
             return JSONResponse({"detail": "prompt (or content) must be a string"}, status_code=400)
@@ -264,7 +272,7 @@ def create_app(lm: LoadedModel, audit_log: str | None = None, max_logprobs: int 
 
     @app.post("/v1/completions", response_model=CompletionResponse)
     async def completions(body: CompletionRequest, request: Request):
-        audit(body.model_dump(exclude_none=True), "/v1/completions")
+        audit(body, "/v1/completions")
         try:
             prompts = _check_request(body, tok, vocab, context, max_logprobs, max_rows, max_request_tokens)
         except Refused as exc:
@@ -278,9 +286,14 @@ def create_app(lm: LoadedModel, audit_log: str | None = None, max_logprobs: int 
                     cancel.set()
             choices = future.result()
         except Cancelled:
+            stats["cancelled"] += 1
             return JSONResponse({"detail": "cancelled"}, status_code=499)
+        except asyncio.CancelledError:  # shutting down: uvicorn's grace period is over
+            stats["cancelled"] += 1
+            return JSONResponse({"detail": "the server is shutting down"}, status_code=503)
         finally:
             cancel.set()  # also when this task itself is cancelled (shutdown): the worker stops
+        stats["completed"] += 1
         n_prompt = sum(len(p) for p in prompts)
         n_done = sum(len(c.logprobs.tokens) if c.logprobs else 0 for c in choices)
         return CompletionResponse(id=f"cmpl-{uuid.uuid4().hex}", created=int(time.time()), model=lm.name,

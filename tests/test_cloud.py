@@ -139,6 +139,18 @@ class _Faulty(BaseHTTPRequestHandler):
         elif mode == "vocab":
             body = {"choices": [{"index": 0, "logprobs": {"top_logprobs": [{"token_id:99999999": -0.1}]}}]}
             self._send(200, json.dumps(body).encode())
+        elif mode == "nan":
+            self._send(200, b'{"choices": [{"index": 0, "logprobs": {"top_logprobs": [{"token_id:5": NaN}]}}]}')
+        elif mode == "empty":
+            self._send(200, b'{"choices": [{"index": 0, "logprobs": {"top_logprobs": [{}]}}]}')
+        elif mode == "llama-cpp-python":  # a stand-in for its server: /tokenize is missing, /extras/tokenize is there
+            if self.path == "/extras/tokenize":
+                self._send(200, b'{"tokens": [1, 2]}')
+            else:
+                self._send(404, b'{"detail": "Not Found"}')
+
+    def do_GET(self):
+        self._send(200, b'{"object": "list", "data": [{"id": "stand-in", "object": "model", "owned_by": "me"}]}')
 
 
 @pytest.fixture
@@ -158,6 +170,8 @@ def faulty():
     ("json", "malformed JSON", 3),
     ("slow", "timed out", 3),
     ("vocab", "outside the vocabulary", 1),
+    ("nan", "which is not a log-probability", 1),
+    ("empty", "returned no top log-probs", 1),
 ])
 def test_faults_end_in_a_clear_error_never_a_hang(faulty, lm, mode, words, attempts):
     _Faulty.mode = mode
@@ -200,3 +214,114 @@ def test_app_runs_against_the_remote_cloud(cloud_url, tmp_path):
         unsteered, steered = Client(url, verbose=False).predict("kenji", "Suggest a plan for my Friday evening.",
                                                                  20, 10, 2, 24, api_name="/generate_pair")
         assert unsteered.strip() and steered.strip() and unsteered != steered
+
+
+# -- serve-cloud under abuse: limits, cancellation, shutdown (loopback only) ------------------------
+@pytest.fixture(scope="module")
+def small_cloud():
+    with running_cloud(None, "--max-rows", "4", "--max-request-tokens", "3000") as url:
+        yield url
+
+
+@pytest.mark.parametrize("rows, length, words", [
+    (5, 10, "at most 4 prompts per request (--max-rows)"),
+    (1, 8200, "exceed the model's context of 8192 tokens"),
+    (2, 1600, "exceed the request limit of 3000 (--max-request-tokens)"),
+])
+def test_requests_over_a_limit_are_400_naming_it(small_cloud, rows, length, words):
+    status, out = _post(small_cloud + "/v1/completions", {"prompt": [[17] * length] * rows, "max_tokens": 1})
+    assert status == 400 and words in out["detail"]
+
+
+@pytest.mark.parametrize("body, words", [
+    ({"prompt": [1, 2], "max_tokens": 0}, "max_tokens: Input should be greater than or equal to 1"),
+    ({"prompt": [1, True]}, "prompt"),
+    ({"prompt": [1, 2], "logprobs": "5"}, "logprobs"),
+    ([1, 2], "request body must be a JSON object"),
+])
+def test_malformed_requests_name_the_field(small_cloud, body, words):
+    status, out = _post(small_cloud + "/v1/completions", body)
+    assert status == 400 and words in out["detail"]
+
+
+def test_two_rows_extending_one_cached_prompt_both_hit(cloud_url, lm):
+    """Side by side: both streams extend the same prompt at their first step."""
+    ids, _ = build_prompts(lm.tokenizer, [{"role": "user", "content": f"Cache check {time.time()}"}], "")
+    _, first = _post(cloud_url + "/v1/completions", {"prompt": [ids, ids], "max_tokens": 1, "logprobs": 1})
+    _, second = _post(cloud_url + "/v1/completions", {"prompt": [ids + [11], ids + [12]], "max_tokens": 1, "logprobs": 1})
+    assert second["usage"]["cache_misses"] == first["usage"]["cache_misses"]
+    assert second["usage"]["cache_hits"] == first["usage"]["cache_hits"] + 1
+
+
+def test_health_answers_while_busy_and_a_client_that_leaves_cancels_its_work(small_cloud):
+    import http.client
+    import socket
+
+    body = json.dumps({"prompt": [[17] * 2900], "max_tokens": 1}).encode()
+    before = json.loads(urllib.request.urlopen(small_cloud + "/stats").read())
+    host, port = small_cloud.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    conn.request("POST", "/v1/completions", body, {"Content-Type": "application/json"})
+    time.sleep(0.3)
+    start = time.time()
+    with urllib.request.urlopen(small_cloud + "/health", timeout=10) as r:
+        assert json.loads(r.read()) == {"status": "ok"}
+    assert time.time() - start < 5
+    conn.sock.shutdown(socket.SHUT_RDWR)  # the client goes away mid-request
+    conn.close()
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        now = json.loads(urllib.request.urlopen(small_cloud + "/stats").read())
+        if now["cancelled"] > before["cancelled"] or now["completed"] > before["completed"]:
+            break
+        time.sleep(0.2)
+    assert now["cancelled"] == before["cancelled"] + 1 and now["completed"] == before["completed"]
+
+
+def test_sigterm_stops_a_busy_server_promptly(tmp_path):
+    import signal
+    import subprocess
+    import sys as _sys
+
+    from conftest import ROOT
+
+    port = free_port()
+    proc = subprocess.Popen([_sys.executable, "-m", "costeer", "serve-cloud", "--port", str(port)], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        for _ in range(300):
+            try:
+                urllib.request.urlopen(url + "/health", timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.2)
+        worker = threading.Thread(target=_post, args=(url + "/v1/completions",
+                                                      {"prompt": [[17] * 8000] * 2, "max_tokens": 1}), daemon=True)
+        worker.start()
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)  # it used to keep computing for minutes
+        assert "Traceback" not in proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_an_unwritable_audit_log_is_refused_at_start():
+    r = run_cli(["-m", "costeer", "serve-cloud", "--audit-log", "/nonexistent/x.jsonl"])
+    assert r.returncode == 2 and "--audit-log: cannot write /nonexistent/x.jsonl" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_llama_cpp_pythons_server_is_refused_saying_why(faulty, lm):
+    _Faulty.mode = "llama-cpp-python"
+    with pytest.raises(CloudError, match="llama-cpp-python's server.*no token-id prompts.*llama-server or vLLM"):
+        remote_cloud(faulty, lm).connect()
+
+
+def test_http_errors_name_the_path(faulty, lm):
+    _Faulty.mode = "llama-cpp-python"  # 404 everywhere but /extras/tokenize
+    with pytest.raises(CloudError, match="POST /v1/completions was refused: HTTP 404"):
+        remote_cloud(faulty, lm).next_logprobs([[1, 2]])
