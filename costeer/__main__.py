@@ -71,6 +71,12 @@ def cmd_bench(args, parser):
 
     result = run_bench(engine, tokens=args.tokens, repeats=args.repeats)
     result["stock_linear"] = args.stock_linear
+    if engine.same_model and not args.no_cloud:
+        from .bench import llama_server_anchor
+
+        result.update(llama_server_anchor(tokens=args.tokens))
+        if isinstance(result["llama_server_ms_per_token"], float):
+            result["plain_over_llama_server"] = round(result["plain_ms_per_token"] / result["llama_server_ms_per_token"], 3)
     result.update(gate_bench(engine, tokens=args.tokens, repeats=max(1, args.repeats - 1)))
     if not args.no_cloud and engine.same_model:  # the figures below compare against the in-process cloud
         result.update(topk_agreement(engine, tokens=args.tokens))

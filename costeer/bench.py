@@ -12,6 +12,7 @@ import time
 
 import torch
 
+from .cpu_linear import WeightLeftLinear, matmul_floor_ms, orientation_times
 from .decoding import CoSteerEngine, Sampling
 from .device import DeviceLM
 from .policy import SteeringParams
@@ -76,6 +77,12 @@ def run_bench(engine: CoSteerEngine, tokens: int = 64, repeats: int = 3) -> dict
     med = {k: statistics.median(v) for k, v in per_token.items()}
     out = {f"{k}_ms_per_token": round(v, 2) for k, v in med.items()}
     out.update({f"{k}_time_to_first_token_ms": round(statistics.median(v), 1) for k, v in first.items()})
+    model = engine.device.lm.model
+    floor = statistics.median(matmul_floor_ms(model) for _ in range(3))
+    out["matmul_floor_ms_per_token"] = round(floor, 2)
+    out["plain_over_matmul_floor"] = round(med["plain"] / floor, 3)
+    out["linear_orientation"] = "weight-left" if any(isinstance(m, WeightLeftLinear) for m in model.modules()) else "stock"
+    out["linear_orientation_probe"] = orientation_times(model)
     out["steered_over_plain"] = round(med["steered"] / med["plain"], 3)
     out["side_by_side_over_plain"] = round(med["side_by_side"] / med["plain"], 3)
     out["naive_over_steered"] = round(med["naive_steered"] / med["steered"], 3)
@@ -228,3 +235,56 @@ def cloud_throughput(url: str, tokenizer, clients: int = 1, steps: int = 16, sec
     elapsed = time.perf_counter() - start
     return {"clients": clients, "requests": done[0], "errors": errors[0], "seconds": round(elapsed, 2),
             "requests_per_s": round(done[0] / elapsed, 2)}
+
+
+def llama_server_binary() -> str | None:
+    """LLAMA_SERVER, or the one scripts/real_servers.sh built into the cache."""
+    import glob
+    import os
+
+    from .models import cache_dir
+
+    found = os.environ.get("LLAMA_SERVER") or next(iter(sorted(glob.glob(str(cache_dir() / "servers" / "llama-server-*"
+                                                                          / "llama-server")))), None)
+    return found if found and os.path.exists(found) else None
+
+
+def llama_server_anchor(tokens: int = 64, repeats: int = 3) -> dict:
+    """llama.cpp's own decode speed on the bundled GGUF, as a figure that does not depend on our code
+    (its `timings.predicted_per_token_ms`, one slot, 2 threads)."""
+    import socket
+    import subprocess
+    import urllib.request
+
+    import httpx
+
+    from .models import bundled_gguf_path
+
+    binary = llama_server_binary()
+    if binary is None:
+        return {"llama_server_ms_per_token": "not measured: no llama-server (scripts/real_servers.sh llama builds it)"}
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([binary, "-m", str(bundled_gguf_path()), "--host", "127.0.0.1", "--port", str(port),
+                             "-c", "2048", "-np", "1", "-t", str(torch.get_num_threads()), "--no-webui"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(300):
+            try:
+                urllib.request.urlopen(url + "/health", timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.2)
+        per = []
+        for i in range(repeats + 1):
+            r = httpx.post(url + "/completion", json={"prompt": BENCH_PROMPTS[i % 2][0], "n_predict": tokens,
+                                                      "temperature": 0, "cache_prompt": False, "ignore_eos": True},
+                           timeout=300).json()
+            if i:  # the first run warms up
+                per.append(r["timings"]["predicted_per_token_ms"])
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+    return {"llama_server_ms_per_token": round(statistics.median(per), 2), "llama_server_binary": binary}

