@@ -87,7 +87,10 @@ def build_app(studio):
                     with gr.Row():
                         gate_on = gr.Checkbox(False, label="Confidence gate: skip the device while the cloud is sure")
                         gate_threshold = gr.Slider(0.01, 0.5, 0.1, step=0.01, label="gate threshold (skip when top p ≥ 1 − threshold)")
-                        gate_patience = gr.Slider(1, 10, 2, step=1, label="gate patience (confident steps first)")
+                        gate_patience = gr.Slider(1, 10, 3, step=1, label="gate patience (confident steps first)")
+                        gate_mode = gr.Radio([("off for the rest of the answer (AdaCoSteer)", "paper"),
+                                              ("back on when the cloud is unsure", "reopen")], value="paper",
+                                             label="once the gate closes")
 
             with gr.Tab("History"):
                 table = gr.Dataframe(headers=["id", "kind", "title", "text", "pinned"], interactive=False,
@@ -152,7 +155,7 @@ def build_app(studio):
             s.change(Studio.strength, sliders, strength, api_visibility="private", queue=False)
         sampling = [temperature, top_p, seed, max_new]
         chat_out = [unsteered_chat, steered_chat, tokens, privacy, conv, message]
-        chat_in = [user, message, side, *sliders, *sampling, conv, gate_on, gate_threshold, gate_patience]
+        chat_in = [user, message, side, *sliders, *sampling, conv, gate_on, gate_threshold, gate_patience, gate_mode]
         send.click(studio.chat, chat_in, chat_out, api_visibility="private")
         message.submit(studio.chat, chat_in, chat_out, api_visibility="private")
 

@@ -70,8 +70,12 @@ def method_spec(name: str) -> tuple[SteeringParams | None, ConfidenceGate | None
     kwargs, gate = {}, {}
     for part in name.split(":", 1)[1].split(","):
         key, _, value = part.partition("=")
-        if key not in ("T", "eta", "lam", "alpha", "beta", "gate", "patience") or not value:
-            raise ValueError(f"method {name!r}: expected key=value with key in T, eta, lam, alpha, beta, gate, patience")
+        if key not in ("T", "eta", "lam", "alpha", "beta", "gate", "patience", "mode") or not value:
+            raise ValueError(f"method {name!r}: expected key=value with key in T, eta, lam, alpha, beta, gate, "
+                             "patience, mode")
+        if key == "mode":
+            gate["mode"] = value  # paper | reopen, checked by ConfidenceGate
+            continue
         try:
             number = int(value) if key in ("T", "patience") else float(value)
         except ValueError:
@@ -82,8 +86,8 @@ def method_spec(name: str) -> tuple[SteeringParams | None, ConfidenceGate | None
             gate["patience"] = number
         else:
             kwargs[key] = number
-    if "patience" in gate and "threshold" not in gate:
-        raise ValueError(f"method {name!r}: patience needs gate=THRESHOLD too")
+    if gate and "threshold" not in gate:
+        raise ValueError(f"method {name!r}: patience and mode need gate=THRESHOLD too")
     return SteeringParams(**kwargs), (ConfidenceGate(**gate) if gate else None)
 
 

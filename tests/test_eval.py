@@ -34,7 +34,7 @@ def test_summary_arithmetic_on_known_inputs():
 
 def test_gated_variant_and_its_skip_share():
     assert method_spec("costeer:gate=0.2,patience=3") == (SteeringParams(), ConfidenceGate(0.2, 3))
-    with pytest.raises(ValueError, match="patience needs gate"):
+    with pytest.raises(ValueError, match="patience and mode need gate"):
         method_spec("costeer:patience=3")
     with pytest.raises(ValueError, match="gate threshold must be in"):
         method_spec("costeer:gate=1.5")

@@ -68,11 +68,11 @@ def cloud_errors_shown(events):
         raise gr.Error(str(exc)) from None
 
 
-def make_gate(on, threshold, patience) -> ConfidenceGate | None:
+def make_gate(on, threshold, patience, mode="paper") -> ConfidenceGate | None:
     if not on:
         return None
     try:
-        return ConfidenceGate(float(threshold), int(patience))
+        return ConfidenceGate(float(threshold), int(patience), mode)
     except (ValueError, TypeError) as exc:
         raise gr.Error(str(exc)) from None
 
@@ -125,13 +125,13 @@ class Studio:
 
     # -- chat ---------------------------------------------------------------------------
     def chat(self, user, message, side_by_side, T, eta, lam, alpha, beta, temperature, top_p, seed,
-             max_new_tokens, conv, gate_on=False, gate_threshold=0.1, gate_patience=2):
+             max_new_tokens, conv, gate_on=False, gate_threshold=0.1, gate_patience=3, gate_mode="paper"):
         """Stream one turn. Yields (unsteered chat, steered chat, tokens html, privacy html, conv, message box)."""
         user = check_user(self.store, user)
         message = check_message(message)
         params = make_params(T, eta, lam, alpha, beta)
         sampling = make_sampling(temperature, top_p, seed, max_new_tokens)
-        gate = make_gate(gate_on, gate_threshold, gate_patience)
+        gate = make_gate(gate_on, gate_threshold, gate_patience, gate_mode)
         conv = {k: list(v) for k, v in (conv or new_conversation()).items()}
         context = self.context_for(user, message)
         turn = {"role": "user", "content": message}
