@@ -9,6 +9,7 @@ from __future__ import annotations
 import resource
 import statistics
 import time
+from contextlib import contextmanager
 
 import torch
 
@@ -123,33 +124,55 @@ def topk_agreement(engine: CoSteerEngine, ks=(5, 20, 100), tokens: int = 48) -> 
     return {f"top{k}_agreement": round(same[k] / steps, 4) for k in ks} | {"agreement_steps": steps}
 
 
-def http_vs_in_process(engine: CoSteerEngine, tokens: int = 32, repeats: int = 2, top_k: int = 20) -> dict:
-    """Steered ms/token with the cloud in this process vs behind `serve-cloud` over loopback HTTP."""
+def _free_port() -> int:
     import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_until_up(url: str, proc, name: str, tries: int = 600):
+    import urllib.request
+
+    for _ in range(tries):
+        try:
+            urllib.request.urlopen(url + "/health", timeout=1).close()
+            return
+        except OSError:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{name} exited during start-up") from None
+            time.sleep(0.2)
+    raise RuntimeError(f"{name} did not answer at {url}")
+
+
+@contextmanager
+def serve_cloud_process(model: str, top_k: int = 20):
+    """`serve-cloud` for `model` as its own process on a free loopback port; always stopped."""
     import subprocess
     import sys
-    import urllib.request
     from pathlib import Path
 
-    from .cloud import RemoteCloud
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = _free_port()
     root = Path(__file__).resolve().parents[1]
     server = subprocess.Popen([sys.executable, "-m", "costeer", "serve-cloud", "--port", str(port),
-                               "--model", engine.cloud.name, "--max-logprobs", str(top_k)],
+                               "--model", model, "--max-logprobs", str(top_k)],
                               cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(600):
-            try:
-                urllib.request.urlopen(url + "/health", timeout=1).close()
-                break
-            except OSError:
-                if server.poll() is not None:
-                    raise RuntimeError("serve-cloud exited during start-up")
-                time.sleep(0.2)
+        _wait_until_up(url, server, "serve-cloud")
+        yield url
+    finally:
+        server.terminate()
+        server.wait(timeout=20)
+
+
+def http_vs_in_process(engine: CoSteerEngine, tokens: int = 32, repeats: int = 2, top_k: int = 20) -> dict:
+    """Steered ms/token with the cloud in this process vs behind `serve-cloud` over loopback HTTP,
+    and the requests/s serve-cloud sustains for 1 and 4 concurrent clients."""
+    from .cloud import RemoteCloud
+
+    with serve_cloud_process(engine.cloud.name, top_k) as url:
         lm = engine.device.lm
         remote = CoSteerEngine(RemoteCloud(url, lm.tokenizer, lm.vocab_size, lm.eos_ids, top_k=top_k).connect(),
                                DeviceLM(lm))
@@ -160,12 +183,12 @@ def http_vs_in_process(engine: CoSteerEngine, tokens: int = 32, repeats: int = 2
                 m = [{"role": "user", "content": prompt}]
                 runs["in_process"].append(_timed(engine.stream(m, context, "steered", params, sampling))[1])
                 runs["http"].append(_timed(remote.stream(m, context, "steered", params, sampling))[1])
-    finally:
-        server.terminate()
-        server.wait(timeout=20)
+        cloud_throughput(url, lm.tokenizer, 1, 4)  # warm-up
+        throughput = {f"serve_cloud_requests_per_s_{c}_clients": cloud_throughput(url, lm.tokenizer, c, 16)["requests_per_s"]
+                      for c in (1, 4)}
     ip, http = statistics.median(runs["in_process"]), statistics.median(runs["http"])
     return {"in_process_steered_ms_per_token": round(ip, 2), "http_steered_ms_per_token": round(http, 2),
-            "http_over_in_process": round(http / ip, 3), "http_top_k": top_k}
+            "http_over_in_process": round(http / ip, 3), "http_top_k": top_k, **throughput}
 
 
 def gate_bench(engine: CoSteerEngine, tokens: int = 64, repeats: int = 2, threshold: float = 0.1,
@@ -252,9 +275,7 @@ def llama_server_binary() -> str | None:
 def llama_server_anchor(tokens: int = 64, repeats: int = 3) -> dict:
     """llama.cpp's own decode speed on the bundled GGUF, as a figure that does not depend on our code
     (its `timings.predicted_per_token_ms`, one slot, 2 threads)."""
-    import socket
     import subprocess
-    import urllib.request
 
     import httpx
 
@@ -263,20 +284,13 @@ def llama_server_anchor(tokens: int = 64, repeats: int = 3) -> dict:
     binary = llama_server_binary()
     if binary is None:
         return {"llama_server_ms_per_token": "not measured: no llama-server (scripts/real_servers.sh llama builds it)"}
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = _free_port()
     proc = subprocess.Popen([binary, "-m", str(bundled_gguf_path()), "--host", "127.0.0.1", "--port", str(port),
                              "-c", "2048", "-np", "1", "-t", str(torch.get_num_threads()), "--no-webui"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(300):
-            try:
-                urllib.request.urlopen(url + "/health", timeout=1).close()
-                break
-            except OSError:
-                time.sleep(0.2)
+        _wait_until_up(url, proc, "llama-server")
         per = []
         for i in range(repeats + 1):
             r = httpx.post(url + "/completion", json={"prompt": BENCH_PROMPTS[i % 2][0], "n_predict": tokens,

@@ -60,7 +60,8 @@ def _best_ms(fn, reps: int) -> float:
 def orientation_times(model: nn.Module, rows=(1, 2), reps: int = 8) -> dict:
     """Best-of-`reps` ms for the stock and the swapped product, summed over the model's largest
     body layer and its largest layer overall (the output head), for 1 and 2 rows."""
-    linears = sorted((m for m in model.modules() if type(m) is nn.Linear), key=lambda m: m.weight.numel())
+    linears = sorted((m for m in model.modules() if isinstance(m, (nn.Linear, WeightLeftLinear))),
+                     key=lambda m: m.weight.numel())
     probes = {id(m): m for m in (linears[-1], linears[-2] if len(linears) > 1 else linears[-1])}.values()
     stock = left = 0.0
     for layer in probes:

@@ -1,6 +1,8 @@
 """`python -m costeer` as a user runs it: a child process, real model, real output."""
 import json
 
+import pytest
+
 from conftest import run_cli
 
 OSAKA = ("I am a strict vegetarian living in Osaka. I love jazz and quiet places. "
@@ -48,6 +50,11 @@ def test_bench_reports_every_figure():
         assert 0 <= out[f"top{k}_agreement"] <= 1
     assert out["top5_agreement"] <= out["top100_agreement"] + 1e-9 or out["agreement_steps"] < 10
     assert out["http_steered_ms_per_token"] > 0 and out["in_process_steered_ms_per_token"] > 0
+    assert 0 < out["matmul_floor_ms_per_token"] and out["plain_over_matmul_floor"] == pytest.approx(
+        out["plain_ms_per_token"] / out["matmul_floor_ms_per_token"], rel=0.01)
+    assert out["linear_orientation"] in ("stock", "weight-left")
+    assert out["serve_cloud_requests_per_s_1_clients"] > 0 and out["serve_cloud_requests_per_s_4_clients"] > 0
+    assert "llama_server_ms_per_token" in out  # a figure, or why it was not measured
 
 
 def _one_line_error(r, code=2):

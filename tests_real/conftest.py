@@ -2,12 +2,8 @@
 ports (VLLM_PYTHON and LLAMA_SERVER name them; scripts/test_real_servers.sh installs both)."""
 import json
 import os
-import signal
-import socket
-import subprocess
 import sys
 import threading
-import time
 import urllib.request
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -20,6 +16,8 @@ import pytest  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+from apprunner import free_port, running_command  # noqa: E402
 FIGURES = ROOT / "artifacts" / "real_servers.json"
 
 
@@ -31,50 +29,11 @@ def record_figure(name: str, value):
     FIGURES.write_text(json.dumps(data, indent=1))
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _binary(var: str) -> str:
     path = os.environ.get(var)
     if not path or not Path(path).exists():
         pytest.fail(f"{var} is not set to an installed server; run this suite with scripts/test_real_servers.sh")
     return path
-
-
-@contextmanager
-def server_process(cmd: list[str], probe: str, log: Path, timeout: float, env: dict | None = None):
-    """Start a server in its own process group, wait until `probe` answers 200, always stop it all."""
-    with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
-                                start_new_session=True)
-    try:
-        deadline = time.time() + timeout
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"{cmd[0]} exited with {proc.returncode}: {log.read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(probe, timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.time() > deadline:
-                raise RuntimeError(f"{cmd[0]} did not answer in {timeout} s: {log.read_text()[-3000:]}")
-            time.sleep(1)
-        yield
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=30)
-        except (subprocess.TimeoutExpired, ProcessLookupError):
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            proc.wait()
 
 
 @contextmanager
@@ -85,7 +44,7 @@ def vllm(model_folder: Path, tmp: Path):
            "--max-logprobs", "20"]
     env = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1", "HF_HUB_OFFLINE": "1"}
     url = f"http://127.0.0.1:{port}"
-    with server_process(cmd, url + "/v1/models", tmp / f"vllm-{model_folder.name}.log", 900, env):
+    with running_command(cmd, url + "/v1/models", tmp / f"vllm-{model_folder.name}.log", 900, env):
         yield url
 
 
@@ -95,7 +54,7 @@ def llama_server(gguf: Path, tmp: Path):
     cmd = [_binary("LLAMA_SERVER"), "-m", str(gguf), "--host", "127.0.0.1", "--port", str(port), "-c", "8192",
            "-np", "4", "-t", "2", "--no-webui"]
     url = f"http://127.0.0.1:{port}"
-    with server_process(cmd, url + "/health", tmp / "llama-server.log", 300):
+    with running_command(cmd, url + "/health", tmp / "llama-server.log", 300):
         yield url
 
 
