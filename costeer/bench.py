@@ -13,7 +13,7 @@ from contextlib import contextmanager
 
 import torch
 
-from .cpu_linear import WeightLeftLinear, matmul_floor_ms, orientation_times
+from .cpu_linear import WeightLeftLinear, matmul_floor_ms, matmul_hot_cache_ms, orientation_times
 from .decoding import CoSteerEngine, Sampling
 from .device import DeviceLM
 from .policy import SteeringParams
@@ -79,8 +79,9 @@ def run_bench(engine: CoSteerEngine, tokens: int = 64, repeats: int = 3) -> dict
     out = {f"{k}_ms_per_token": round(v, 2) for k, v in med.items()}
     out.update({f"{k}_time_to_first_token_ms": round(statistics.median(v), 1) for k, v in first.items()})
     model = engine.device.lm.model
-    floor = statistics.median(matmul_floor_ms(model) for _ in range(3))
+    floor = matmul_floor_ms(model)
     out["matmul_floor_ms_per_token"] = round(floor, 2)
+    out["matmul_hot_cache_ms_per_token"] = round(matmul_hot_cache_ms(model), 2)
     out["plain_over_matmul_floor"] = round(med["plain"] / floor, 3)
     out["linear_orientation"] = "weight-left" if any(isinstance(m, WeightLeftLinear) for m in model.modules()) else "stock"
     out["linear_orientation_probe"] = orientation_times(model)
