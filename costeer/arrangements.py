@@ -23,7 +23,7 @@ import torch
 from .cloud import CloudLM, InProcessCloud, Rows
 from .device import DeviceLM
 from .models import LoadedModel
-from .prompts import with_context_ids
+from .prompts import check_fits, with_context_ids
 from .rows import LazyRows, ModelRows
 
 PRIVATE_ROW = "device_ctx"  # OneModel's with-context row; it follows the steered stream
@@ -62,8 +62,9 @@ class Split:
     def __init__(self, cloud: CloudLM, device: DeviceLM):
         self.cloud, self.device = cloud, device
 
-    def open(self, cloud_prompts: dict[str, list[int]], messages: list[dict], context: str, gated: bool) -> Plan:
-        device = self.device.open(messages, context) if "steered" in cloud_prompts else None
+    def open(self, cloud_prompts: dict[str, list[int]], messages: list[dict], context: str, gated: bool,
+             max_new_tokens: int) -> Plan:
+        device = self.device.open(messages, context, max_new_tokens) if "steered" in cloud_prompts else None
         start = time.perf_counter()
         plan = Plan(self.cloud.open(list(cloud_prompts.values())), list(cloud_prompts),
                     device.delta if device else None)
@@ -77,17 +78,21 @@ class OneModel:
     def __init__(self, lm: LoadedModel):
         self.lm, self.cloud, self.device = lm, InProcessCloud(lm), DeviceLM(lm)
 
-    def open(self, cloud_prompts: dict[str, list[int]], messages: list[dict], context: str, gated: bool) -> Plan:
+    def open(self, cloud_prompts: dict[str, list[int]], messages: list[dict], context: str, gated: bool,
+             max_new_tokens: int) -> Plan:
         names, prompts = list(cloud_prompts), list(cloud_prompts.values())
         start = time.perf_counter()
         if "steered" not in names:
             plan = Plan(ModelRows(self.lm, prompts), names, None)
-        elif gated:  # the with-context row follows lazily, so a gated step costs it nothing
-            private = LazyRows(self.lm, [with_context_ids(self.lm.tokenizer, messages, context)])
+            plan.cloud_ms = (time.perf_counter() - start) * 1000
+            return plan
+        private = with_context_ids(self.lm.tokenizer, messages, context)  # the device role's with-context row
+        check_fits("the device model's", len(private), self.lm.context_limit, max_new_tokens)
+        if gated:  # the with-context row follows lazily, so a gated step costs it nothing
+            lazy = LazyRows(self.lm, [private])
             plan = Plan(ModelRows(self.lm, prompts), names, None)
-            plan._delta = lambda ids: private.logprobs_after(ids)[0] - plan.base("steered")
+            plan._delta = lambda ids: lazy.logprobs_after(ids)[0] - plan.base("steered")
         else:
-            private = with_context_ids(self.lm.tokenizer, messages, context)
             plan = Plan(ModelRows(self.lm, prompts + [private]), names + [PRIVATE_ROW], None)
             plan._delta = lambda ids: plan.base(PRIVATE_ROW) - plan.base("steered")
         plan.cloud_ms = (time.perf_counter() - start) * 1000

@@ -18,12 +18,12 @@ from typing import Iterator
 
 import torch
 
-from .arrangements import OneModel, Plan, Split
+from .arrangements import OneModel, Split
 from .cloud import CloudLM
 from .device import DeviceLM
 from .models import LoadedModel
 from .policy import SteeringParams, effective_strength
-from .prompts import build_prompts, conversation_ids, system_with_context  # noqa: F401  (re-exported)
+from .prompts import build_prompts, check_fits, conversation_ids, system_with_context  # noqa: F401  (re-exported)
 from .sampling import Chooser, Sampling, resolve_seed
 from .steering import ConfidenceGate, kl_divergence, processor  # noqa: F401
 from .text import TextStream
@@ -97,7 +97,7 @@ class CoSteerEngine:
         the unsteered stream continue its own conversation in a multi-turn side-by-side chat;
         `reference` steers with the paper's explicit T-step loop instead of the closed form."""
         prompts = self._cloud_prompts(messages, unsteered_messages or messages, context, mode, sampling)
-        plan = self.arrangement.open(prompts, messages, context, gated=gate is not None)
+        plan = self.arrangement.open(prompts, messages, context, gate is not None, sampling.max_new_tokens)
         steer = processor(params, gate, reference)
         seed = resolve_seed(sampling)
         choose = {s: Chooser(sampling, seed) for s in prompts}  # same seed: the streams draw alike
@@ -130,7 +130,8 @@ class CoSteerEngine:
 
     # -- the loop's helpers ----------------------------------------------------------------
     def _cloud_prompts(self, messages, unsteered_messages, context, mode, sampling) -> dict[str, list[int]]:
-        """The cloud-visible prompt of each stream, after checking the request fits both models."""
+        """The cloud-visible prompt of each stream, checked against the cloud's window (the device
+        checks its own when it opens its rows)."""
         if mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
         for msgs in (messages, unsteered_messages):
@@ -139,14 +140,8 @@ class CoSteerEngine:
         streams = ["unsteered", "steered"] if mode == "side_by_side" else [mode]
         tok = self.cloud.tokenizer
         prompts = {s: conversation_ids(tok, unsteered_messages if s == "unsteered" else messages) for s in streams}
-        sides = [("the cloud model's", max(len(p) for p in prompts.values()), self.cloud.context_limit)]
-        if "steered" in prompts:
-            sides.append(("the device model's", self.device.prompt_lengths(messages, context), self.device.context_limit))
-        for who, length, limit in sides:
-            if limit and length + sampling.max_new_tokens > limit:
-                raise ValueError(f"conversation too long: {length} prompt tokens + max_new_tokens "
-                                 f"{sampling.max_new_tokens} exceed {who} context of {limit} tokens; "
-                                 "start a new conversation or shorten the personal context")
+        check_fits("the cloud model's", max(len(p) for p in prompts.values()), self.cloud.context_limit,
+                   sampling.max_new_tokens)
         return prompts
 
     def _record(self, transcript: CloudTranscript | None, prompts: dict[str, list[int]]):
@@ -212,4 +207,4 @@ def build_engine(cloud_lm: LoadedModel, device_lm: LoadedModel | None = None) ->
 
 
 __all__ = ["CoSteerEngine", "TokenEvent", "CloudTranscript", "Sampling", "ConfidenceGate", "build_engine",
-           "build_prompts", "system_with_context", "Plan", "MODES"]
+           "build_prompts", "system_with_context", "MODES"]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from .models import LoadedModel
-from .prompts import build_prompts
+from .prompts import build_prompts, check_fits
 from .rows import LazyRows
 
 
@@ -21,16 +21,17 @@ class DeviceLM:
         self.context_limit = lm.context_limit
         self.cloud_tokenizer = cloud_tokenizer or lm.tokenizer
         self.vocab_map = None
-        if cloud_tokenizer is not None and cloud_tokenizer.get_vocab() != lm.tokenizer.get_vocab():
+        if cloud_tokenizer is not None and cloud_tokenizer is not lm.tokenizer and \
+                cloud_tokenizer.get_vocab() != lm.tokenizer.get_vocab():
             from .vocab_map import VocabMap
 
             self.vocab_map = VocabMap(cloud_tokenizer, lm.tokenizer, cloud_vocab, lm.vocab_size)
 
-    def prompt_lengths(self, messages: list[dict], context: str) -> int:
-        return max(len(p) for p in build_prompts(self.tokenizer, messages, context))
-
-    def open(self, messages: list[dict], context: str) -> "DeviceRows":
-        return DeviceRows(self, LazyRows(self.lm, list(build_prompts(self.tokenizer, messages, context))))
+    def open(self, messages: list[dict], context: str, max_new_tokens: int) -> "DeviceRows":
+        """The device's rows for one answer; refused in words when they do not fit its window."""
+        prompts = build_prompts(self.tokenizer, messages, context)
+        check_fits("the device model's", max(len(p) for p in prompts), self.context_limit, max_new_tokens)
+        return DeviceRows(self, LazyRows(self.lm, list(prompts)))
 
 
 class DeviceRows:

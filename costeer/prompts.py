@@ -49,6 +49,13 @@ def with_context_ids(tokenizer, messages: list[dict], context: str) -> list[int]
     return _encode(tokenizer, system_with_context(context, system), rest)
 
 
+def check_fits(who: str, length: int, limit: int | None, max_new_tokens: int):
+    """A request must fit each model's context window: refuse it in words before any work."""
+    if limit and length + max_new_tokens > limit:
+        raise ValueError(f"conversation too long: {length} prompt tokens + max_new_tokens {max_new_tokens} exceed "
+                         f"{who} context of {limit} tokens; start a new conversation or shorten the personal context")
+
+
 def build_prompts(tokenizer, messages: list[dict], context: str) -> tuple[list[int], list[int]]:
     """(without, with) context: the device's two prompts."""
     return conversation_ids(tokenizer, messages), with_context_ids(tokenizer, messages, context)

@@ -67,7 +67,6 @@ class ConfidenceGate:
 class Gate:
     def __init__(self, inner: ClosedForm, gate: ConfidenceGate):
         self.inner, self.gate = inner, gate
-        self.strength = inner.strength
         self.confident = 0
         self.closed = False  # "paper" mode: fusion switched off for good
 
