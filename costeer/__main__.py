@@ -15,6 +15,20 @@ from .loading import text_arg, writable_file_problem
 from .policy import T_MAX, SteeringParams, effective_strength
 
 
+def add_decoding_args(p: argparse.ArgumentParser):
+    """Repetition control, as transformers' generate defines it (costeer/sampling.py); off by default,
+    which is the paper's plain decoding."""
+    p.add_argument("--repetition-penalty", type=float, default=1.0, help="1 = off (default); e.g. 1.1")
+    p.add_argument("--no-repeat-ngram-size", type=int, default=0, help="0 = off (default); e.g. 4")
+
+
+def decoding(args, max_new_tokens: int):
+    from .sampling import Sampling
+
+    return Sampling(max_new_tokens=max_new_tokens, repetition_penalty=args.repetition_penalty,
+                    no_repeat_ngram_size=args.no_repeat_ngram_size)
+
+
 def cmd_generate(args, parser):
     from .decoding import CloudTranscript, ConfidenceGate, Sampling
 
@@ -22,7 +36,8 @@ def cmd_generate(args, parser):
         gate = ConfidenceGate(args.gate, args.gate_patience, args.gate_mode) if args.gate is not None else None
         params = SteeringParams(T=args.T, eta=args.eta, lam=args.lam, alpha=args.alpha, beta=args.beta)
         sampling = Sampling(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                            top_p=args.top_p, seed=args.seed, stop=tuple(args.stop or ()))
+                            top_p=args.top_p, seed=args.seed, stop=tuple(args.stop or ()),
+                            repetition_penalty=args.repetition_penalty, no_repeat_ngram_size=args.no_repeat_ngram_size)
     except ValueError as exc:
         parser.error(str(exc))
     context = args.context or ""
@@ -35,14 +50,17 @@ def cmd_generate(args, parser):
             parser.error(f"--context-file: {args.context_file} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} "
                          f"at offset {exc.start})")
     from .cloud import CloudError
+    from .latency import Latency
 
     engine = load_engine_or_exit(args)
     messages = [{"role": "user", "content": args.prompt}]
     texts = {"unsteered": "", "steered": ""}
     transcript = CloudTranscript()
     skipped = steps = 0
+    latency = Latency()
     try:
         for ev in engine.stream(messages, context, "side_by_side", params, sampling, transcript, gate=gate):
+            latency.add(ev)
             texts[ev.stream] += ev.text
             if ev.stream == "steered":
                 skipped, steps = skipped + ev.device_skipped, steps + 1
@@ -51,10 +69,12 @@ def cmd_generate(args, parser):
     except CloudError as exc:
         print(f"costeer: error: {exc}", file=sys.stderr)
         sys.exit(1)
+    latency.done()
     C = effective_strength(params)
     if args.json:
         print(json.dumps({"unsteered": texts["unsteered"], "steered": texts["steered"], "effective_strength": C,
-                          "params": params.as_dict(), "cloud_model": engine.cloud.name,
+                          "params": params.as_dict(), "sampling": sampling.as_dict(), "latency": latency.summary(),
+                          "cloud_model": engine.cloud.name,
                           "local_model": engine.device.name, "same_model": engine.same_model,
                           "seed": sampling.seed, "device_skipped": skipped, "steered_steps": steps},
                          ensure_ascii=False))
@@ -69,7 +89,11 @@ def cmd_bench(args, parser):
     engine = load_engine_or_exit(args, stock_linear=args.stock_linear)
     from .bench import gate_bench, http_vs_in_process, topk_agreement
 
-    result = run_bench(engine, tokens=args.tokens, repeats=args.repeats)
+    try:
+        sampling = decoding(args, args.tokens)
+    except ValueError as exc:
+        parser.error(str(exc))
+    result = run_bench(engine, tokens=args.tokens, repeats=args.repeats, sampling=sampling)
     result["stock_linear"] = args.stock_linear
     if engine.same_model and not args.no_cloud:
         from .bench import llama_server_anchor
@@ -100,6 +124,7 @@ def cmd_eval(args, parser):
         methods = methods or list(BASE_METHODS)
         for m in methods:
             method_spec(m)  # every name checked before the models load
+        sampling = decoding(args, args.max_new_tokens)
     except (OSError, ValueError) as exc:
         parser.error(str(exc))
     if not rows:
@@ -113,7 +138,8 @@ def cmd_eval(args, parser):
         if problem:  # checked before the work, not after an hour of it
             parser.error(f"{option}: {problem}")
     engine = load_engine_or_exit(args)
-    summary, _ = evaluate(engine, rows, methods, args.max_new_tokens, args.out, progress=not args.no_progress)
+    summary, _ = evaluate(engine, rows, methods, args.max_new_tokens, args.out, progress=not args.no_progress,
+                          sampling=sampling)
     result = {"methods": summary, "rows": len(rows), "cloud_model": engine.cloud.name,
               "local_model": engine.device.name, "meteor": "not computed: needs WordNet data, not available offline"}
     if sweep:
@@ -172,6 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--gate-mode", choices=("paper", "reopen"), default="paper",
                    help="paper (default): once the gate closes, fusion stays off for the rest of the answer, as the "
                         "official AdaCoSteer does; reopen: steering resumes when the cloud is unsure again")
+    add_decoding_args(g)
     g.add_argument("--json", action="store_true", help="one JSON object on stdout")
     _add_model_args(g)
     g.set_defaults(func=cmd_generate, subparser=g)
@@ -181,6 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--repeats", type=_positive_int("repeats", 1, 50), default=3)
     b.add_argument("--stock-linear", action="store_true", help="measure with torch's stock Linear layers")
     b.add_argument("--no-cloud", action="store_true", help="skip the top-k agreement and loopback-HTTP figures")
+    add_decoding_args(b)
     b.add_argument("--json", action="store_true")
     _add_model_args(b)
     b.set_defaults(func=cmd_bench, subparser=b)
@@ -193,6 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--sweep", help="run CoSteer over values of one parameter, e.g. lam=0.5,1,2,4; writes a plot")
     e.add_argument("--plot", help="where the sweep plot goes (default sweep_<param>.png)")
     e.add_argument("--out", help="per-row results JSONL; a rerun resumes, skipping (id, method) pairs already there")
+    add_decoding_args(e)
     e.add_argument("--json", action="store_true")
     e.add_argument("--no-progress", action="store_true")
     e.add_argument("--allow-context-to-cloud", action="store_true",

@@ -10,6 +10,7 @@ import resource
 import statistics
 import time
 from contextlib import contextmanager
+from dataclasses import replace
 
 import torch
 
@@ -53,14 +54,18 @@ def naive_steered_events(engine: CoSteerEngine, messages, context, params, sampl
     return naive_engine(engine).stream(messages, context, "steered", params, sampling, reference=True)
 
 
-def run_bench(engine: CoSteerEngine, tokens: int = 64, repeats: int = 3) -> dict:
+def run_bench(engine: CoSteerEngine, tokens: int = 64, repeats: int = 3, sampling: Sampling | None = None) -> dict:
+    """Every mode with the same decoding; `steered_repetition_control` adds the app's default
+    repetition control to the steered mode, to show what it costs."""
     params = SteeringParams()
-    sampling = Sampling(max_new_tokens=tokens)
+    sampling = sampling or Sampling(max_new_tokens=tokens)
+    controlled = replace(sampling, repetition_penalty=1.1, no_repeat_ngram_size=4)
     modes = {
         "plain": lambda m, c: engine.stream(m, c, "unsteered", params, sampling),
         "steered": lambda m, c: engine.stream(m, c, "steered", params, sampling),
         "side_by_side": lambda m, c: engine.stream(m, c, "side_by_side", params, sampling),
         "naive_steered": lambda m, c: naive_steered_events(engine, m, c, params, sampling),
+        "steered_repetition_control": lambda m, c: engine.stream(m, c, "steered", params, controlled),
     }
     per_token = {k: [] for k in modes}
     first = {k: [] for k in modes}
@@ -88,6 +93,8 @@ def run_bench(engine: CoSteerEngine, tokens: int = 64, repeats: int = 3) -> dict
     out["steered_over_plain"] = round(med["steered"] / med["plain"], 3)
     out["side_by_side_over_plain"] = round(med["side_by_side"] / med["plain"], 3)
     out["naive_over_steered"] = round(med["naive_steered"] / med["steered"], 3)
+    out["repetition_control_over_steered"] = round(med["steered_repetition_control"] / med["steered"], 3)
+    out["decoding"] = sampling.as_dict()
     out["tokens_per_run_median"] = {k: statistics.median(v) for k, v in steps.items()}
     out["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     out["repeats"] = repeats * len(BENCH_PROMPTS)

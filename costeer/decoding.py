@@ -30,6 +30,7 @@ from .text import TextStream
 
 MODES = ("unsteered", "steered", "side_by_side")
 TOP_K_SHOWN = 5
+LOGPROB_FLOOR = -30.0  # base_logprob of a token the cloud gave no log-prob for (outside its top-k)
 
 
 @dataclass
@@ -48,6 +49,8 @@ class TokenEvent:
     device_skipped: bool = False  # the confidence gate (or an incomplete character) skipped the device
     cloud_ms: float = 0.0  # the forward (or HTTP round trip) that produced this step's b
     device_ms: float = 0.0  # the device passes that produced this step's d (0 when shared or skipped)
+    steer_ms: float = 0.0  # the steering update, repetition control and the choice, for this stream
+    base_logprob: float = 0.0  # log b[token]: how likely the cloud alone found the chosen token (fluency)
 
 
 @dataclass
@@ -100,7 +103,7 @@ class CoSteerEngine:
         plan = self.arrangement.open(prompts, messages, context, gate is not None, sampling.max_new_tokens)
         steer = processor(params, gate, reference)
         seed = resolve_seed(sampling)
-        choose = {s: Chooser(sampling, seed) for s in prompts}  # same seed: the streams draw alike
+        choose = {s: Chooser(sampling, seed, ids) for s, ids in prompts.items()}  # same seed: the streams draw alike
         texts = {s: TextStream(self.cloud.tokenizer, sampling.stop) for s in prompts}
         self._record(transcript, prompts)
         answer: list[int] = []  # the steered answer so far, in cloud token ids
@@ -113,9 +116,12 @@ class CoSteerEngine:
                 if s == "steered" and steer.wants_delta(b_cloud):
                     d = plan.delta(answer)
                 device_ms = (time.perf_counter() - start) * 1000 if d is not None else 0.0
+                start = time.perf_counter()
                 p = steer(b, d) if s == "steered" else b
-                events.append(self._event(s, step, choose[s](p), b, p, s == "steered" and d is None,
-                                          plan.cloud_ms, device_ms))
+                token = choose[s](p)
+                ev = self._event(s, step, token, b, p, s == "steered" and d is None, plan.cloud_ms, device_ms)
+                ev.steer_ms = (time.perf_counter() - start) * 1000
+                events.append(ev)
             for ev in events:
                 self._finish(ev, texts[ev.stream], last=step == sampling.max_new_tokens - 1)
                 if transcript is not None:
@@ -152,12 +158,14 @@ class CoSteerEngine:
                 transcript.token_ids[s] = []
 
     def _event(self, stream, step, token, b, p, skipped, cloud_ms, device_ms) -> TokenEvent:
+        base_logprob = max(float(b[token]), LOGPROB_FLOOR)  # a token outside a remote top-k has -inf
         if stream == "unsteered":
             top = self._top(b)
-            return TokenEvent(stream, step, token, "", False, top, top, 0.0, cloud_ms=cloud_ms)
+            return TokenEvent(stream, step, token, "", False, top, top, 0.0, cloud_ms=cloud_ms,
+                              base_logprob=base_logprob)
         changed = int(torch.argmax(p)) != int(torch.argmax(b))
         return TokenEvent(stream, step, token, "", changed, self._top(b), self._top(p), kl_divergence(p, b),
-                          device_skipped=skipped, cloud_ms=cloud_ms, device_ms=device_ms)
+                          device_skipped=skipped, cloud_ms=cloud_ms, device_ms=device_ms, base_logprob=base_logprob)
 
     def _finish(self, ev: TokenEvent, text: TextStream, last: bool):
         if ev.token_id in self.cloud.eos_ids:

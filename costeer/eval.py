@@ -20,7 +20,7 @@ from pathlib import Path
 
 from .decoding import CoSteerEngine, ConfidenceGate, Sampling, system_with_context
 from .policy import SteeringParams, effective_strength
-from .stats import bootstrap_ci
+from .stats import bootstrap_ci, repeated_ngram_share
 from user_store.formats import eval_row, item_text
 
 BASE_METHODS = ("llm", "slm_ctx", "llm_ctx", "costeer")
@@ -120,6 +120,7 @@ def summarize(results: list[dict], methods: list[str], baseline: str = "llm") ->
             entry[metric] = statistics.fmean(vals)
             entry[f"{metric}_ci"] = list(bootstrap_ci(vals))
         entry["mean_words"] = statistics.fmean(len(r["text"].split()) for r in rs)
+        entry["repeated_4gram_share"] = statistics.fmean(repeated_ngram_share(r["text"]) for r in rs)
         secs = sum(r["seconds"] for r in rs)
         entry["tokens_per_s"] = sum(r["tokens"] for r in rs) / secs if secs > 0 else float("nan")
         params, gate = method_spec(m)
@@ -140,12 +141,15 @@ def summarize(results: list[dict], methods: list[str], baseline: str = "llm") ->
 
 
 def table(summary: dict) -> str:
-    lines = [f"{'method':24s} {'n':>3s} {'ROUGE-1':>22s} {'ROUGE-L':>22s} {'words':>6s} {'tok/s':>6s} {'win vs llm':>10s}"]
+    lines = [f"{'method':24s} {'n':>3s} {'ROUGE-1':>22s} {'ROUGE-L':>22s} {'words':>6s} {'rep4':>5s} {'tok/s':>6s} "
+             f"{'win vs llm':>10s}"]
     for m, e in summary.items():
         r1 = f"{e['rouge1']:.3f} [{e['rouge1_ci'][0]:.3f},{e['rouge1_ci'][1]:.3f}]"
         rl = f"{e['rougeL']:.3f} [{e['rougeL_ci'][0]:.3f},{e['rougeL_ci'][1]:.3f}]"
         win = f"{100 * e['vs_llm']['win_share']:.0f}%" if "vs_llm" in e else "–"
-        lines.append(f"{m:24s} {e['n']:3d} {r1:>22s} {rl:>22s} {e['mean_words']:6.1f} {e['tokens_per_s']:6.1f} {win:>10s}")
+        lines.append(f"{m:24s} {e['n']:3d} {r1:>22s} {rl:>22s} {e['mean_words']:6.1f} "
+                     f"{e['repeated_4gram_share']:5.2f} {e['tokens_per_s']:6.1f} {win:>10s}")
+    lines.append("rep4: share of repeated word 4-grams in the answers (0 = no loops).")
     lines.append("METEOR: not reported (it needs WordNet data, which cannot be downloaded here).")
     return "\n".join(lines)
 
@@ -153,12 +157,12 @@ def table(summary: dict) -> str:
 class Evaluator:
     """Runs methods on rows; one temporary user store holds each row's profile as a user."""
 
-    def __init__(self, engine: CoSteerEngine, max_new_tokens: int = 128):
+    def __init__(self, engine: CoSteerEngine, max_new_tokens: int = 128, sampling: Sampling | None = None):
         from user_store import UserStore
 
         self.engine = engine
         self.device_alone = engine if engine.same_model else CoSteerEngine.one_model(engine.device.lm)
-        self.sampling = Sampling(max_new_tokens=max_new_tokens)
+        self.sampling = sampling or Sampling(max_new_tokens=max_new_tokens)
         self._tmp = tempfile.TemporaryDirectory(prefix="costeer-eval-")
         self.store = UserStore(Path(self._tmp.name) / "eval.db")
         self.sc = scorer()
@@ -193,11 +197,12 @@ class Evaluator:
             skipped += int(ev.device_skipped)
         seconds = time.perf_counter() - start
         return {"id": row.id, "method": method, "text": text, "tokens": tokens, "seconds": seconds,
-                "device_skipped": skipped, **score(self.sc, text, row.reference)}
+                "device_skipped": skipped, "repeated_4grams": repeated_ngram_share(text),
+                **score(self.sc, text, row.reference)}
 
 
 def evaluate(engine, rows: list[Row], methods: list[str], max_new_tokens: int = 128, out: str | None = None,
-             progress: bool = True) -> tuple[dict, list[dict]]:
+             progress: bool = True, sampling: Sampling | None = None) -> tuple[dict, list[dict]]:
     """Run every (row, method) not already in `out` (resume by id), append to `out`, summarize all."""
     from tqdm import tqdm
 
@@ -210,7 +215,7 @@ def evaluate(engine, rows: list[Row], methods: list[str], max_new_tokens: int = 
     have = {(r["id"], r["method"]) for r in done}
     ids = {r.id for r in rows}
     todo = [(row, m) for row in rows for m in methods if (row.id, m) not in have]
-    ev = Evaluator(engine, max_new_tokens)
+    ev = Evaluator(engine, max_new_tokens, sampling)
     results = [r for r in done if r["id"] in ids and r["method"] in methods]
     contexts: dict[str, str] = {}
     sink = open(out, "a", encoding="utf-8") if out else None

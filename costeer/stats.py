@@ -63,3 +63,17 @@ def overlap_score(answer: str, history: str) -> float:
         return 0.0
     known = {w.lower() for w in _WORD.findall(history)}
     return len(words & known) / len(words)
+
+
+def repeated_ngram_share(text, n: int = 4) -> float:
+    """Share of the n-grams that already occurred earlier (0 = no loop; 0 when shorter than n).
+    `text` is a string (its words are used) or a sequence of token ids."""
+    words = re.findall(r"\w+", text.lower()) if isinstance(text, str) else list(text)
+    grams = [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
+    if not grams:
+        return 0.0
+    seen, repeats = set(), 0
+    for g in grams:
+        repeats += g in seen
+        seen.add(g)
+    return repeats / len(grams)

@@ -42,3 +42,4 @@ class TextStream:
         """The held-back tail, when the answer ends without a stop string."""
         new, self.emitted = self.text[self.emitted:], len(self.text)
         return new
+

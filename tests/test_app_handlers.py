@@ -1,14 +1,17 @@
 """The app's handlers with the real engine and a real SQLite file (no server needed)."""
 import csv
 import json
+import sqlite3
+from types import SimpleNamespace
 
-import gradio as gr
 import pytest
 
-from ui.handlers import Studio, new_conversation, persona_files
-from user_store import UserStore
+from ui.fields import Refused
+from ui.handlers import DEMO_DECODING, Session, Studio, new_conversation, persona_files
+from user_store import StoreError, UserStore
 
 KENJI = "Kenji (Osaka, vegetarian, jazz)"
+TAB = SimpleNamespace(session_hash="tab-1")
 
 
 @pytest.fixture
@@ -18,91 +21,209 @@ def studio(engine, tmp_path):
     return s
 
 
-def _chat(studio, message, conv, side=True, user=KENJI, **kw):
-    args = dict(T=20, eta=10, lam=2, alpha=2, beta=1, temperature=0, top_p=1, seed=None, max_new_tokens=16)
+def _args(**kw):
+    args = dict(T=20, eta=10, lam=2, alpha=2, beta=1, temperature=0, top_p=1, seed=None, max_new_tokens=16,
+                repetition_penalty=1.1, no_repeat_ngram_size=4, gate_on=False, gate_threshold=0.1, gate_patience=3,
+                gate_mode="paper")
     args.update(kw)
-    *_, last = studio.chat(user, message, side, *args.values(), conv)
+    return list(args.values())
+
+
+def _chat(studio, message, conv, side=True, user=KENJI, request=TAB, **kw):
+    *_, last = studio.chat(user, message, side, *_args(**kw), conv, request=request)
     return last
 
 
-def test_chat_streams_and_keeps_two_conversations(studio):
-    steps = list(studio.chat(KENJI, "Plan my Friday evening", True, 20, 10, 2, 2, 1, 0, 1, None, 12, new_conversation()))
-    assert len(steps) > 2  # streamed token by token
-    u_chat, s_chat, tokens, privacy, conv, box = steps[-1]
-    assert box == ""
-    assert u_chat[-1]["role"] == s_chat[-1]["role"] == "assistant"
+def test_chat_echoes_at_once_streams_and_keeps_two_conversations(studio):
+    steps = list(studio.chat(KENJI, "Plan my Friday evening", True, *_args(max_new_tokens=24), new_conversation(),
+                             request=TAB))
+    first = steps[0]
+    assert first[1][-2]["content"] == "Plan my Friday evening" and first[1][-1]["content"] == "…"  # echoed at once
+    assert first[8]["interactive"] is False and first[9]["visible"] is True  # Send off, Stop shown
+    assert len(steps) > 3
+    u_chat, s_chat, tokens, privacy, latency, status, conv, box, send, stop = steps[-1]
+    assert box == "" and send["interactive"] is True and stop["visible"] is False
     assert u_chat[-1]["content"] != s_chat[-1]["content"]
+    assert "C=1.783" in s_chat[-1]["content"] and "repetition penalty 1.1" in s_chat[-1]["content"]  # its settings
+    assert "cloud model alone" in u_chat[-1]["content"]
     assert "Sent to the cloud" in privacy and "Strict vegetarian" in privacy
     assert "Strict vegetarian" not in privacy.split("Stayed on your device")[0]  # not on the cloud side
-    assert "class='tok" in tokens
-    u2, s2, *_, conv2, _ = _chat(studio, "Something quieter?", conv)
-    assert len(u2) == len(s2) == 4
+    assert "No earlier steered answers" in privacy
+    assert "first token after" in latency and "device (small model passes)" in latency and "T costs nothing" in latency
+    assert "steered</b>: done · " in status and "class='tok" in tokens
+    assert conv["steered"][-1]["content"] in s_chat[-1]["content"]  # the raw answer is in the state
+    u2, s2, _, privacy2, *_, conv2, _, _, _ = _chat(studio, "Something quieter?", conv)
+    assert len(u2) == len(s2) == 4 and len(conv2["steered"]) == 4
     assert u2[1] == u_chat[1] and s2[1] == s_chat[1]  # each column continues its own conversation
+    assert "1 earlier steered answer(s)" in privacy2 and "<mark class='echo'>" in privacy2  # said, and shown
+
+
+def test_user_text_is_shown_as_text(studio):
+    u_chat, s_chat, *_ = _chat(studio, "What does <script>alert(1)</script> do?", new_conversation(), max_new_tokens=8)
+    assert s_chat[-2]["content"] == "What does &lt;script&gt;alert(1)&lt;/script&gt; do?"
 
 
 def test_chat_without_side_by_side_runs_steered_only(studio):
     u_chat, s_chat, *_ = _chat(studio, "Plan my Friday evening", new_conversation(), side=False)
-    assert u_chat == [] and s_chat[-1]["content"].strip()
+    assert isinstance(u_chat, dict) and s_chat[-1]["content"].strip()  # the hidden pane is not touched
+
+
+def test_switching_user_mid_stream_ends_the_reply_and_keeps_nothing(studio):
+    studio.store.import_file(persona_files()["Jay (teen gamer)"])
+    conv = new_conversation()
+    run = studio.chat(KENJI, "Plan my Friday evening", True, *_args(max_new_tokens=64), conv, request=TAB)
+    shown = [next(run) for _ in range(3)]
+    assert shown[-1][1][-2]["content"] == "Plan my Friday evening"
+    new_conv, *_ = studio.reset(True, request=TAB)  # what switching user (or New conversation) calls
+    assert list(run) == []  # the old reply yields nothing more
+    assert new_conv == new_conversation() and conv == new_conversation()
+    *_, jay_conv, _, _, _ = _chat(studio, "What should I do this weekend?", new_conv, user="Jay (teen gamer)")
+    assert "Friday" not in json.dumps(jay_conv)  # the next cloud prompt holds nothing of Kenji's turn
+
+
+def test_stop_restores_the_conversation_and_frees_send(studio):
+    conv = _chat(studio, "Plan my Friday evening", new_conversation())[6]
+    run = studio.chat(KENJI, "And Saturday?", True, *_args(max_new_tokens=64), conv, request=TAB)
+    next(run), next(run)
+    with pytest.raises(Refused, match="send: a reply is still running"):
+        next(studio.chat(KENJI, "again", True, *_args(), conv, request=TAB))
+    u_chat, s_chat, tokens, status, send, stop = studio.stop(conv, request=TAB)
+    assert list(run) == [] and s_chat == conv["steered_view"] and u_chat == conv["unsteered_view"]
+    assert "stopped" in status and send["interactive"] is True
+    assert _chat(studio, "And Saturday?", conv)[1][-1]["content"]  # Send works again
+
+
+def test_session_numbers_replies():
+    s = Session()
+    run = s.start()
+    assert s.current(run)
+    s.end()
+    assert not s.current(run) and s.running is None
+    assert s.current(s.start())
 
 
 @pytest.mark.parametrize("user, message, kw, words", [
-    (None, "hi", {}, "user: choose a user"),
-    (KENJI, "  ", {}, "message: type something first"),
-    (KENJI, "x" * 4001, {}, "message: at most 4000 characters"),
-    (KENJI, "hi", {"T": 0}, "T must be an integer in [1, 1000]"),
-    (KENJI, "hi", {"lam": 0}, "lam must be > 0"),
-    (KENJI, "hi", {"temperature": -1}, "temperature must be in [0, 5]"),
+    (None, "hi", {}, "user: empty; choose a user"),
+    ("ghost", "hi", {}, "user: unknown user 'ghost'"),
+    (KENJI, "  ", {}, "message: empty; type something first"),
+    (KENJI, "x" * 4001, {}, "message: at most 4000 characters, got 4001"),
+    (KENJI, "hi\ud83d", {}, "message: contains a lone surrogate (U+D83D"),
+    (KENJI, "hi\x00", {}, "message: contains a NUL character at character 3"),
+    (KENJI, "hi", {"T": 0}, "T: must be an integer in [1, 100], got 0"),
+    (KENJI, "hi", {"T": True}, "T: must be an integer in [1, 100], got True"),
+    (KENJI, "hi", {"lam": 9}, "lam: must be a number in [0.1, 5], got 9"),
+    (KENJI, "hi", {"alpha": None}, "alpha: required; enter a number in [0, 10]"),
+    (KENJI, "hi", {"eta": "x"}, "eta: must be a number in [0.5, 20], got 'x'"),
+    (KENJI, "hi", {"max_new_tokens": float("inf")}, "max_new_tokens: must be an integer in [8, 512], got inf"),
+    (KENJI, "hi", {"temperature": float("nan")}, "temperature: must be a number in [0, 2], got nan"),
+    (KENJI, "hi", {"repetition_penalty": 0.5}, "repetition_penalty: must be a number in [1, 2], got 0.5"),
+    (KENJI, "hi", {"gate_mode": "sometimes"}, "gate mode: must be one of paper, reopen"),
 ])
-def test_chat_bad_input_is_a_visible_error(studio, user, message, kw, words):
-    with pytest.raises(gr.Error, match=words.replace("[", r"\[").replace("]", r"\]")):
+def test_chat_bad_input_names_the_field_and_range(studio, user, message, kw, words):
+    with pytest.raises(Refused) as err:
         _chat(studio, message, new_conversation(), user=user, **kw)
+    assert words in str(err.value)
+    assert studio.session(TAB).running is None  # a refused turn leaves nothing running
 
 
 def test_a_conversation_longer_than_the_model_is_a_clear_error(studio):
     turn = "word " * 700
     conv = {k: [{"role": r, "content": turn} for _ in range(7) for r in ("user", "assistant")]
             for k in ("steered", "unsteered")}
-    with pytest.raises(gr.Error, match="conversation too long: .* exceed the cloud model's context of 8192 tokens"):
-        _chat(studio, "one more question", conv)
+    conv.update(steered_view=[], unsteered_view=[])
+    *_, last = studio.chat(KENJI, "one more question", True, *_args(), conv, request=TAB)
+    assert last[7] == "one more question" and last[8]["interactive"] is True  # message back, Send on again
     assert _chat(studio, "Plan my Friday evening", new_conversation())[1][-1]["content"]  # still works
 
 
 def test_strength_text_warns_when_extreme():
     assert "C = 1.783" in Studio.strength(20, 10, 2, 2, 1)
     assert "Extreme steering" in Studio.strength(20, 10, 0.5, 2, 1)
-    assert "Invalid setting" in Studio.strength(20, 0, 2, 2, 1) and "eta" in Studio.strength(20, 0, 2, 2, 1)
+    assert "Invalid setting" in Studio.strength(20, 10, 9, 2, 1) and "lam: must be a number in [0.1, 5]" in \
+        Studio.strength(20, 10, 9, 2, 1)
 
 
-def test_history_editing(studio):
+def test_history_editing_by_id(studio):
     rows = studio.history_rows(KENJI)
     assert len(rows) == 10 and rows[0][4] is True  # pinned first
     rows, box = studio.add_entry(KENJI, "Allergic to peanuts", "profile", "Allergy", True)
     new = [r for r in rows if r[3] == "Allergic to peanuts"][0]
-    assert box == "" and new[4] is True
     rows = studio.update_entry(KENJI, new[0], "Allergic to peanuts and cashews", "profile", "Allergy", False)
     assert [r for r in rows if r[0] == new[0]][0][3].endswith("cashews")
-    with pytest.raises(gr.Error, match="text must be non-empty"):
+    with pytest.raises(Refused, match="text: empty"):
         studio.update_entry(KENJI, new[0], " ", "profile", "", False)
-    rows = studio.delete_entry(KENJI, new[0])
+    visible, question, pending = studio.ask_delete(KENJI, new[0])
+    assert f"#{new[0]}" in question and pending == {"user": KENJI, "id": new[0]}
+    assert any(r[0] == new[0] for r in studio.history_rows(KENJI))  # asking deletes nothing
+    rows, *_ = studio.confirm_delete(pending)
     assert all(r[0] != new[0] for r in rows)
     studio.store.add_user("other")
     other = studio.store.add_entry("other", "not yours")
-    with pytest.raises(gr.Error, match="is not one of"):
-        studio.delete_entry(KENJI, other)
+    with pytest.raises(Refused, match="is not one of"):
+        studio.ask_delete(KENJI, other)
     assert "Strict vegetarian" in studio.preview_context(KENJI, "dinner ideas")
 
 
-def test_import_export_through_the_ui(studio, tmp_path):
-    exported = studio.export_history(KENJI)
-    data = json.loads(open(exported, encoding="utf-8").read())
-    assert data["user"] == KENJI and len(data["entries"]) == 10
-    broken = tmp_path / "broken.json"
-    broken.write_text("{not json", encoding="utf-8")
-    with pytest.raises(gr.Error, match="not valid JSON"):
-        studio.import_history(KENJI, str(broken), "replace")
-    assert len(studio.history_rows(KENJI)) == 10  # nothing lost
-    with pytest.raises(gr.Error, match="choose a .json or .jsonl file"):
-        studio.import_history(KENJI, None, "merge")
+def test_select_uses_the_rows_id_not_its_position(studio):
+    rows = studio.history_rows(KENJI)
+    third = rows[2]
+    studio.store.delete_entry(rows[0][0])  # another tab deletes the first row
+    picked = studio.select_entry(KENJI, SimpleNamespace(row_value=third, index=[2, 0]))
+    assert picked[0] == third[0] and picked[1] == third[3]
+    gone = studio.select_entry(KENJI, SimpleNamespace(row_value=rows[0], index=[0, 0]))
+    assert gone[0] is None and all(r[0] != rows[0][0] for r in gone[5])  # refused, table refreshed
+
+
+def test_create_user_twice_is_refused(studio):
+    studio.create_user("Ana")
+    with pytest.raises(Refused, match="new user name: 'Ana' already exists"):
+        studio.create_user(" Ana ")
+
+
+def test_import_goes_into_the_files_own_user(studio, tmp_path):
+    f = tmp_path / "ana.json"
+    f.write_text(json.dumps({"user": "Ana Porto", "entries": [{"text": "Lives in Lisbon"}]}), encoding="utf-8")
+    choices, rows, cleared = studio.import_history(KENJI, str(f), "merge", False)
+    assert choices["value"] == "Ana Porto" and rows[0][3] == "Lives in Lisbon" and cleared is None
+    assert len(studio.history_rows(KENJI)) == 10  # Kenji untouched
+    studio.import_history(KENJI, str(f), "merge", True)  # the explicit choice
+    assert any(r[3] == "Lives in Lisbon" for r in studio.history_rows(KENJI))
+    nameless = tmp_path / "nameless.json"
+    nameless.write_text(json.dumps([{"text": "x"}]), encoding="utf-8")
+    with pytest.raises(Refused, match="tick 'into the selected user'"):
+        studio.import_history(KENJI, str(nameless), "merge", False)
+
+
+@pytest.mark.parametrize("content, words", [
+    ("{not json", "not valid JSON"),
+    ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+    (json.dumps({"user": "Ana", "entries": [{"text": "bad \\ud800 half"}]}).replace("\\\\", "\\"), "lone surrogate"),
+    (json.dumps({"<a href='x'>Session expired</a>": 1}), "expected an object with 'entries'"),
+])
+def test_bad_import_files_are_refused_and_lose_nothing(studio, tmp_path, content, words):
+    f = tmp_path / "bad.json"
+    f.write_text(content, encoding="utf-8", errors="surrogatepass")
+    with pytest.raises(StoreError, match=words):
+        studio.import_history(KENJI, str(f), "replace", True)
+    assert len(studio.history_rows(KENJI)) == 10
+
+
+def test_full_disk_and_read_only_database_are_messages(studio, tmp_path):
+    db = studio.store.db
+    pages = db.execute("PRAGMA page_count").fetchone()[0]
+    db.execute(f"PRAGMA max_page_count = {pages}")  # SQLite's own size limit: a real SQLITE_FULL
+    before = len(studio.history_rows(KENJI))
+    with pytest.raises(StoreError, match="the disk .* is full. Nothing was changed"):
+        for _ in range(200):
+            studio.add_entry(KENJI, "x" * 4000, "note", "", False)
+    assert len(studio.history_rows(KENJI)) >= before
+    db.execute("PRAGMA max_page_count = 1073741823")
+    db.execute("PRAGMA query_only = ON")  # SQLite refuses every write, as for a read-only file
+    with pytest.raises(StoreError, match="read-only. Nothing was changed"):
+        studio.create_user("Bo")
+    assert studio.store.writable_problem()
+    db.execute("PRAGMA query_only = OFF")
+    assert studio.store.writable_problem() is None
 
 
 def test_blind_ab_vote_results_and_csv(studio):
@@ -115,7 +236,7 @@ def test_blind_ab_vote_results_and_csv(studio):
         reveal, cleared = studio.cast_vote("rita", trial, ["A", "B", "tie", "both_bad", "A", "B"][i])
         assert "was steered (CoSteer)" in reveal and cleared is None
     assert seen_sides == {"A", "B"}  # the order is randomized per trial
-    with pytest.raises(gr.Error, match="generate a pair"):
+    with pytest.raises(Refused, match="generate a pair"):
         studio.cast_vote("rita", None, "A")
     summary = studio.ratings_summary()
     assert summary["n"] == 6 and summary["counts"] == {"A": 2, "B": 2, "tie": 1, "both_bad": 1}
@@ -128,16 +249,29 @@ def test_blind_ab_vote_results_and_csv(studio):
     assert len(votes) == 6 and json.loads(votes[0]["params"])["T"] == 20
 
 
-def test_parameter_explorer(studio):
-    rows, fig = studio.explore(KENJI, "Plan my Friday evening", "lam", "1, 2", 20, 10, 2, 2, 1, 8,
+def test_parameter_explorer_flags_word_salad_and_runs_equal_C_once(studio):
+    rows, fig = studio.explore(KENJI, "Plan my Friday evening", "lam", "0.5, 2, 2.0", 20, 10, 2, 2, 1, 32,
                                progress=lambda *a, **k: None)
-    assert [r[0] for r in rows] == ["unsteered", "lam = 1", "lam = 2"]
-    assert rows[1][1] > rows[2][1]  # C falls as lambda rises
-    assert all(0 <= r[2] <= 1 for r in rows) and fig is not None
-    with pytest.raises(gr.Error, match=r"each in \[0.1, 5.0\]"):
+    assert [r[0] for r in rows] == ["unsteered", "lam = 0.5", "lam = 2", "lam = 2"]
+    assert rows[1][1] > 900 and rows[2][1] == pytest.approx(1.783, abs=1e-3)  # C shown for every point
+    assert rows[0][5] == "ok" and rows[2][5] == "ok"
+    assert rows[1][5].startswith("⚠️")  # C ≈ 969: the cloud alone finds that text far less likely
+    assert "same C as lam = 2" in rows[3][5] and rows[3][6] == rows[2][6]
+    with pytest.raises(Refused, match=r"values: each must be a number in \[0.1, 5\]"):
         studio.explore(KENJI, "hi", "lam", "0, 9", 20, 10, 2, 2, 1, 8, progress=lambda *a, **k: None)
 
 
-def test_personas_are_distinct():
+def test_personas_are_distinct_and_have_examples():
+    from ui.handlers import persona_examples
+
     names = list(persona_files())
     assert len(names) == 3 and len(set(names)) == 3
+    assert all(len(persona_examples(n)) == 3 for n in names)
+
+
+def test_demo_decoding_is_documented():
+    from conftest import ROOT
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert f"repetition penalty {DEMO_DECODING['repetition_penalty']}" in readme
+    assert f"no repeated {DEMO_DECODING['no_repeat_ngram_size']}-grams" in readme

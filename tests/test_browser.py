@@ -1,5 +1,8 @@
-"""The app in headless Chromium (Debian's package) as a person uses it: persona, chat, vote."""
+"""The app in headless Chromium (Debian's package) as a presenter uses it: one app process and one
+browser for the module, a fresh browser context (its own session) per test."""
+import json
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -10,78 +13,285 @@ from user_store import UserStore
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = ROOT / "artifacts"
-PERSONA = "Kenji (Osaka, vegetarian, jazz)"
+KENJI = "Kenji (Osaka, vegetarian, jazz)"
+JAY = "Jay (teen gamer)"
+LONG = 180_000  # ms: a 128-token answer on 2 busy cores
 
 
-@pytest.fixture
-def browser_page():
+@pytest.fixture(scope="module")
+def app(tmp_path_factory):
+    db = tmp_path_factory.mktemp("browser") / "costeer.db"
+    store = UserStore(db)
+    for persona in ("kenji_osaka", "jay_gamer"):
+        store.import_file(ROOT / "assets" / "personas" / f"{persona}.json")
+    with running_app(db) as url:
+        yield url, db
+
+
+@pytest.fixture(scope="module")
+def browser():
     from playwright.sync_api import sync_playwright
 
     assert Path(CHROMIUM).exists(), "Debian's chromium is installed by scripts/install.sh --test"
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+        b = p.chromium.launch(executable_path=CHROMIUM, args=[
             "--no-sandbox", "--disable-gpu", "--disable-background-networking",
             "--disable-component-update", "--disable-sync", "--disable-quic", "--no-first-run"])
         try:
-            yield browser.new_page(viewport={"width": 1280, "height": 800})
+            yield b
         finally:
-            browser.close()
+            b.close()
 
 
-def test_persona_chat_side_by_side_and_vote(tmp_path, browser_page):
+@pytest.fixture
+def new_page(browser, app):
+    contexts = []
+
+    def open_page():
+        ctx = browser.new_context(viewport={"width": 1280, "height": 800}, accept_downloads=True)
+        contexts.append(ctx)
+        page = ctx.new_page()
+        page.goto(app[0])
+        page.locator("#send").wait_for()
+        return page
+
+    yield open_page
+    for ctx in contexts:
+        ctx.close()
+
+
+def pick_user(page, name):
     from playwright.sync_api import expect
 
-    page = browser_page
-    db = tmp_path / "costeer.db"
-    with running_app(db) as url:
-        page.goto(url)
-        page.locator("#persona input").click()
-        page.get_by_role("option", name=PERSONA).click()
-        page.locator("#load-persona").click()
-        expect(page.locator("#user input")).to_have_value(PERSONA, timeout=30_000)
+    page.locator("#user input").click()
+    page.get_by_role("option", name=name, exact=True).click()
+    expect(page.locator("#user input")).to_have_value(name)
+    time.sleep(0.5)  # the switch's reset and history reload run as their own events
 
-        expect(page.locator("#side-by-side input")).to_be_checked()
-        page.locator("#message textarea").fill("Suggest a plan for my Friday evening.")
-        page.locator("#send").click()
-        # the privacy panel fills in when the reply is complete
-        expect(page.locator("#privacy")).to_contain_text("Sent to the cloud", timeout=180_000)
-        expect(page.locator("#privacy")).to_contain_text("Strict vegetarian")  # the context, on the device side
-        bubbles = {c: page.locator(f"#{c} .message-row, #{c} [data-testid='bot']") for c in ("steered", "unsteered")}
-        texts = {c: page.locator(f"#{c}").inner_text() for c in bubbles}
-        for c, t in texts.items():
-            answer = t.split("Suggest a plan for my Friday evening.", 1)[1].strip()
-            assert answer, f"{c} answer is empty"
-        assert texts["steered"] != texts["unsteered"]
-        expect(page.locator("#tokens .tok").first).to_be_visible()
 
-        ARTIFACTS.mkdir(exist_ok=True)
-        page.evaluate("window.scrollTo(0, 0)")
-        page.screenshot(path=str(ARTIFACTS / "chat.png"))
+def send(page, message, max_new=None):
+    if max_new is not None:
+        page.get_by_text("Advanced").click()
+        box = page.locator("#max_new_tokens input[type=number]")
+        box.fill(str(max_new))
+        box.press("Enter")
+        page.get_by_text("Advanced").click()
+    page.locator("#message textarea").fill(message)
+    page.locator("#send").click()
 
-        # a second browser session starts clean: no user, no conversation of the first one
-        other = page.context.browser.new_page()
-        other.goto(url)
-        expect(other.locator("#send")).to_be_visible()
-        assert other.locator("#user input").input_value() == ""
-        assert "Friday" not in other.locator("#steered").inner_text()
-        assert "Friday" not in other.locator("#unsteered").inner_text()
-        other.close()
 
-        page.get_by_role("tab", name="Rate (blind A/B)").click()
-        page.locator("#rater textarea").fill("rita")
-        page.locator("#ab-message textarea").fill("What should I cook tonight?")
-        page.locator("#ab-generate").click()
-        expect(page.locator("#reveal")).to_contain_text("Read both answers", timeout=180_000)
-        a = page.locator("#answer-a textarea").input_value()
-        b = page.locator("#answer-b textarea").input_value()
-        assert a.strip() and b.strip()
-        page.locator("#vote-A").click()
-        expect(page.locator("#reveal")).to_contain_text("was steered (CoSteer)", timeout=30_000)
-        page.screenshot(path=str(ARTIFACTS / "vote.png"))
+def cell(page, row, col):
+    """A cell of the History table (Gradio's virtual table: cells carry their row and column)."""
+    return page.locator(f"#history-table [data-testid='cell-{row}-{col}']")
 
-    votes = UserStore(db).votes()
-    assert len(votes) == 1
-    v = votes[0]
-    assert v["rater"] == "rita" and v["user"] == PERSONA and v["vote"] == "A"
-    assert {v["answer_a"], v["answer_b"]} == {a, b}
-    assert v["params"]["T"] == 20 and v["steered_side"] in ("A", "B")
+
+def toasts(page) -> str:
+    return "\n".join(page.locator("[data-testid='toast-body']").all_inner_texts())
+
+
+def wait_done(page, timeout=LONG):
+    from playwright.sync_api import expect
+
+    expect(page.locator("#latency")).to_contain_text("first token", timeout=timeout)
+
+
+def test_persona_chat_side_by_side_vote_results_and_exports(new_page, app):
+    from playwright.sync_api import expect
+
+    page = new_page()
+    page.locator("#persona input").click()
+    page.get_by_role("option", name=KENJI).click()
+    page.locator("#load-persona").click()
+    expect(page.locator("#user input")).to_have_value(KENJI, timeout=30_000)
+    page.locator("#examples").get_by_text("What should I cook tonight?").click()  # an example prompt
+    expect(page.locator("#message textarea")).to_have_value("What should I cook tonight?")
+    send(page, "What does <script>alert(1)</script> mean? Suggest a plan for my Friday evening.", max_new=32)
+    expect(page.locator("#steered")).to_contain_text("<script>alert(1)</script>", timeout=10_000)  # echoed, as text
+    expect(page.locator("#send")).to_be_disabled()
+    wait_done(page)
+    expect(page.locator("#send")).to_be_enabled()
+    expect(page.locator("#status")).to_contain_text("done")
+    expect(page.locator("#steered")).to_contain_text("T=20 · η=10 · λ=2 · C=1.783")  # the settings of the answer
+    expect(page.locator("#privacy")).to_contain_text("Strict vegetarian")  # the context, on the device side
+    texts = {c: page.locator(f"#{c}").inner_text() for c in ("steered", "unsteered")}
+    assert all(t.split("Friday evening.", 1)[1].strip() for t in texts.values())
+    assert texts["steered"] != texts["unsteered"]
+    expect(page.locator("#tokens .tok").first).to_be_visible()
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.evaluate("window.scrollTo(0, 0)")
+    page.screenshot(path=str(ARTIFACTS / "chat.png"))
+
+    page.get_by_role("tab", name="Rate (blind A/B)").click()
+    page.locator("#rater textarea").fill("rita")
+    page.locator("#ab-message textarea").fill("What should I cook tonight?")
+    page.locator("#ab-generate").click()
+    expect(page.locator("#reveal")).to_contain_text("Read both answers", timeout=LONG)
+    page.locator("#vote-A").click()
+    expect(page.locator("#reveal")).to_contain_text("was steered (CoSteer)", timeout=30_000)
+    page.get_by_role("tab", name="Results").click()
+    expect(page.locator("#results-table")).to_contain_text("all settings", timeout=30_000)  # no Refresh needed
+    with page.expect_download(timeout=30_000) as votes:
+        page.locator("#export-votes").click()  # one click
+    assert "rita" in Path(votes.value.path()).read_text(encoding="utf-8")
+    page.get_by_role("tab", name="History").click()
+    with page.expect_download(timeout=30_000) as history:
+        page.locator("#export").click()
+    assert json.loads(Path(history.value.path()).read_text(encoding="utf-8"))["user"] == KENJI
+    v = UserStore(app[1]).votes()[-1]
+    assert v["rater"] == "rita" and v["user"] == KENJI and v["vote"] == "A" and v["params"]["T"] == 20
+
+
+def test_switching_user_mid_stream_keeps_nothing_of_the_old_reply(new_page):
+    from playwright.sync_api import expect
+
+    page = new_page()
+    pick_user(page, KENJI)
+    send(page, "Suggest a plan for my Friday evening.")
+    expect(page.locator("#tokens .tok").first).to_be_visible(timeout=LONG)  # streaming
+    pick_user(page, JAY)
+    time.sleep(3)  # long enough for the old reply to have shown more tokens, had it kept running
+    for pane in ("steered", "unsteered", "tokens", "privacy"):
+        assert "Friday" not in page.locator(f"#{pane}").inner_text(), pane
+    expect(page.locator("#send")).to_be_enabled()
+    send(page, "What should I do this weekend?", max_new=16)
+    wait_done(page)
+    cloud_side = page.locator("#privacy .cloud").inner_text()
+    assert "weekend" in cloud_side and "Friday" not in cloud_side  # the next cloud prompt: Jay's turn only
+    assert "Strict vegetarian" not in page.locator("#privacy").inner_text()  # nor Kenji's private context
+
+
+def test_stop_ends_the_reply_and_send_works_again(new_page):
+    from playwright.sync_api import expect
+
+    page = new_page()
+    pick_user(page, KENJI)
+    send(page, "Suggest a plan for my Friday evening.")
+    expect(page.locator("#stop")).to_be_visible(timeout=10_000)
+    expect(page.locator("#tokens .tok").first).to_be_visible(timeout=LONG)
+    page.locator("#stop").click()
+    expect(page.locator("#status")).to_contain_text("stopped")
+    expect(page.locator("#send")).to_be_enabled()
+    time.sleep(2)
+    assert "Friday" not in page.locator("#steered").inner_text()
+    send(page, "What should I cook tonight?", max_new=16)
+    wait_done(page)
+    assert "cook tonight" in page.locator("#steered").inner_text()
+    assert "Friday" not in page.locator("#privacy .cloud").inner_text()
+
+
+def test_reload_shows_users_created_elsewhere(new_page, app):
+    page = new_page()
+    page.locator("#user input").click()
+    page.get_by_role("option", name=KENJI).wait_for()  # the page's own load has listed the users
+    UserStore(app[1]).add_user("Zoe (made with the CLI)")
+    assert "Zoe (made with the CLI)" not in page.get_by_role("option").all_inner_texts()
+    page.keyboard.press("Escape")
+    page.reload()
+    pick_user(page, "Zoe (made with the CLI)")
+    assert page.locator("#user input").input_value() == "Zoe (made with the CLI)"
+
+
+def test_import_goes_into_the_files_user_and_html_in_it_is_text(new_page, app, tmp_path):
+    from playwright.sync_api import expect
+
+    page = new_page()
+    pick_user(page, KENJI)
+    page.get_by_role("tab", name="History").click()
+    ana = tmp_path / "ana.json"
+    ana.write_text(json.dumps({"user": "Ana Porto", "entries": [{"text": "Lives in Lisbon, cycles to work"}]}),
+                   encoding="utf-8")
+    page.locator("#upload input[type=file]").set_input_files(str(ana))
+    page.locator("#import").click()
+    expect(page.locator("#user input")).to_have_value("Ana Porto", timeout=30_000)
+    assert "Imported into Ana Porto" in toasts(page)
+    assert all("Lisbon" not in e["text"] for e in UserStore(app[1]).entries(KENJI))
+
+    link = "<a href='http://example.invalid/'>Session expired - click to log in</a>"
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({link: 1}), encoding="utf-8")
+    page.locator("#upload input[type=file]").set_input_files(str(bad))
+    page.locator("#import").click()
+    expect(page.locator("[data-testid='toast-body']").last).to_contain_text(link, timeout=30_000)  # shown as text
+    assert page.locator("[data-testid='toast-body'] a").count() == 0  # not a link
+
+
+def test_two_tabs_delete_then_edit_acts_on_the_right_id(new_page, app):
+    from playwright.sync_api import expect
+
+    store = UserStore(app[1])
+    tab_a, tab_b = new_page(), new_page()
+    for tab in (tab_a, tab_b):
+        pick_user(tab, JAY)
+        tab.get_by_role("tab", name="History").click()
+        expect(cell(tab, 3, 3)).to_be_visible(timeout=30_000)
+    rows = [e["id"] for e in store.entries(JAY)]
+    cell(tab_b, 0, 3).click()
+    expect(tab_b.locator("#entry-id input")).to_have_value(str(rows[0]))
+    tab_b.locator("#delete-entry").click()
+    expect(tab_b.locator("#confirm-text")).to_contain_text(f"#{rows[0]}")
+    assert rows[0] in [e["id"] for e in store.entries(JAY)]  # asking deleted nothing
+    tab_b.locator("#confirm-delete").click()
+    expect(tab_b.locator("#confirm-row")).to_be_hidden(timeout=30_000)
+    assert rows[0] not in [e["id"] for e in store.entries(JAY)]
+
+    cell(tab_a, 2, 3).click()  # tab A's stale table: row 2 shows id rows[2]
+    expect(tab_a.locator("#entry-id input")).to_have_value(str(rows[2]))
+    expected = store.entry(rows[2])["text"]
+    expect(tab_a.locator("#entry-text textarea")).to_have_value(expected)
+    tab_a.locator("#entry-text textarea").fill(expected + " (edited in tab A)")
+    tab_a.locator("#save-entry").click()
+    expect(tab_a.locator("#history-table")).to_contain_text("(edited in tab A)", timeout=30_000)
+    assert store.entry(rows[2])["text"].endswith("(edited in tab A)")
+    assert not store.entry(rows[3])["text"].endswith("(edited in tab A)")
+
+
+def test_a_refusal_is_a_message_and_leaves_no_error_badge(new_page, app):
+    from playwright.sync_api import expect
+
+    page = new_page()
+    pick_user(page, KENJI)
+    page.locator("#send").click()  # an empty message
+    expect(page.locator("[data-testid='toast-body']")).to_contain_text("message: empty", timeout=10_000)
+    page.locator("#lam input[type=number]").fill("9")
+    page.locator("#lam input[type=number]").press("Enter")
+    expect(page.locator("[data-testid='toast-body']")).to_contain_text("lam: must be a number in [0.1, 5], got 9")
+    page.locator("[data-testid='toast-close']").first.click()
+    time.sleep(1)
+    assert page.get_by_text("Error", exact=True).count() == 0  # no sticky badge on any component
+    expect(page.locator("#message textarea")).to_be_visible()
+    log = Path(f"{app[1]}.app.log").read_text()
+    assert "refused chat: message: empty" in log and "Traceback" not in log
+
+
+def test_browser_time_against_the_engines_for_the_same_request(new_page, app):
+    """Reports (does not assert) the browser's time for a 128-token side-by-side answer against
+    the same request through /generate_pair, measured one after the other in this run."""
+    from gradio_client import Client
+    from playwright.sync_api import expect
+
+    message = "Suggest a plan for my Friday evening."
+    client = Client(app[0], verbose=False)
+    start = time.perf_counter()
+    unsteered, steered = client.predict(KENJI, message, 20, 10, 2, 128, api_name="/generate_pair")
+    engine_s = time.perf_counter() - start
+
+    page = new_page()
+    pick_user(page, KENJI)
+    send(page, "", max_new=128)  # sets max new tokens; an empty message is refused, nothing runs
+    page.locator("#message textarea").fill(message)
+    start = time.perf_counter()
+    page.locator("#send").click()
+    expect(page.locator("#tokens .tok").first).to_be_attached(timeout=LONG)
+    first_token_s = time.perf_counter() - start
+    wait_done(page)
+    browser_s = time.perf_counter() - start
+    panel = page.locator("#latency").inner_text()
+    shown = " ".join(page.locator("#tokens .tokens").inner_text().split())
+    assert shown == " ".join(steered.split())  # the same request gave the same answer
+    figures = {"engine_s": round(engine_s, 2), "browser_s": round(browser_s, 2),
+               "browser_over_engine": round(browser_s / engine_s, 3),
+               "browser_time_to_first_token_s": round(first_token_s, 2), "latency_panel": panel}
+    ARTIFACTS.mkdir(exist_ok=True)
+    (ARTIFACTS / "browser_speed.json").write_text(json.dumps(figures, ensure_ascii=False, indent=1), encoding="utf-8")
+    print(f"\nbrowser {browser_s:.1f} s vs engine {engine_s:.1f} s: {browser_s / engine_s:.2f}x; "
+          f"first token in the browser after {first_token_s:.2f} s")

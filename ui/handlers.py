@@ -1,39 +1,58 @@
-"""Handlers behind the app's components: validate, call the engine and the store, format.
+"""Handlers behind the app's components: check the inputs (ui/fields.py), call the engine and the
+store, format (ui/render.py). They hold no algorithm: steering lives in `costeer`, storage and
+retrieval in `user_store`. Refusals are raised as `Refused`; ui/guard.py shows them.
 
-They hold no algorithm: steering lives in `costeer`, storage and retrieval in `user_store`.
-Bad input raises gr.Error (shown in the page, nothing written); the app keeps working.
+Per browser session the studio keeps one `Session`: which reply is running. Switching user, a
+new conversation, the side-by-side toggle and Stop all end the running reply; its generator
+checks at every update and stops, so nothing of it reaches the screen or the conversation.
 """
 from __future__ import annotations
 
 import csv
 import io
 import json
-import math
 import os
 import random
 import tempfile
+import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import gradio as gr
 
-from costeer.cloud import CloudError
 from costeer.decoding import CloudTranscript, ConfidenceGate, CoSteerEngine, Sampling
+from costeer.latency import Latency
 from costeer.plots import score_and_strength
 from costeer.policy import SteeringParams, effective_strength
-from costeer.stats import overlap_score, summarize_votes
-from user_store import KINDS, StoreError, UserStore
+from costeer.stats import overlap_score, repeated_ngram_share, summarize_votes
+from user_store import KINDS, NoUserName, UserStore
 
-from .render import privacy_html, strength_markdown, tokens_html
+from . import fields as F
+from .fields import Refused
+from .guard import EXPECTED, refusal, warn
+from .render import (TOKENS_EMPTY, TOKENS_OPEN, bubble, latency_html, privacy_html, settings_line, status_html,
+                     strength_markdown, token_span, tokens_html)
 
-MAX_MESSAGE_CHARS = 4000
 CONTEXT_TOKENS = 256
 PERSONAS = Path(__file__).resolve().parents[1] / "assets" / "personas"
-SWEEPABLE = {"T": (1, 100), "eta": (0.5, 20.0), "lam": (0.1, 5.0)}
+UPDATE_EVERY_S = 0.1  # at most 10 screen updates per second while a reply streams; the last is never delayed
+GENERIC_EXAMPLES = ["Suggest a plan for my Friday evening.", "What should I cook tonight?",
+                    "Write a short note to a friend about my week."]
+# The app's default decoding: greedy with light repetition control (the bundled 135M model loops
+# without it). PAPER is the paper's plain greedy decoding, one click away in the UI.
+DEMO_DECODING = {"repetition_penalty": 1.1, "no_repeat_ngram_size": 4}
+PAPER_DECODING = {"repetition_penalty": 1.0, "no_repeat_ngram_size": 0}
+# The explorer's fluency check, measured on the three personas' example prompts: the cloud's own
+# greedy answers average -0.7 to -1.1 nats per token under the cloud, steered answers at C = 1.8
+# -1.2 to -4.8, word salad (C = 19 and C = 969) -9 to -20.
+FLUENCY_MARGIN = 5.0  # nats per token below the cloud's own answer: flagged as not fluent
+MAX_REPEATED = 0.2  # share of repeated token 4-grams above which an answer is flagged as looping
 
 
 def new_conversation() -> dict:
-    return {"steered": [], "unsteered": []}
+    """What each pane's conversation holds: the messages the models see, and what is shown."""
+    return {"steered": [], "unsteered": [], "steered_view": [], "unsteered_view": []}
 
 
 def persona_files() -> dict[str, Path]:
@@ -44,53 +63,54 @@ def persona_files() -> dict[str, Path]:
     return out
 
 
+def persona_examples(user: str | None) -> list[str]:
+    path = persona_files().get(user)
+    if path is None:
+        return GENERIC_EXAMPLES
+    return json.loads(path.read_text(encoding="utf-8")).get("examples") or GENERIC_EXAMPLES
+
+
 def make_params(T, eta, lam, alpha=2.0, beta=1.0) -> SteeringParams:
-    try:
-        return SteeringParams(T=int(T) if float(T).is_integer() else T, eta=float(eta), lam=float(lam),
-                              alpha=float(alpha), beta=float(beta))
-    except (ValueError, TypeError) as exc:
-        raise gr.Error(str(exc)) from None
+    return SteeringParams(T=F.T.check(T), eta=F.ETA.check(eta), lam=F.LAM.check(lam),
+                          alpha=F.ALPHA.check(alpha), beta=F.BETA.check(beta))
 
 
-def make_sampling(temperature=0.0, top_p=1.0, seed=None, max_new_tokens=128) -> Sampling:
-    try:
-        seed = None if seed in (None, "", -1) or (isinstance(seed, float) and math.isnan(seed)) else int(seed)
-        return Sampling(max_new_tokens=int(max_new_tokens), temperature=float(temperature), top_p=float(top_p), seed=seed)
-    except (ValueError, TypeError) as exc:
-        raise gr.Error(str(exc)) from None
-
-
-def cloud_errors_shown(events):
-    """A failing remote cloud, or a conversation too long for the model, becomes a visible error."""
-    try:
-        yield from events
-    except (CloudError, ValueError) as exc:
-        raise gr.Error(str(exc)) from None
+def make_sampling(temperature=0.0, top_p=1.0, seed=None, max_new_tokens=128, repetition_penalty=1.0,
+                  no_repeat_ngram_size=0) -> Sampling:
+    return Sampling(max_new_tokens=F.MAX_NEW_TOKENS.check(max_new_tokens), temperature=F.TEMPERATURE.check(temperature),
+                    top_p=F.TOP_P.check(top_p), seed=F.SEED.check(seed),
+                    repetition_penalty=F.REPETITION_PENALTY.check(repetition_penalty),
+                    no_repeat_ngram_size=F.NO_REPEAT_NGRAM.check(no_repeat_ngram_size))
 
 
 def make_gate(on, threshold, patience, mode="paper") -> ConfidenceGate | None:
-    if not on:
-        return None
-    try:
-        return ConfidenceGate(float(threshold), int(patience), mode)
-    except (ValueError, TypeError) as exc:
-        raise gr.Error(str(exc)) from None
+    on, threshold = F.GATE_ON.check(on), F.GATE_THRESHOLD.check(threshold)
+    patience, mode = F.GATE_PATIENCE.check(patience), F.GATE_MODE.check(mode)
+    return ConfidenceGate(threshold, patience, mode) if on else None
 
 
-def check_message(message) -> str:
-    if not isinstance(message, str) or not message.strip():
-        raise gr.Error("message: type something first (it is empty)")
-    if len(message) > MAX_MESSAGE_CHARS:
-        raise gr.Error(f"message: at most {MAX_MESSAGE_CHARS} characters, got {len(message)}")
-    return message.strip()
+@dataclass
+class Session:
+    """One browser session's running reply (`running` is its number, None when idle)."""
 
+    epoch: int = 0
+    running: int | None = None
 
-def check_user(store: UserStore, user) -> str:
-    if not user:
-        raise gr.Error("user: choose a user, create one, or load an example persona")
-    if user not in store.users():
-        raise gr.Error(f"user: unknown user {user!r}")
-    return user
+    def start(self) -> int:
+        if self.running is not None:
+            raise Refused("send: a reply is still running; wait for it or press Stop")
+        self.epoch += 1
+        self.running = self.epoch
+        return self.epoch
+
+    def current(self, run: int) -> bool:
+        return self.running == run == self.epoch
+
+    def end(self, run: int | None = None):
+        """End the running reply (any, or only `run`)."""
+        if run is None or self.running == run:
+            self.running = None
+            self.epoch += 1
 
 
 @dataclass
@@ -101,6 +121,19 @@ class Studio:
     store: UserStore
     context_tokens: int = CONTEXT_TOKENS
     rng: random.Random = field(default_factory=random.Random)
+    sessions: dict[str, Session] = field(default_factory=dict)
+    read_only: str | None = None  # why the database cannot be written, found at start-up
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def session(self, request: gr.Request | None) -> Session:
+        key = getattr(request, "session_hash", None) or "local"
+        with self._lock:
+            return self.sessions.setdefault(key, Session())
+
+    def forget(self, request: gr.Request):
+        """The page closed: drop its session."""
+        with self._lock:
+            self.sessions.pop(getattr(request, "session_hash", None) or "local", None)
 
     # -- context and strength -------------------------------------------------------
     def count_tokens(self, text: str) -> int:
@@ -109,190 +142,298 @@ class Studio:
     def context_for(self, user: str, message: str) -> str:
         return self.store.build_context(user, message, max_tokens=self.context_tokens, count_tokens=self.count_tokens)
 
+    def check_user(self, user) -> str:
+        user = F.USER.check(user)
+        if user not in self.store.users():
+            raise Refused(f"user: unknown user {user!r}; choose one from the list, or create it")
+        return user
+
     @staticmethod
     def strength(T, eta, lam, alpha, beta) -> str:
+        """The C badge. A slider typed past its range is set back to the range's end by the browser;
+        say so, rather than let the value change silently."""
+        for spec, value in ((F.T, T), (F.ETA, eta), (F.LAM, lam)):
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and value == value and \
+                    not spec.lo <= value <= spec.hi:
+                edge = spec.hi if value > spec.hi else spec.lo
+                warn(f"{spec.name}: must be {spec.allowed}, got {value:g}; the slider is set to {edge:g}")
         try:
-            return strength_markdown(effective_strength(SteeringParams(T=int(T), eta=float(eta), lam=float(lam),
-                                                                       alpha=float(alpha), beta=float(beta))))
-        except (ValueError, TypeError) as exc:
+            return strength_markdown(effective_strength(make_params(T, eta, lam, alpha, beta)))
+        except (Refused, ValueError) as exc:
             return strength_markdown(None, str(exc))
 
-    def _generate(self, *args):
-        try:
-            return self.engine.generate(*args)
-        except (CloudError, ValueError) as exc:
-            raise gr.Error(str(exc)) from None
+    def remote(self) -> bool:
+        return self.engine.cloud.where != "in this process"
 
     # -- chat ---------------------------------------------------------------------------
     def chat(self, user, message, side_by_side, T, eta, lam, alpha, beta, temperature, top_p, seed,
-             max_new_tokens, conv, gate_on=False, gate_threshold=0.1, gate_patience=3, gate_mode="paper"):
-        """Stream one turn. Yields (unsteered chat, steered chat, tokens html, privacy html, conv, message box)."""
-        user = check_user(self.store, user)
-        message = check_message(message)
+             max_new_tokens, repetition_penalty, no_repeat_ngram_size, gate_on, gate_threshold, gate_patience,
+             gate_mode, conv, request: gr.Request = None):
+        """Stream one turn. Yields (unsteered chat, steered chat, token view, privacy, latency, status,
+        conv, message box, Send, Stop)."""
+        user = self.check_user(user)
+        message = F.MESSAGE.check(message).strip()
+        side = F.SIDE_BY_SIDE.check(side_by_side)
         params = make_params(T, eta, lam, alpha, beta)
-        sampling = make_sampling(temperature, top_p, seed, max_new_tokens)
+        sampling = make_sampling(temperature, top_p, seed, max_new_tokens, repetition_penalty, no_repeat_ngram_size)
         gate = make_gate(gate_on, gate_threshold, gate_patience, gate_mode)
-        conv = {k: list(v) for k, v in (conv or new_conversation()).items()}
-        context = self.context_for(user, message)
+        conv = conv or new_conversation()
+        session = self.session(request)
+        run = session.start()
+        try:
+            yield from self._turn(session, run, user, message, side, params, sampling, gate, conv)
+        finally:
+            session.end(run)
+
+    def _turn(self, session, run, user, message, side, params, sampling, gate, conv):
+        skip = gr.skip()
+        streams = ["unsteered", "steered"] if side else ["steered"]
+        texts = {s: "" for s in streams}
+        states = {s: "generating…" for s in streams}
         turn = {"role": "user", "content": message}
-        steered_msgs = conv["steered"] + [turn]
-        unsteered_msgs = conv["unsteered"] + [turn]
-        mode = "side_by_side" if side_by_side else "steered"
-        texts = {"steered": "", "unsteered": ""}
-        events = []
-        transcript = CloudTranscript()
+        C = effective_strength(params)
+        decoding = {**sampling.as_dict(), "seed": sampling.seed}
+        settings = {s: settings_line(s, params.as_dict(), C, decoding) for s in streams}
 
-        def view():
-            s_chat = steered_msgs + [{"role": "assistant", "content": texts["steered"]}]
-            u_chat = unsteered_msgs + [{"role": "assistant", "content": texts["unsteered"]}] if side_by_side else conv["unsteered"]
-            return u_chat, s_chat
+        def views(final=False):
+            out = {}
+            for s in ("unsteered", "steered"):
+                if s not in texts:
+                    out[s] = skip
+                    continue
+                answer = {"role": "assistant", "content": bubble(texts[s], settings[s] if final else "")}
+                out[s] = conv[f"{s}_view"] + [{"role": "user", "content": bubble(message)}, answer]
+            return out
 
-        stream = self.engine.stream(steered_msgs, context, mode, params, sampling, transcript,
-                                    unsteered_messages=unsteered_msgs, gate=gate)
-        for ev in cloud_errors_shown(stream):
-            texts[ev.stream] += ev.text
-            if ev.stream == "steered":
-                events.append(ev)
-            u_chat, s_chat = view()
-            yield u_chat, s_chat, tokens_html(events), gr.skip(), conv, ""
-        u_chat, s_chat = view()
-        conv = {"steered": s_chat, "unsteered": u_chat}
-        yield u_chat, s_chat, tokens_html(events), privacy_html(transcript, context, self.engine.same_model), conv, ""
+        busy = (gr.update(interactive=False), gr.update(visible=True))
+        v = views()
+        yield v["unsteered"], v["steered"], TOKENS_OPEN, skip, skip, status_html(states), skip, "", *busy
 
-    # -- users and history ----------------------------------------------------------
+        context = self.context_for(user, message)
+        transcript, latency, events, token_view = CloudTranscript(), Latency(), [], TOKENS_OPEN
+        last = time.perf_counter()
+        stream = self.engine.stream(conv["steered"] + [turn], context, "side_by_side" if side else "steered", params,
+                                    sampling, transcript, unsteered_messages=conv["unsteered"] + [turn], gate=gate)
+        try:
+            for ev in stream:
+                if not session.current(run):
+                    return  # ended by Stop, a new conversation or another user: show nothing more
+                latency.add(ev)
+                texts[ev.stream] += ev.text
+                if ev.stream == "steered":
+                    events.append(ev)
+                    token_view += token_span(ev)
+                if ev.finish:
+                    states[ev.stream] = f"done · {latency.tokens[ev.stream]} tokens"
+                if ev.finish or time.perf_counter() - last >= UPDATE_EVERY_S:
+                    v, t = views(), time.perf_counter()
+                    yield v["unsteered"], v["steered"], token_view, skip, skip, status_html(states), skip, skip, *busy
+                    last = time.perf_counter()
+                    latency.add_ui(last - t)
+        except EXPECTED as exc:
+            warn(refusal("chat", exc))
+            v = {s: conv[f"{s}_view"] if s in texts else skip for s in ("unsteered", "steered")}
+            yield (v["unsteered"], v["steered"], TOKENS_EMPTY, skip, skip, "", skip, message,
+                   gr.update(interactive=True), gr.update(visible=False))
+            return
+        if not session.current(run):
+            return
+        latency.done()
+        v = views(final=True)
+        new = {**conv, "steered": conv["steered"] + [turn, {"role": "assistant", "content": texts["steered"]}],
+               "steered_view": v["steered"]}
+        if side:
+            new.update(unsteered=conv["unsteered"] + [turn, {"role": "assistant", "content": texts["unsteered"]}],
+                       unsteered_view=v["unsteered"])
+        echoes = [m["content"] for m in conv["steered"] if m["role"] == "assistant"]
+        yield (v["unsteered"], v["steered"], tokens_html(events),
+               privacy_html(transcript, context, self.engine.same_model, echoes),
+               latency_html(latency.summary(), self.remote(), self.engine.same_model), status_html(states), new, "",
+               gr.update(interactive=True), gr.update(visible=False))
+
+    def stop(self, conv, request: gr.Request = None):
+        """Stop the running reply: the panes go back to the conversation as it was before it."""
+        self.session(request).end()
+        conv = conv or new_conversation()
+        return (conv["unsteered_view"], conv["steered_view"], TOKENS_EMPTY, status_html({"reply": "stopped"}),
+                gr.update(interactive=True), gr.update(visible=False))
+
+    def reset(self, side_by_side, request: gr.Request = None):
+        """A new conversation (also after switching user or the side-by-side toggle)."""
+        self.session(request).end()
+        side = bool(side_by_side)
+        return (new_conversation(), [], [], gr.update(visible=side), TOKENS_EMPTY, privacy_html(None, "", False),
+                "", "", gr.update(interactive=True), gr.update(visible=False))
+
+    # -- users ------------------------------------------------------------------------
     def user_choices(self, selected=None):
         return gr.update(choices=self.store.users(), value=selected)
 
+    def page_load(self, request: gr.Request = None):
+        """Every page load (a new tab, a reload) sees the users as they are now."""
+        banner = (f"⚠️ **Read-only database:** {self.read_only} Chatting works; nothing you add will be saved."
+                  if self.read_only else "")
+        return self.user_choices(), gr.update(value=banner, visible=bool(banner))
+
+    def examples_for(self, user):
+        return gr.update(samples=[[e] for e in persona_examples(user)])
+
     def create_user(self, name):
-        try:
-            self.store.add_user(name)
-        except StoreError as exc:
-            raise gr.Error(str(exc)) from None
-        return self.user_choices(name.strip()), ""
+        name = F.Text("new user name", 200, hint="type a name").check(name).strip()
+        if name in self.store.users():
+            raise Refused(f"new user name: {name!r} already exists; pick it from the User list")
+        self.store.add_user(name)
+        gr.Info(f"Created user {name}.")
+        return self.user_choices(name), ""
 
     def load_persona(self, display_name):
         files = persona_files()
         if display_name not in files:
-            raise gr.Error(f"persona: unknown example {display_name!r}")
+            raise Refused(f"example persona: choose one of {', '.join(files)}")
         result = self.store.import_file(files[display_name])
         gr.Info(f"Loaded {result['user']}: {result['added']} new entries ({result['skipped']} already there).")
         return self.user_choices(result["user"])
 
+    # -- history ------------------------------------------------------------------------
     def history_rows(self, user):
-        if not user or user not in self.store.users():
+        if not isinstance(user, str) or user not in self.store.users():
             return []
         return [[e["id"], e["kind"], e["title"] or "", e["text"], bool(e["pinned"])] for e in self.store.entries(user)]
 
+    def _entry_fields(self, text, kind, title, pinned) -> dict:
+        return {"text": F.ENTRY_TEXT.check(text), "kind": F.Choice("kind", tuple(KINDS)).check(kind),
+                "title": F.TITLE.check(title) or None, "pinned": F.PINNED.check(pinned)}
+
     def add_entry(self, user, text, kind, title, pinned):
-        user = check_user(self.store, user)
-        try:
-            self.store.add_entry(user, text, kind=kind, title=title or None, pinned=bool(pinned))
-        except StoreError as exc:
-            raise gr.Error(str(exc)) from None
+        user = self.check_user(user)
+        self.store.add_entry(user, **self._entry_fields(text, kind, title, pinned))
         return self.history_rows(user), ""
 
-    def _entry_of(self, user, entry_id) -> int:
-        user = check_user(self.store, user)
-        try:
-            entry_id = int(entry_id)
-        except (TypeError, ValueError):
-            raise gr.Error("entry id: pick a row of the table first") from None
-        if entry_id not in {e["id"] for e in self.store.entries(user)}:
-            raise gr.Error(f"entry id: {entry_id} is not one of {user}'s entries")
-        return entry_id
-
-    def update_entry(self, user, entry_id, text, kind, title, pinned):
-        entry_id = self._entry_of(user, entry_id)
-        try:
-            self.store.update_entry(entry_id, text=text, kind=kind, title=title or None, pinned=bool(pinned))
-        except StoreError as exc:
-            raise gr.Error(str(exc)) from None
-        return self.history_rows(user)
-
-    def delete_entry(self, user, entry_id):
-        entry_id = self._entry_of(user, entry_id)
-        self.store.delete_entry(entry_id)
-        return self.history_rows(user)
+    def _entry_of(self, user, entry_id) -> tuple[str, dict]:
+        """(user, entry) for an id of this user's, refused otherwise (deleted, or someone else's)."""
+        user = self.check_user(user)
+        entry_id = F.Number("entry id", 1, 2**63 - 1, integer=True).check(entry_id)
+        for e in self.store.entries(user):
+            if e["id"] == entry_id:
+                return user, e
+        raise Refused(f"entry id: {entry_id} is not one of {user}'s entries (deleted in another tab?); "
+                      "the table is refreshed, pick the row again")
 
     def select_entry(self, user, evt: gr.SelectData):
-        """Clicking a table row loads that entry into the edit form."""
-        rows = self.history_rows(user)
-        if not rows or evt.index is None:
-            return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
-        row = rows[evt.index[0]]
-        return row[0], row[3], row[1], row[2], row[4]
-
-    def import_history(self, user, file, mode):
-        if file is None:
-            raise gr.Error("import: choose a .json or .jsonl file first")
+        """Clicking a table row loads that entry, by the id in the row's data (never its position)."""
+        row = getattr(evt, "row_value", None)
+        if not row:
+            return gr.skip()
         try:
-            result = self.store.import_file(file, mode=mode, user=user or None)
-        except StoreError as exc:
-            raise gr.Error(str(exc)) from None
+            _, e = self._entry_of(user, row[0])
+        except Refused as exc:
+            warn(refusal("select_entry", exc))
+            return None, "", "note", "", False, self.history_rows(user)
+        return e["id"], e["text"], e["kind"], e["title"] or "", bool(e["pinned"]), gr.skip()
+
+    def update_entry(self, user, entry_id, text, kind, title, pinned):
+        user, e = self._entry_of(user, entry_id)
+        self.store.update_entry(e["id"], **self._entry_fields(text, kind, title, pinned))
+        return self.history_rows(user)
+
+    def ask_delete(self, user, entry_id):
+        """Delete asks first: the confirmation names the entry it will delete."""
+        user, e = self._entry_of(user, entry_id)
+        preview = e["text"] if len(e["text"]) <= 60 else e["text"][:57] + "…"
+        return (gr.update(visible=True), f"Delete entry **#{e['id']}** ({e['kind']}): “{_md_text(preview)}”?",
+                {"user": user, "id": e["id"]})
+
+    def confirm_delete(self, pending):
+        if not pending:
+            raise Refused("delete: nothing to confirm; click Delete entry first")
+        user, e = self._entry_of(pending["user"], pending["id"])
+        self.store.delete_entry(e["id"])
+        gr.Info(f"Deleted entry #{e['id']}.")
+        return self.history_rows(user), gr.update(visible=False), None, None, ""
+
+    def import_history(self, user, file, mode, into_selected):
+        """An import goes into the file's own user (created if needed), unless the person asks for
+        the selected user instead."""
+        if not file:
+            raise Refused("import: choose a .json or .jsonl file first")
+        mode, into_selected = F.IMPORT_MODE.check(mode), F.Flag("into the selected user").check(into_selected)
+        target = self.check_user(user) if into_selected else None
+        try:
+            result = self.store.import_file(file, mode=mode, user=target)
+        except NoUserName:
+            raise Refused("import: the file names no user; tick 'into the selected user' to import it there") from None
         gr.Info(f"Imported into {result['user']}: {result['added']} added, {result['skipped']} duplicates skipped.")
-        return self.user_choices(result["user"]), self.history_rows(result["user"])
+        return self.user_choices(result["user"]), self.history_rows(result["user"]), None
 
     def export_history(self, user):
-        user = check_user(self.store, user)
+        user = self.check_user(user)
         out = Path(tempfile.mkdtemp(prefix="costeer-export-", dir=os.environ.get("GRADIO_TEMP_DIR"))) / "history.json"
         out.write_text(json.dumps(self.store.export_user(user), ensure_ascii=False, indent=1), encoding="utf-8")
         return str(out)
 
     def preview_context(self, user, message):
-        user = check_user(self.store, user)
-        return self.context_for(user, check_message(message)) or "(empty: this user has no history yet)"
+        user = self.check_user(user)
+        message = F.MESSAGE.check(message)
+        return self.context_for(user, message) or "(empty: this user has no history yet)"
 
     # -- blind A/B ratings ------------------------------------------------------------
-    def ab_generate(self, user, message, T, eta, lam, alpha, beta, temperature, top_p, seed, max_new_tokens):
+    def ab_generate(self, user, message, T, eta, lam, alpha, beta, temperature, top_p, seed, max_new_tokens,
+                    repetition_penalty=1.0, no_repeat_ngram_size=0):
         """Both answers at once, shown as A and B in a random order; the trial stays server-side in State."""
-        user = check_user(self.store, user)
-        message = check_message(message)
+        user = self.check_user(user)
+        message = F.MESSAGE.check(message).strip()
         params = make_params(T, eta, lam, alpha, beta)
-        sampling = make_sampling(temperature, top_p, seed, max_new_tokens)
-        out = self._generate([{"role": "user", "content": message}], self.context_for(user, message),
-                             "side_by_side", params, sampling)
+        sampling = make_sampling(temperature, top_p, seed, max_new_tokens, repetition_penalty, no_repeat_ngram_size)
+        out = self.engine.generate([{"role": "user", "content": message}], self.context_for(user, message),
+                                   "side_by_side", params, sampling)
         steered_side = self.rng.choice("AB")
         a, b = ((out["texts"]["steered"], out["texts"]["unsteered"]) if steered_side == "A"
                 else (out["texts"]["unsteered"], out["texts"]["steered"]))
         trial = {"user": user, "message": message, "a": a, "b": b, "steered_side": steered_side,
-                 "params": {**params.as_dict(), "temperature": sampling.temperature, "top_p": sampling.top_p,
-                            "seed": sampling.seed, "max_new_tokens": sampling.max_new_tokens}}
+                 "params": {**params.as_dict(), **sampling.as_dict()}}
         return a, b, trial, "Read both answers, then vote. The sides are revealed after your vote."
 
     def cast_vote(self, rater, trial, vote):
         if not trial:
-            raise gr.Error("vote: generate a pair of answers first")
-        vid = self.rate(rater, trial["user"], trial["message"], trial["a"], trial["b"], trial["steered_side"], vote,
-                        trial["params"])
+            raise Refused("vote: generate a pair of answers first")
+        rater = F.RATER.check(rater)
+        vid = self.store.add_vote(rater, trial["user"], [{"role": "user", "content": trial["message"]}], trial["a"],
+                                  trial["b"], trial["steered_side"], vote, trial["params"], self.engine.cloud.name,
+                                  self.engine.device.name)
         steered = trial["steered_side"]
         other = "B" if steered == "A" else "A"
-        return (f"Vote #{vid} saved. **{steered} was steered (CoSteer)**, {other} was the cloud model alone.", None)
+        return f"Vote #{vid} saved. **{steered} was steered (CoSteer)**, {other} was the cloud model alone.", None
 
     # -- the named API -------------------------------------------------------------------
-    def generate_pair(self, user, message, T=20, eta=10.0, lam=2.0, max_new_tokens=128):
-        user = check_user(self.store, user)
-        message = check_message(message)
-        out = self._generate([{"role": "user", "content": message}], self.context_for(user, message),
-                             "side_by_side", make_params(T, eta, lam), make_sampling(max_new_tokens=max_new_tokens))
+    def generate_pair(self, user, message, T=20, eta=10.0, lam=2.0, max_new_tokens=128,
+                      repetition_penalty=DEMO_DECODING["repetition_penalty"],
+                      no_repeat_ngram_size=DEMO_DECODING["no_repeat_ngram_size"]):
+        user = self.check_user(user)
+        message = F.MESSAGE.check(message).strip()
+        params = make_params(T, eta, lam)
+        sampling = make_sampling(max_new_tokens=max_new_tokens, repetition_penalty=repetition_penalty,
+                                 no_repeat_ngram_size=no_repeat_ngram_size)
+        out = self.engine.generate([{"role": "user", "content": message}], self.context_for(user, message),
+                                   "side_by_side", params, sampling)
         return out["texts"]["unsteered"], out["texts"]["steered"]
 
     def history(self, user) -> list[dict]:
-        user = check_user(self.store, user)
+        user = self.check_user(user)
         return [{k: e[k] for k in ("id", "kind", "title", "text", "pinned")} for e in self.store.entries(user)]
 
     def add_history(self, user, text, kind="note"):
-        user = check_user(self.store, user)
-        try:
-            return self.store.add_entry(user, text, kind=kind)
-        except StoreError as exc:
-            raise gr.Error(str(exc)) from None
+        user = self.check_user(user)
+        return self.store.add_entry(user, F.ENTRY_TEXT.check(text), kind=F.Choice("kind", tuple(KINDS)).check(kind))
 
-    def rate(self, rater, user, message, answer_a, answer_b, steered_side, vote, params=None):
-        try:
-            return self.store.add_vote(rater, user, [{"role": "user", "content": message}], answer_a, answer_b,
-                                       steered_side, vote, params or {}, self.engine.cloud.name, self.engine.device.name)
-        except StoreError as exc:
-            raise gr.Error(str(exc)) from None
+    def rate(self, rater, user, message, answer_a, answer_b, steered_side, vote):
+        user = self.check_user(user)
+        rater, message = F.RATER.check(rater), F.MESSAGE.check(message)
+        answer_a = F.Text("answer_a", 100_000, required=False).check(answer_a)
+        answer_b = F.Text("answer_b", 100_000, required=False).check(answer_b)
+        steered_side = F.STEERED_SIDE.check(steered_side)
+        vote = F.Choice("vote", ("A", "B", "tie", "both_bad")).check(vote)
+        return self.store.add_vote(rater, user, [{"role": "user", "content": message}], answer_a, answer_b,
+                                   steered_side, vote, {}, self.engine.cloud.name, self.engine.device.name)
 
     def ratings_summary(self) -> dict:
         s = summarize_votes(self.store.votes())
@@ -320,6 +461,7 @@ class Studio:
         ax.set_xlim(0, 1)
         ax.set_xlabel("steered win rate (tie = ½), 95% bootstrap interval")
         fig.tight_layout()
+        plt.close(fig)
         return rows, fig
 
     def votes_csv(self):
@@ -335,43 +477,78 @@ class Studio:
         return str(out)
 
     # -- parameter explorer ----------------------------------------------------------
+    def _answer(self, messages, context, mode, params, sampling) -> dict:
+        """One answer with its fluency: the mean log-probability the cloud alone gives its tokens."""
+        text, logprobs, ids = "", [], []
+        for ev in self.engine.stream(messages, context, mode, params, sampling):
+            text += ev.text
+            logprobs.append(ev.base_logprob)
+            ids.append(ev.token_id)
+        return {"text": text, "fluency": sum(logprobs) / max(1, len(logprobs)), "repeated": repeated_ngram_share(ids)}
+
     def explore(self, user, message, param, values_text, T, eta, lam, alpha, beta, max_new_tokens,
-                progress=gr.Progress()):
-        user = check_user(self.store, user)
-        message = check_message(message)
-        if param not in SWEEPABLE:
-            raise gr.Error(f"parameter: choose one of {', '.join(SWEEPABLE)}")
-        lo, hi = SWEEPABLE[param]
+                repetition_penalty=1.0, no_repeat_ngram_size=0, progress=gr.Progress()):
+        """Steer one message over values of one parameter. Each answer gets the persona-overlap
+        score and a fluency check; settings with the same C give the same answer, so they run once."""
+        user = self.check_user(user)
+        message = F.MESSAGE.check(message).strip()
+        param = F.SWEEP.check(param)
+        spec = F.SWEEPABLE[param]
+        items = [v.strip() for v in F.SWEEP_VALUES.check(values_text).replace(";", ",").split(",") if v.strip()]
         try:
-            values = [float(v) for v in str(values_text).replace(";", ",").split(",") if v.strip()]
-        except ValueError:
-            raise gr.Error(f"values: a comma-separated list of numbers in [{lo}, {hi}], got {values_text!r}") from None
-        if not 1 <= len(values) <= 8 or any(not lo <= v <= hi for v in values):
-            raise gr.Error(f"values: 1 to 8 numbers, each in [{lo}, {hi}], got {values_text!r}")
+            values = [spec.check(float(v)) for v in items]
+        except ValueError as exc:
+            if isinstance(exc, Refused):
+                raise Refused(f"values: each must be {spec.allowed}; {exc}") from None
+            raise Refused(f"values: a comma-separated list of numbers, each {spec.allowed}, got {values_text!r}") from None
+        if not 1 <= len(values) <= 8:
+            raise Refused(f"values: 1 to 8 numbers, each {spec.allowed}, got {len(values)}")
         base = {"T": T, "eta": eta, "lam": lam}
-        sampling = make_sampling(0.0, 1.0, None, max_new_tokens)
+        make_params(T, eta, lam, alpha, beta)
+        sampling = make_sampling(0.0, 1.0, None, max_new_tokens, repetition_penalty, no_repeat_ngram_size)
         context = self.context_for(user, message)
         history = " ".join(e["text"] for e in self.store.entries(user))
         messages = [{"role": "user", "content": message}]
         progress(0, desc="unsteered baseline")
-        unsteered = self._generate(messages, context, "unsteered", make_params(T, eta, lam, alpha, beta), sampling)["texts"]["unsteered"]
-        rows, Cs, scores = [], [], []
+        alone = self._answer(messages, context, "unsteered", SteeringParams(), sampling)
+        floor = alone["fluency"] - FLUENCY_MARGIN
+
+        def row(setting, C, a, note=""):
+            fluent = a["fluency"] >= floor and a["repeated"] <= MAX_REPEATED
+            verdict = "ok" if fluent else ("⚠️ looping" if a["repeated"] > MAX_REPEATED else "⚠️ not fluent")
+            return [setting, round(C, 3), round(overlap_score(a["text"], history), 3), round(a["fluency"], 2),
+                    round(a["repeated"], 2), verdict + note, a["text"]]
+
+        rows, Cs, scores, by_C = [row("unsteered", 0.0, alone)], [], [], {}
         for i, v in enumerate(values):
             progress((i + 1) / (len(values) + 1), desc=f"{param} = {v:g}")
             params = make_params(**{**base, param: v}, alpha=alpha, beta=beta)
-            text = self._generate(messages, context, "steered", params, sampling)["texts"]["steered"]
             C = effective_strength(params)
-            score = overlap_score(text, history)
+            key = f"{C:.12g}"
+            note = ""
+            if key in by_C:  # the policy depends on the settings only through C
+                a, note = by_C[key][1], f" (same C as {by_C[key][0]}: same answer, not run again)"
+            else:
+                a = self._answer(messages, context, "steered", params, sampling)
+                by_C[key] = (f"{param} = {v:g}", a)
+            rows.append(row(f"{param} = {v:g}", C, a, note))
             Cs.append(C)
-            scores.append(score)
-            rows.append([f"{param} = {v:g}", round(C, 3), round(score, 3), text])
-        rows.insert(0, ["unsteered", 0.0, round(overlap_score(unsteered, history), 3), unsteered])
-        fig = score_and_strength(values, scores, Cs, param, "word overlap with history", "personalization score")
+            scores.append(rows[-1][2] if rows[-1][5].startswith("ok") else float("nan"))
+        fig = score_and_strength(values, scores, Cs, param, "word overlap with history (fluent answers only)",
+                                 "personalization score")
         return rows, fig
 
 
 def _pct(x) -> str:
     return "–" if x != x else f"{100 * x:.0f}%"
+
+
+def _md_text(text: str) -> str:
+    """Text shown inside Markdown: HTML escaped and Markdown syntax neutralised."""
+    import html
+    import re
+
+    return re.sub(r"([\\`*_{}\[\]()#+\-.!|>~])", r"\\\1", html.escape(text, quote=False))
 
 
 KIND_CHOICES = list(KINDS)

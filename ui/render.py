@@ -1,4 +1,5 @@
-"""HTML and text the app shows: token highlights, the privacy panel, the strength badge."""
+"""HTML and text the app shows: chat bubbles, token highlights, the privacy panel, the strength
+badge, the latency readout. Every user- or model-written string goes through `html.escape`."""
 from __future__ import annotations
 
 import html
@@ -6,9 +7,13 @@ import html
 STRONG_C = 10.0  # above this the device's delta dominates the cloud model's distribution
 
 
+def esc(text: str) -> str:
+    return html.escape(text, quote=False)
+
+
 def strength_markdown(C: float | None, error: str | None = None) -> str:
     if error:
-        return f"⚠️ **Invalid setting:** {error}"
+        return f"⚠️ **Invalid setting:** {esc(error)}"
     text = f"**Effective steering strength C = {C:.3f}** — the policy equals log_softmax(base + C · delta)."
     if C > STRONG_C:
         text += (f"\n\n⚠️ **Extreme steering (C > {STRONG_C:g}).** The device model's delta dominates; "
@@ -18,43 +23,117 @@ def strength_markdown(C: float | None, error: str | None = None) -> str:
     return text
 
 
-def tokens_html(events) -> str:
-    """The steered answer token by token; tokens whose top choice steering changed are marked,
-    and every token's top alternatives show on hover."""
-    if not events:
-        return "<div class='tokens empty'>The steered answer appears here, token by token.</div>"
-    spans = []
-    for ev in events:
-        base = ", ".join(f"{html.escape(repr(t))} {p:.2f}" for t, p in ev.top_base)
-        steered = ", ".join(f"{html.escape(repr(t))} {p:.2f}" for t, p in ev.top_steered)
-        tip = f"base top-5: {base}&#10;steered top-5: {steered}&#10;KL(steered‖base) = {ev.kl:.3f}"
-        cls = "tok changed" if ev.changed else "tok"
-        spans.append(f"<span class='{cls}' title='{tip}'>{html.escape(ev.text)}</span>")
+def bubble(text: str, settings: str = "") -> str:
+    """A chat bubble's markdown: the text as text (a `<script>` shows as written), then the
+    settings that produced it in small print."""
+    body = esc(text) if text else "…"
+    return body + (f"\n\n<sub>⚙ {esc(settings)}</sub>" if settings else "")
+
+
+def settings_line(stream: str, params: dict | None, C: float | None, sampling: dict) -> str:
+    how = "greedy" if sampling["temperature"] == 0 else \
+        f"temperature {sampling['temperature']:g}, top-p {sampling['top_p']:g}, seed {sampling['seed']}"
+    rep = []
+    if sampling["repetition_penalty"] != 1:
+        rep.append(f"repetition penalty {sampling['repetition_penalty']:g}")
+    if sampling["no_repeat_ngram_size"]:
+        rep.append(f"no repeated {sampling['no_repeat_ngram_size']}-grams")
+    tail = " · ".join([how, *rep] if rep else [how, "no repetition control"])
+    if stream == "unsteered":
+        return f"cloud model alone · {tail}"
+    return f"T={params['T']} · η={params['eta']:g} · λ={params['lam']:g} · C={C:.3f} · {tail}"
+
+
+TOKENS_EMPTY = "<div class='tokens empty'>The steered answer appears here, token by token.</div>"
+TOKENS_OPEN = "<div class='tokens'>"
+
+
+def token_span(ev) -> str:
+    """One token of the steered answer; marked when steering changed the top choice, with the top
+    alternatives on hover. The token view only ever appends these (cheap to stream)."""
+    base = ", ".join(f"{esc(repr(t))} {p:.2f}" for t, p in ev.top_base)
+    steered = ", ".join(f"{esc(repr(t))} {p:.2f}" for t, p in ev.top_steered)
+    tip = html.escape(f"base top-5: {base}\nsteered top-5: {steered}\nKL(steered‖base) = {ev.kl:.3f}")
+    cls = "tok changed" if ev.changed else "tok"
+    return f"<span class='{cls}' title=\"{tip}\">{esc(ev.text)}</span>"
+
+
+def tokens_legend(events) -> str:
     changed = sum(ev.changed for ev in events)
     skipped = sum(ev.device_skipped for ev in events)
     gate = f" The confidence gate skipped the device for {skipped} tokens." if skipped else ""
-    legend = (f"<div class='legend'><span class='tok changed'>highlighted</span> = steering changed the top "
-              f"choice ({changed} of {len(events)} tokens). Hover a token for the top alternatives.{gate}</div>")
-    return legend + "<div class='tokens'>" + "".join(spans) + "</div>"
+    return (f"<div class='legend'><span class='tok changed'>highlighted</span> = steering changed the top "
+            f"choice ({changed} of {len(events)} tokens). Hover a token for the top alternatives.{gate}</div>")
 
 
-def privacy_html(transcript, context: str, same_model: bool) -> str:
-    """What crossed to the cloud, next to what stayed on the device, for the last reply."""
+def tokens_html(events) -> str:
+    """The finished token view: legend, then the spans."""
+    if not events:
+        return TOKENS_EMPTY
+    return tokens_legend(events) + TOKENS_OPEN + "".join(token_span(ev) for ev in events) + "</div>"
+
+
+def status_html(states: dict[str, str]) -> str:
+    """Per stream: 'generating…' or 'done · n tokens'."""
+    parts = [f"<span class='state {'done' if s.startswith('done') else 'running'}' id='state-{k}'>"
+             f"<b>{k}</b>: {esc(s)}</span>" for k, s in states.items()]
+    return "<div class='status'>" + " ".join(parts) + "</div>"
+
+
+def latency_html(summary: dict, remote: bool, shared: bool = False) -> str:
+    """The reply's timing: first token, speed, and where each step's time went. `shared`: the
+    one-model demo, where the device's rows ride in the cloud's batched forward."""
+    per = summary["per_step_ms"]
+    cloud = "cloud (HTTP round trip)" if remote else "cloud (forward pass)"
+    rows = "".join(f"<tr><td>{name}</td><td>{per[key]:.1f} ms</td></tr>" for name, key in (
+        ("device (small model passes)", "device"), (cloud, "cloud"), ("steering and choosing", "steering"),
+        ("UI (rendering, sending)", "ui"), ("other", "other")))
+    return (f"<div class='latency'><b>⏱ This reply:</b> first token after {summary['time_to_first_token_ms'] / 1000:.2f} s · "
+            f"{summary['tokens_per_s']:.1f} tokens/s · {summary['ms_per_step']:.0f} ms per step "
+            f"({summary['steps']} steps, {summary['total_ms'] / 1000:.1f} s)"
+            f"<table><tr><th>per step</th><th></th></tr>{rows}</table>"
+            + ("<p class='note'>One model plays both roles here, so the device's passes run inside the "
+               "cloud's batched forward and are counted under cloud.</p>" if shared else "")
+            + "<p class='note'>T costs nothing at decode time: the closed form computes one number C from "
+            "(T, η, λ, α, β), so T = 100 runs as fast as T = 1.</p></div>")
+
+
+def _marked_prompt(prompt: str, echoes: list[str]) -> tuple[str, int]:
+    """The cloud's prompt, escaped, with earlier steered answers marked; how many were found."""
+    spans, at = [], 0
+    for echo in echoes:
+        echo = echo.strip()
+        i = prompt.find(echo, at) if echo else -1
+        if i < 0:
+            continue
+        spans.append(esc(prompt[at:i]) + f"<mark class='echo'>{esc(echo)}</mark>")
+        at = i + len(echo)
+    return "".join(spans) + esc(prompt[at:]), len(spans)
+
+
+def privacy_html(transcript, context: str, same_model: bool, echoes: list[str] = ()) -> str:
+    """What crossed to the cloud, next to what stayed on the device, for the last reply.
+    `echoes` are the earlier steered answers in this conversation: they are in the cloud's prompt,
+    and they were shaped by the private context, so they are marked, not hidden."""
     if transcript is None or not transcript.prompt_ids:
         return ("<div class='privacy'><b>Privacy panel.</b> After a reply, this shows what the cloud "
                 "received and what stayed on your device.</div>")
     stream = "steered" if "steered" in transcript.prompt_ids else "unsteered"
-    prompt = html.escape(transcript.prompt_text[stream])
+    prompt, marked = _marked_prompt(transcript.prompt_text[stream], list(echoes) if stream == "steered" else [])
     ids = transcript.token_ids.get(stream, [])
     shown = ", ".join(map(str, ids[:60])) + (" …" if len(ids) > 60 else "")
-    ctx = html.escape(context) if context.strip() else "(no personal context for this user)"
+    ctx = esc(context) if context.strip() else "(no personal context for this user)"
     note = ("<p class='note'>Demo set-up: one model plays both roles in this process; the boundary "
             "below is the one a real cloud/device split keeps.</p>") if same_model else ""
+    echo_note = (f"<p class='warn'>⚠️ It also holds <b>{marked} earlier steered answer(s)</b> (<mark class='echo'>marked</mark>). "
+                 "They were shaped by your private context and can echo it: what they say reached the cloud.</p>"
+                 if marked else "<p>No earlier steered answers are in it yet.</p>")
     return f"""<div class='privacy'>
 <div class='side cloud'><h4>☁️ Sent to the cloud</h4>
-<p>The conversation, <b>with no personal data</b> ({len(transcript.prompt_ids[stream])} tokens):</p>
+<p>The conversation, <b>without your private context</b> ({len(transcript.prompt_ids[stream])} tokens):</p>
+{echo_note}
 <pre>{prompt}</pre>
 <p>Then only the chosen tokens, as ids ({len(ids)}): <code>{shown}</code></p></div>
 <div class='side device'><h4>🔒 Stayed on your device</h4>
-<p>Personal context read by the on-device model, <b>never sent</b>:</p>
+<p>Personal context read by the on-device model, <b>never sent</b> as such:</p>
 <pre>{ctx}</pre></div>{note}</div>"""

@@ -1,4 +1,4 @@
 """The device-side personal history store (SQLite through sqlite-utils)."""
-from .store import KINDS, VOTES, StoreError, UnknownEntry, UnknownUser, UserStore, default_db_path
+from .store import KINDS, VOTES, NoUserName, StoreError, UnknownEntry, UnknownUser, UserStore, default_db_path
 
-__all__ = ["UserStore", "StoreError", "UnknownUser", "UnknownEntry", "KINDS", "VOTES", "default_db_path"]
+__all__ = ["UserStore", "StoreError", "NoUserName", "UnknownUser", "UnknownEntry", "KINDS", "VOTES", "default_db_path"]

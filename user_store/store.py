@@ -21,6 +21,7 @@ from typing import Callable
 
 import sqlite_utils
 
+from .checks import text_problem
 from .formats import TEXT_FIELDS, is_writing, item_text
 from .schema import migrate
 
@@ -45,6 +46,10 @@ class StoreError(ValueError):
 
 class UnknownUser(StoreError):
     """No user by that name."""
+
+
+class NoUserName(StoreError):
+    """An import file that names no user, imported without saying whose history it is."""
 
 
 class UnknownEntry(StoreError):
@@ -107,13 +112,40 @@ class UserStore:
                 with self.db.atomic():
                     yield self.db
                 return
-            self._begin_immediate()
             try:
-                yield self.db
-            except BaseException:
+                self._begin_immediate()
+                try:
+                    yield self.db
+                    self.db.conn.commit()
+                except BaseException:
+                    self.db.conn.rollback()
+                    raise
+            except sqlite3.OperationalError as exc:
+                raise StoreError(self._write_failure(exc)) from None
+
+    def _write_failure(self, exc: sqlite3.OperationalError) -> str:
+        """A write SQLite refused, in words; the transaction was rolled back, nothing was saved."""
+        reason = str(exc)
+        if "readonly" in reason or "read-only" in reason:
+            reason = "the database file is read-only"
+        elif "full" in reason:
+            reason = "the disk (or the database's size limit) is full"
+        elif "locked" in reason:
+            reason = "the database is busy in another program; try again"
+        return f"could not save to {self.path.name}: {reason}. Nothing was changed."
+
+    def writable_problem(self) -> str | None:
+        """Why writes will fail (checked at start-up so the app can warn), or None."""
+        with self._lock:
+            try:
+                self._begin_immediate()
+                self.db.conn.execute("CREATE TABLE IF NOT EXISTS _write_probe (x)")
                 self.db.conn.rollback()
-                raise
-            self.db.conn.commit()
+            except sqlite3.OperationalError as exc:
+                if self.db.conn.in_transaction:
+                    self.db.conn.rollback()
+                return self._write_failure(exc)
+        return None
 
     def _rows(self, table: str, where: str | None = None, args=(), **kw) -> list[dict]:
         """`rows_where` under the store's lock, as a list (the connection is shared by threads)."""
@@ -281,7 +313,9 @@ class UserStore:
             else:
                 data = json.loads(raw)
         except json.JSONDecodeError as exc:
-            raise StoreError(f"import file {path.name} is not valid JSON: {exc.msg} at line {exc.lineno}") from exc
+            raise StoreError(f"import file {path.name} is not valid JSON: {exc.msg} at line {exc.lineno}") from None
+        except RecursionError:
+            raise StoreError(f"import file {path.name} is nested too deeply to be a history export") from None
         return self.import_user(data, mode=mode, user=user)
 
     # -- ratings ----------------------------------------------------------------------
@@ -296,6 +330,8 @@ class UserStore:
         for field, value in (("answer_a", answer_a), ("answer_b", answer_b)):
             if not isinstance(value, str):
                 raise StoreError(f"{field} must be text, got {type(value).__name__}")
+            _check_text(value, field)
+        _check_text(json.dumps(conversation, ensure_ascii=False, default=str), "conversation")
         with self._write() as db:
             return db["votes"].insert({
                 "rater": rater, "user": str(user), "conversation": json.dumps(conversation, ensure_ascii=False),
@@ -335,9 +371,16 @@ def _like_escape(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
+def _check_text(value: str, field: str):
+    problem = text_problem(value)
+    if problem:
+        raise StoreError(f"{field} {problem}")
+
+
 def _check_name(name, field: str = "user name") -> str:
     if not isinstance(name, str) or not name.strip():
         raise StoreError(f"{field} must be non-empty text")
+    _check_text(name, field)
     name = name.strip()
     if len(name) > MAX_NAME_CHARS:
         raise StoreError(f"{field} must be at most {MAX_NAME_CHARS} characters, got {len(name)}")
@@ -348,6 +391,7 @@ def _check_entry(fields: dict) -> dict:
     text, kind, title, pinned = fields["text"], fields["kind"], fields["title"], fields["pinned"]
     if not isinstance(text, str) or not text.strip():
         raise StoreError("text must be non-empty (not only whitespace)")
+    _check_text(text, "text")
     if len(text.encode("utf-8")) > MAX_TEXT_BYTES:
         raise StoreError(f"text must be at most {MAX_TEXT_BYTES} bytes (100 kB), got {len(text.encode('utf-8'))}")
     if kind not in KINDS:
@@ -355,6 +399,7 @@ def _check_entry(fields: dict) -> dict:
     if title is not None:
         if not isinstance(title, str):
             raise StoreError(f"title must be text or null, got {type(title).__name__}")
+        _check_text(title, "title")
         title = title.strip() or None
         if title and len(title) > MAX_TITLE_CHARS:
             raise StoreError(f"title must be at most {MAX_TITLE_CHARS} characters, got {len(title)}")
@@ -380,7 +425,7 @@ def _parse_import(data, user: str | None) -> tuple[str, list[dict]]:
         raise StoreError(f"import: expected a JSON object or list, got {type(data).__name__}")
     name = user or name
     if not name:
-        raise StoreError("import: no user name: the file has no 'user' field; choose a user to import into")
+        raise NoUserName("import: no user name: the file has no 'user' field; choose a user to import into")
     if not isinstance(items, list):
         raise StoreError(f"import: 'entries' must be a list, got {type(items).__name__}")
     parsed = []
@@ -396,7 +441,7 @@ def _parse_import(data, user: str | None) -> tuple[str, list[dict]]:
         except StoreError as exc:
             raise StoreError(f"import: entry {i}: {exc}") from None
         for stamp in ("created_at", "updated_at"):
-            if isinstance(item.get(stamp), str):
+            if isinstance(item.get(stamp), str) and not text_problem(item[stamp]):
                 fields[stamp] = item[stamp]
         parsed.append(fields)
     return name, parsed

@@ -1,0 +1,126 @@
+"""Every input the app takes, with the range it allows. The sliders are built from these specs and
+every handler and named endpoint checks its arguments against them, so the API accepts exactly
+what the UI offers, and a refusal names the field and the allowed range.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from user_store.checks import text_problem
+
+
+class Refused(ValueError):
+    """Input outside its field's range: shown to the user as a message, logged as one line."""
+
+
+def _shown(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "…"
+
+
+@dataclass(frozen=True)
+class Number:
+    name: str
+    lo: float
+    hi: float
+    integer: bool = False
+    optional: bool = False  # blank means "not set" (None)
+
+    @property
+    def allowed(self) -> str:
+        return f"{'an integer' if self.integer else 'a number'} in [{self.lo:g}, {self.hi:g}]"
+
+    def check(self, value):
+        if value is None or (isinstance(value, str) and not value.strip()) or \
+                (self.optional and isinstance(value, float) and math.isnan(value)):
+            if self.optional:
+                return None
+            raise Refused(f"{self.name}: required; enter {self.allowed}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise Refused(f"{self.name}: must be {self.allowed}, got {_shown(value)}")
+        if not math.isfinite(value):
+            raise Refused(f"{self.name}: must be {self.allowed}, got {value}")
+        if self.integer and not float(value).is_integer():
+            raise Refused(f"{self.name}: must be {self.allowed}, got {value:g}")
+        if not self.lo <= value <= self.hi:
+            raise Refused(f"{self.name}: must be {self.allowed}, got {value:g}")
+        return int(value) if self.integer else float(value)
+
+
+@dataclass(frozen=True)
+class Text:
+    name: str
+    max_chars: int
+    required: bool = True
+    hint: str = "type something first"
+
+    def check(self, value) -> str:
+        if value is None:
+            value = ""
+        if not isinstance(value, str):
+            raise Refused(f"{self.name}: must be text, got {type(value).__name__}")
+        problem = text_problem(value)
+        if problem:
+            raise Refused(f"{self.name}: {problem}")
+        if self.required and not value.strip():
+            raise Refused(f"{self.name}: empty; {self.hint}")
+        if len(value) > self.max_chars:
+            raise Refused(f"{self.name}: at most {self.max_chars} characters, got {len(value)}")
+        return value
+
+
+@dataclass(frozen=True)
+class Choice:
+    name: str
+    options: tuple
+
+    def check(self, value):
+        if isinstance(value, bool) or value not in self.options:
+            raise Refused(f"{self.name}: must be one of {', '.join(map(str, self.options))}, got {_shown(value)}")
+        return value
+
+
+@dataclass(frozen=True)
+class Flag:
+    name: str
+
+    def check(self, value) -> bool:
+        if not isinstance(value, bool):
+            raise Refused(f"{self.name}: must be true or false, got {_shown(value)}")
+        return value
+
+
+# -- the fields, by the names the UI and the API use ----------------------------------------
+T = Number("T", 1, 100, integer=True)
+ETA = Number("eta", 0.5, 20)
+LAM = Number("lam", 0.1, 5)
+ALPHA = Number("alpha", 0, 10)
+BETA = Number("beta", 0, 10)
+TEMPERATURE = Number("temperature", 0, 2)
+TOP_P = Number("top_p", 0.05, 1)
+SEED = Number("seed", 0, 2**31 - 1, integer=True, optional=True)
+MAX_NEW_TOKENS = Number("max_new_tokens", 8, 512, integer=True)
+REPETITION_PENALTY = Number("repetition_penalty", 1, 2)
+NO_REPEAT_NGRAM = Number("no_repeat_ngram_size", 0, 10, integer=True)
+GATE_THRESHOLD = Number("gate_threshold", 0.01, 0.5)
+GATE_PATIENCE = Number("gate_patience", 1, 10, integer=True)
+ENTRY_ID = Number("entry id", 1, 2**63 - 1, integer=True)
+
+MESSAGE = Text("message", 4000)
+USER = Text("user", 200, hint="choose a user, create one, or load an example persona")
+RATER = Text("rater", 200, hint="type your name as the rater")
+ENTRY_TEXT = Text("text", 100_000)
+TITLE = Text("title", 200, required=False)
+SWEEP_VALUES = Text("values", 200, hint="a comma-separated list of numbers")
+ANSWER = Text("answer", 100_000, required=False)
+
+SIDE_BY_SIDE = Flag("side by side")
+PINNED = Flag("pinned")
+GATE_ON = Flag("confidence gate")
+GATE_MODE = Choice("gate mode", ("paper", "reopen"))
+IMPORT_MODE = Choice("import mode", ("merge", "replace"))
+SWEEP = Choice("sweep", ("T", "eta", "lam"))
+STEERED_SIDE = Choice("steered_side", ("A", "B"))
+
+SWEEPABLE = {"T": T, "eta": ETA, "lam": LAM}
