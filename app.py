@@ -201,14 +201,16 @@ def build_app(studio):
         decoding = [temperature, top_p, seed, max_new, rep, ngram]
         chat_in = [user, message, side, *sliders, *decoding, gate_on, gate_threshold, gate_patience, gate_mode, conv]
         chat_out = [unsteered_chat, steered_chat, tokens, privacy, latency, status, conv, message, send, stop]
-        chat = gr.on([send.click, message.submit], for_ui(studio.chat), chat_in, chat_out, show_progress="hidden",
+        gr.on([send.click, message.submit], for_ui(studio.chat), chat_in, chat_out, show_progress="hidden",
                      **private)
-        stop.click(for_ui(studio.stop), conv, [unsteered_chat, steered_chat, tokens, status, send, stop],
-                   cancels=[chat], queue=False, **private)
+        # Stop and the resets end the running reply through its session (ui/handlers.py says why
+        # not `cancels=`); the reply then shows the screen they left as its own last update.
+        ends = {"queue": False, "show_progress": "hidden", **private}
+        stop.click(for_ui(studio.stop), conv, [unsteered_chat, steered_chat, tokens, status, send, stop], **ends)
         reset_out = [conv, unsteered_chat, steered_chat, unsteered_chat, tokens, privacy, latency, status, send, stop]
-        clear.click(for_ui(studio.reset), side, reset_out, cancels=[chat], queue=False, **private)
-        side.change(for_ui(studio.reset), side, reset_out, cancels=[chat], queue=False, **private)
-        user.change(for_ui(studio.reset), side, reset_out, cancels=[chat], queue=False, **private).then(
+        clear.click(for_ui(studio.reset), side, reset_out, **ends)
+        side.change(for_ui(studio.reset), side, reset_out, **ends)
+        user.change(for_ui(studio.reset), side, reset_out, **ends).then(
             for_ui(studio.history_rows), user, table, **private).then(
             for_ui(studio.examples_for), user, examples, queue=False, **private)
         examples.click(lambda sample: sample[0], examples, message, queue=False, **private)

@@ -40,15 +40,15 @@ def test_history_generate_rate_summary(client, app):
 
 
 @pytest.mark.parametrize("args, endpoint, message", [
-    (("ghost", "hi", 20, 10, 2), "/generate_pair", "unknown user 'ghost'"),
-    (("mia", "   ", 20, 10, 2), "/generate_pair", "message: type something first"),
+    (("ghost", "hi", 20, 10, 2), "/generate_pair", "user: unknown user 'ghost'"),
+    (("mia", "   ", 20, 10, 2), "/generate_pair", "message: empty; type something first"),
     (("mia", "x" * 5000, 20, 10, 2), "/generate_pair", "message: at most 4000 characters"),
-    (("mia", "hi", 0, 10, 2), "/generate_pair", "T must be an integer in [1, 1000]"),
-    (("mia", "hi", 20, -1, 2), "/generate_pair", "eta must be > 0"),
-    (("mia", "", "note"), "/add_history", "text must be non-empty"),
-    (("mia", "ok", "diary"), "/add_history", "kind must be one of"),
-    (("r", "mia", "m", "a", "b", "C", "A"), "/rate", "steered_side must be 'A' or 'B'"),
-    (("r", "mia", "m", "a", "b", "A", "maybe"), "/rate", "vote must be one of A, B, tie, both_bad"),
+    (("mia", "hi", 0, 10, 2), "/generate_pair", "T: must be an integer in [1, 100], got 0"),
+    (("mia", "hi", 20, -1, 2), "/generate_pair", "eta: must be a number in [0.5, 20], got -1"),
+    (("mia", "", "note"), "/add_history", "text: empty"),
+    (("mia", "ok", "diary"), "/add_history", "kind: must be one of"),
+    (("r", "mia", "m", "a", "b", "C", "A"), "/rate", "steered_side: must be one of A, B, got 'C'"),
+    (("r", "mia", "m", "a", "b", "A", "maybe"), "/rate", "vote: must be one of A, B, tie, both_bad"),
 ])
 def test_bad_input_is_a_clear_error_and_the_app_keeps_working(client, app, args, endpoint, message):
     store = UserStore(app[1])
@@ -66,3 +66,24 @@ def test_load_failure_is_one_line_and_nonzero(tmp_path):
 
     r = run_cli(["app.py", "--port", "1", "--db", str(tmp_path / "x.db"), "--cloud-model", str(tmp_path / "none")])
     assert r.returncode == 1 and "model load failed" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_read_only_database_is_said_at_start_and_refused_in_words(tmp_path):
+    """The file is made immutable (chattr +i, as root can on ext4): SQLite then opens it read-only."""
+    import shutil
+    import subprocess
+
+    db = tmp_path / "ro.db"
+    UserStore(db).add_user("mia")
+    if not shutil.which("chattr") or subprocess.run(["chattr", "+i", str(db)], capture_output=True).returncode:
+        pytest.skip("this filesystem cannot make a file immutable (chattr +i)")
+    try:
+        with running_app(db) as url:
+            with pytest.raises(Exception, match="could not save to ro.db: the database file is read-only"):
+                Client(url, verbose=False).predict("mia", "a note", "note", api_name="/add_history")
+            assert Client(url, verbose=False).predict("mia", api_name="/history") == []  # reading still works
+    finally:
+        subprocess.run(["chattr", "-i", str(db)])
+    log = open(f"{db}.app.log", encoding="utf-8").read()
+    assert "app: warning: could not save to ro.db: the database file is read-only" in log
+    assert "Traceback" not in log

@@ -75,7 +75,8 @@ def test_switching_user_mid_stream_ends_the_reply_and_keeps_nothing(studio):
     shown = [next(run) for _ in range(3)]
     assert shown[-1][1][-2]["content"] == "Plan my Friday evening"
     new_conv, *_ = studio.reset(True, request=TAB)  # what switching user (or New conversation) calls
-    assert list(run) == []  # the old reply yields nothing more
+    rest = list(run)  # the old reply ends: one last update, the blank screen the reset left
+    assert len(rest) == 1 and rest[0][0] == [] and rest[0][1] == [] and rest[0][8]["interactive"] is True
     assert new_conv == new_conversation() and conv == new_conversation()
     *_, jay_conv, _, _, _ = _chat(studio, "What should I do this weekend?", new_conv, user="Jay (teen gamer)")
     assert "Friday" not in json.dumps(jay_conv)  # the next cloud prompt holds nothing of Kenji's turn
@@ -88,7 +89,9 @@ def test_stop_restores_the_conversation_and_frees_send(studio):
     with pytest.raises(Refused, match="send: a reply is still running"):
         next(studio.chat(KENJI, "again", True, *_args(), conv, request=TAB))
     u_chat, s_chat, tokens, status, send, stop = studio.stop(conv, request=TAB)
-    assert list(run) == [] and s_chat == conv["steered_view"] and u_chat == conv["unsteered_view"]
+    rest = list(run)
+    assert len(rest) == 1 and rest[0][:2] == (u_chat, s_chat)  # its last update: the screen Stop left
+    assert s_chat == conv["steered_view"] and u_chat == conv["unsteered_view"]
     assert "stopped" in status and send["interactive"] is True
     assert _chat(studio, "And Saturday?", conv)[1][-1]["content"]  # Send works again
 

@@ -26,6 +26,8 @@ def app(tmp_path_factory):
         store.import_file(ROOT / "assets" / "personas" / f"{persona}.json")
     with running_app(db) as url:
         yield url, db
+    log = Path(f"{db}.app.log").read_text(encoding="utf-8")
+    assert "Traceback" not in log, log[-3000:]  # every session of the module: refusals are one line each
 
 
 @pytest.fixture(scope="module")

@@ -54,9 +54,10 @@ class Text:
     max_chars: int
     required: bool = True
     hint: str = "type something first"
+    none_is_empty: bool = True  # a blank UI box arrives as None
 
     def check(self, value) -> str:
-        if value is None:
+        if value is None and self.none_is_empty:
             value = ""
         if not isinstance(value, str):
             raise Refused(f"{self.name}: must be text, got {type(value).__name__}")
@@ -113,7 +114,8 @@ RATER = Text("rater", 200, hint="type your name as the rater")
 ENTRY_TEXT = Text("text", 100_000)
 TITLE = Text("title", 200, required=False)
 SWEEP_VALUES = Text("values", 200, hint="a comma-separated list of numbers")
-ANSWER = Text("answer", 100_000, required=False)
+ANSWER_A = Text("answer_a", 100_000, required=False, none_is_empty=False)
+ANSWER_B = Text("answer_b", 100_000, required=False, none_is_empty=False)
 
 SIDE_BY_SIDE = Flag("side by side")
 PINNED = Flag("pinned")

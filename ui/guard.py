@@ -86,17 +86,23 @@ def for_api(fn):
 
 def check_arity(demo):
     """Gradio checks that an event got enough input values before calling its handler, and raises
-    a bare ValueError (an anonymous "Error" and a traceback) when it did not. Answer in words."""
+    a bare ValueError (an anonymous "Error" and a traceback) when it did not. Fill in the
+    parameters that have defaults, as gradio_client does; name the missing ones otherwise."""
     original = demo.validate_inputs
 
     def validate_inputs(block_fn, inputs):
-        needed = len(block_fn.inputs)
-        if len(inputs) < needed:
-            names = [getattr(b, "label", None) or getattr(b, "elem_id", None) or type(b).__name__ for b in block_fn.inputs]
-            message = (f"{block_fn.api_name or block_fn.name}: expected {needed} arguments "
-                       f"({', '.join(map(str, names))}), got {len(inputs)}")
-            log.info("refused %s", message)
-            raise gr.Error(message, print_exception=False)
+        if len(inputs) < len(block_fn.inputs):
+            params = list(inspect.signature(block_fn.fn).parameters.values()) if block_fn.fn else []
+            missing = params[len(inputs):len(block_fn.inputs)]
+            if missing and all(p.default is not inspect.Parameter.empty for p in missing):
+                inputs.extend(p.default for p in missing)  # in place: the caller reads this list
+            else:
+                names = [p.name for p in params] or [f"{len(block_fn.inputs)} values"]
+                message = (f"{block_fn.api_name or block_fn.name}: missing "
+                           f"{', '.join(p.name for p in missing if p.default is inspect.Parameter.empty)} "
+                           f"(expected {', '.join(names)}; got {len(inputs)} values)")
+                log.info("refused %s", message)
+                raise gr.Error(message, print_exception=False)
         return original(block_fn, inputs)
 
     demo.validate_inputs = validate_inputs

@@ -3,8 +3,11 @@ store, format (ui/render.py). They hold no algorithm: steering lives in `costeer
 retrieval in `user_store`. Refusals are raised as `Refused`; ui/guard.py shows them.
 
 Per browser session the studio keeps one `Session`: which reply is running. Switching user, a
-new conversation, the side-by-side toggle and Stop all end the running reply; its generator
-checks at every update and stops, so nothing of it reaches the screen or the conversation.
+new conversation, the side-by-side toggle and Stop all end the running reply, and leave the
+screen it must end on. The reply checks at every token; once ended it stops the engine, sends
+that screen as its own last update and returns. Why not Gradio's `cancels=`: a cancelled event's
+update already on its way can land after the canceller's (it did, in 2 of 3 browser runs); the
+reply's own last update cannot be overtaken by its earlier ones.
 """
 from __future__ import annotations
 
@@ -95,6 +98,7 @@ class Session:
 
     epoch: int = 0
     running: int | None = None
+    endings: dict[int, tuple] = field(default_factory=dict)  # the screen an ended reply shows last
 
     def start(self) -> int:
         if self.running is not None:
@@ -106,11 +110,17 @@ class Session:
     def current(self, run: int) -> bool:
         return self.running == run == self.epoch
 
-    def end(self, run: int | None = None):
-        """End the running reply (any, or only `run`)."""
-        if run is None or self.running == run:
-            self.running = None
-            self.epoch += 1
+    def end(self, screen: tuple | None = None, run: int | None = None):
+        """End the running reply (any, or only `run`); `screen` is what it must leave shown."""
+        if run is not None and self.running != run:
+            return
+        if self.running is not None and screen is not None:
+            self.endings[self.running] = screen
+        self.running = None
+        self.epoch += 1
+
+    def ending(self, run: int) -> tuple | None:
+        return self.endings.pop(run, None)
 
 
 @dataclass
@@ -183,7 +193,8 @@ class Studio:
         try:
             yield from self._turn(session, run, user, message, side, params, sampling, gate, conv)
         finally:
-            session.end(run)
+            session.end(run=run)
+            session.endings.pop(run, None)
 
     def _turn(self, session, run, user, message, side, params, sampling, gate, conv):
         skip = gr.skip()
@@ -216,8 +227,12 @@ class Studio:
                                     sampling, transcript, unsteered_messages=conv["unsteered"] + [turn], gate=gate)
         try:
             for ev in stream:
-                if not session.current(run):
-                    return  # ended by Stop, a new conversation or another user: show nothing more
+                if not session.current(run):  # ended by Stop, a new conversation or another user
+                    stream.close()
+                    screen = session.ending(run)
+                    if screen:
+                        yield screen
+                    return
                 latency.add(ev)
                 texts[ev.stream] += ev.text
                 if ev.stream == "steered":
@@ -237,6 +252,9 @@ class Studio:
                    gr.update(interactive=True), gr.update(visible=False))
             return
         if not session.current(run):
+            screen = session.ending(run)
+            if screen:
+                yield screen
             return
         latency.done()
         v = views(final=True)
@@ -253,17 +271,19 @@ class Studio:
 
     def stop(self, conv, request: gr.Request = None):
         """Stop the running reply: the panes go back to the conversation as it was before it."""
-        self.session(request).end()
         conv = conv or new_conversation()
-        return (conv["unsteered_view"], conv["steered_view"], TOKENS_EMPTY, status_html({"reply": "stopped"}),
-                gr.update(interactive=True), gr.update(visible=False))
+        idle = (gr.update(interactive=True), gr.update(visible=False))
+        u, s, tokens, status = conv["unsteered_view"], conv["steered_view"], TOKENS_EMPTY, status_html({"reply": "stopped"})
+        skip = gr.skip()
+        self.session(request).end((u, s, tokens, skip, skip, status, skip, skip, *idle))
+        return u, s, tokens, status, *idle
 
     def reset(self, side_by_side, request: gr.Request = None):
         """A new conversation (also after switching user or the side-by-side toggle)."""
-        self.session(request).end()
-        side = bool(side_by_side)
-        return (new_conversation(), [], [], gr.update(visible=side), TOKENS_EMPTY, privacy_html(None, "", False),
-                "", "", gr.update(interactive=True), gr.update(visible=False))
+        idle = (gr.update(interactive=True), gr.update(visible=False))
+        blank = privacy_html(None, "", False)
+        self.session(request).end(([], [], TOKENS_EMPTY, blank, "", "", gr.skip(), "", *idle))
+        return (new_conversation(), [], [], gr.update(visible=bool(side_by_side)), TOKENS_EMPTY, blank, "", "", *idle)
 
     # -- users ------------------------------------------------------------------------
     def user_choices(self, selected=None):
@@ -428,8 +448,7 @@ class Studio:
     def rate(self, rater, user, message, answer_a, answer_b, steered_side, vote):
         user = self.check_user(user)
         rater, message = F.RATER.check(rater), F.MESSAGE.check(message)
-        answer_a = F.Text("answer_a", 100_000, required=False).check(answer_a)
-        answer_b = F.Text("answer_b", 100_000, required=False).check(answer_b)
+        answer_a, answer_b = F.ANSWER_A.check(answer_a), F.ANSWER_B.check(answer_b)
         steered_side = F.STEERED_SIDE.check(steered_side)
         vote = F.Choice("vote", ("A", "B", "tie", "both_bad")).check(vote)
         return self.store.add_vote(rater, user, [{"role": "user", "content": message}], answer_a, answer_b,

@@ -1,0 +1,168 @@
+"""A corpus of bad input for the named API (raw HTTP, so no client-side check gets in the way)
+and for the UI handlers (in process). Every refusal names its field; nothing is written; the
+server log has one line per refusal and no traceback."""
+import json
+import math
+import urllib.request
+from types import SimpleNamespace
+
+import pytest
+
+from apprunner import running_app
+from ui.fields import Refused
+from ui.handlers import Studio, new_conversation
+from user_store import StoreError, UserStore
+
+KENJI = "Kenji (Osaka, vegetarian, jazz)"
+MB = "x" * 1_000_000
+NUMBERS = [None, "", "x", "20", True, [], {}, math.nan, math.inf, -math.inf, -1, 1e308, -1e308, 10**30, 2.5]
+TEXTS = [None, 5, True, [], {}, "", "   ", MB, "a\ud800b", "a\udfffb", "a\x00b"]
+CHOICES = [None, 1, True, "", "maybe", " A", "a", ["A"]]
+SAFE_TEXTS = ["\u202eRTL override", "zero\u200bwidth\u200d", "<script>alert(1)</script>", "שלום עולם", "😀 emoji"]
+
+# endpoint -> [(field name as the message says it, kind, a valid value)]
+ENDPOINTS = {
+    "generate_pair": [("user", "text", KENJI), ("message", "text", "hi"), ("T", "int", 20), ("eta", "number", 10),
+                      ("lam", "number", 2), ("max_new_tokens", "int", 8), ("repetition_penalty", "number", 1.1),
+                      ("no_repeat_ngram_size", "int", 4)],
+    "add_history": [("user", "text", KENJI), ("text", "text", "a note"), ("kind", "choice", "note")],
+    "history": [("user", "text", KENJI)],
+    "rate": [("rater", "text", "rita"), ("user", "text", KENJI), ("message", "text", "hi"),
+             ("answer_a", "answer", "a"), ("answer_b", "answer", "b"), ("steered_side", "choice", "A"),
+             ("vote", "choice", "A")],
+}
+OPTIONAL = {"generate_pair": ("T", "eta", "lam", "max_new_tokens", "repetition_penalty", "no_repeat_ngram_size"),
+            "add_history": ("kind",)}  # parameters with defaults, filled in when left out
+BAD = {"text": TEXTS, "answer": [None, 5, True, [], {}, "a\ud800b", "a\x00b", "x" * 100_001],
+       "int": NUMBERS, "number": [v for v in NUMBERS if v != 2.5], "choice": CHOICES}
+
+
+def corpus():
+    for name, fields in ENDPOINTS.items():
+        good = [v for _, _, v in fields]
+        for i, (field, kind, _) in enumerate(fields):
+            for bad in BAD[kind]:
+                yield name, field, good[:i] + [bad] + good[i + 1:]
+        required = [f for f in fields if f[0] not in OPTIONAL.get(name, ())]
+        yield name, required[-1][0], good[:len(required) - 1]  # too few arguments: the first missing is named
+    for bad in ("ghost", *SAFE_TEXTS):  # well-formed text, but no such user
+        yield "history", "user", [bad]
+
+
+CASES = list(corpus())
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory):
+    db = tmp_path_factory.mktemp("bad") / "costeer.db"
+    UserStore(db).import_file("assets/personas/kenji_osaka.json")
+    with running_app(db) as url:
+        yield url, db
+
+
+def call(url: str, endpoint: str, data: list) -> tuple[str, object]:
+    """POST then read the event stream, as any HTTP client can; returns (event, payload)."""
+    body = json.dumps({"data": data}).encode()  # NaN and Infinity go as JSON's usual extensions
+    req = urllib.request.Request(f"{url}gradio_api/call/{endpoint}", body, {"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=60) as r:
+        event_id = json.loads(r.read())["event_id"]
+    with urllib.request.urlopen(f"{url}gradio_api/call/{endpoint}/{event_id}", timeout=300) as r:
+        lines = r.read().decode().splitlines()
+    event = [ln.split(": ", 1)[1] for ln in lines if ln.startswith("event: ")][-1]
+    payload = [ln.split(": ", 1)[1] for ln in lines if ln.startswith("data: ")][-1]
+    return event, json.loads(payload)
+
+
+def test_the_corpus_is_large_enough():
+    assert len(CASES) >= 117
+
+
+def test_every_bad_api_input_is_refused_in_words(app):
+    url, db = app
+    store = UserStore(db)
+    before = (len(store.entries(KENJI)), len(store.votes()), store.users())
+    unnamed = []
+    for endpoint, field, data in CASES:
+        event, payload = call(url, endpoint, data)
+        message = payload.get("error") if isinstance(payload, dict) else None
+        if event != "error" or not message or field not in message:
+            unnamed.append((endpoint, field, repr(data)[:80], event, str(payload)[:120]))
+    assert not unnamed, f"{len(unnamed)} of {len(CASES)} not refused with the field's name: {unnamed[:5]}"
+    assert (len(store.entries(KENJI)), len(store.votes()), store.users()) == before  # nothing written
+    log = open(f"{db}.app.log", encoding="utf-8").read()
+    assert "Traceback" not in log
+    assert log.count("app: refused ") >= len(CASES)
+
+
+def test_the_api_takes_exactly_the_ui_ranges(app):
+    url, _ = app
+    for data, field in (([KENJI, "hi", 100.5], "T"), ([KENJI, "hi", 101], "T"), ([KENJI, "hi", 20, 10, 1e-300], "lam"),
+                        ([KENJI, "hi", 20, 10, 2, 4096], "max_new_tokens"), ([KENJI, "hi", True], "T")):
+        event, payload = call(url, "generate_pair", data)
+        assert event == "error" and field in payload["error"], (data, payload)
+    event, payload = call(url, "generate_pair", [KENJI, "\u202eRTL and zero\u200bwidth", 1, 0.5, 5, 8, 1, 0])
+    assert event == "complete" and len(payload[0]) == 2  # the edges of the ranges, and odd but valid text, work
+    event, payload = call(url, "add_history", [KENJI, "<script>alert(1)</script>", "note"])
+    assert event == "complete" and UserStore(app[1]).entry(payload[0])["text"] == "<script>alert(1)</script>"
+
+
+# -- the UI handlers, in process ------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def studio(engine, tmp_path_factory):
+    s = Studio(engine, UserStore(tmp_path_factory.mktemp("h") / "c.db"))
+    s.load_persona(KENJI)
+    return s
+
+
+CHAT = [("user", "text", KENJI), ("message", "text", "hi"), ("side by side", "flag", True), ("T", "int", 20),
+        ("eta", "number", 10), ("lam", "number", 2), ("alpha", "number", 2), ("beta", "number", 1),
+        ("temperature", "number", 0), ("top_p", "number", 1), ("seed", "seed", None), ("max_new_tokens", "int", 8),
+        ("repetition_penalty", "number", 1.1), ("no_repeat_ngram_size", "int", 4), ("confidence gate", "flag", False),
+        ("gate_threshold", "number", 0.1), ("gate_patience", "int", 3), ("gate mode", "choice", "paper")]
+HANDLER_BAD = {**BAD, "flag": [None, 1, "yes", []], "seed": ["x", True, -1, 2.5, math.inf, 2**40]}
+
+
+def handler_cases():
+    for i, (field, kind, _) in enumerate(CHAT):
+        for bad in HANDLER_BAD[kind]:
+            args = [v for _, _, v in CHAT]
+            args[i] = bad
+            yield "chat", field, lambda s, a=args: list(s.chat(*a, new_conversation(), request=SimpleNamespace(session_hash="c")))
+    for bad in TEXTS:
+        yield "create_user", "new user name", lambda s, b=bad: s.create_user(b)
+        yield "add_entry", "text", lambda s, b=bad: s.add_entry(KENJI, b, "note", "", False)
+        yield "preview_context", "message", lambda s, b=bad: s.preview_context(KENJI, b)
+        yield "cast_vote", "rater", lambda s, b=bad: s.cast_vote(b, {"user": KENJI, "message": "m", "a": "a", "b": "b",
+                                                                   "steered_side": "A", "params": {}}, "A")
+        yield "explore", "values", lambda s, b=bad: s.explore(KENJI, "hi", "lam", b, 20, 10, 2, 2, 1, 8,
+                                                             progress=lambda *a, **k: None)
+    for bad in NUMBERS:
+        yield "update_entry", "entry id", lambda s, b=bad: s.update_entry(KENJI, b, "t", "note", "", False)
+        yield "ask_delete", "entry id", lambda s, b=bad: s.ask_delete(KENJI, b)
+        yield "ab_generate", "T", lambda s, b=bad: s.ab_generate(KENJI, "hi", b, 10, 2, 2, 1, 0, 1, None, 8)
+    for bad in CHOICES:
+        yield "add_entry", "kind", lambda s, b=bad: s.add_entry(KENJI, "ok", b, "", False)
+        yield "import_history", "import mode", lambda s, b=bad: s.import_history(KENJI, "x.json", b, False)
+        yield "explore", "sweep", lambda s, b=bad: s.explore(KENJI, "hi", b, "1", 20, 10, 2, 2, 1, 8,
+                                                            progress=lambda *a, **k: None)
+    for bad in ("ghost", "1, x", "0, 9", ", ,", "1,2,3,4,5,6,7,8,9", "nan", "inf"):
+        yield "explore", "values" if bad != "ghost" else "user", \
+            lambda s, b=bad: s.explore("ghost" if b == "ghost" else KENJI, "hi", "lam", "1" if b == "ghost" else b,
+                                       20, 10, 2, 2, 1, 8, progress=lambda *a, **k: None)
+
+
+def test_every_bad_handler_input_is_refused_in_words(studio):
+    cases = list(handler_cases())
+    assert len(cases) >= 117
+    before = (len(studio.store.entries(KENJI)), len(studio.store.votes()), studio.store.users())
+    unnamed = []
+    for handler, field, run in cases:
+        try:
+            run(studio)
+            unnamed.append((handler, field, "accepted"))
+        except (Refused, StoreError) as exc:
+            if not str(exc).startswith(field) and f"{field}:" not in str(exc) and field not in str(exc):
+                unnamed.append((handler, field, str(exc)[:100]))
+    assert not unnamed, unnamed[:5]
+    assert (len(studio.store.entries(KENJI)), len(studio.store.votes()), studio.store.users()) == before
+    assert studio.session(SimpleNamespace(session_hash="c")).running is None
