@@ -67,9 +67,11 @@ def build_app(studio):
                     with gr.Column(scale=3):
                         with gr.Row(equal_height=True):
                             unsteered_chat = gr.Chatbot(label="Unsteered — cloud model alone, no personal data",
-                                                        elem_id="unsteered", height=370, feedback_options=None)
+                                                        elem_id="unsteered", height=370, feedback_options=None,
+                                                        latex_delimiters=[])
                             steered_chat = gr.Chatbot(label="Steered — CoSteer, personalized on your device",
-                                                      elem_id="steered", height=370, feedback_options=None)
+                                                      elem_id="steered", height=370, feedback_options=None,
+                                                      latex_delimiters=[])
                         status = gr.HTML(elem_id="status")
                         with gr.Row():
                             message = gr.Textbox(label="Message", placeholder="Ask something…", scale=5,

@@ -34,7 +34,7 @@ def test_eight_concurrent_clients(tmp_path):
                 while time.time() < deadline:
                     eid = c.predict(user, f"{canaries[user]} note {i}: likes hiking", "note", api_name="/add_history")
                     acked[user]["entries"].append(eid)
-                    unsteered, steered = c.predict(user, "Plan my weekend", 20, 10, 2, 4, api_name="/generate_pair")
+                    unsteered, steered = c.predict(user, "Plan my weekend", 20, 10, 2, 8, api_name="/generate_pair")
                     vid = c.predict("rater", user, "Plan my weekend", steered, unsteered, "A", "tie", api_name="/rate")
                     acked[user]["votes"].append(vid)
                     mine = c.predict(user, api_name="/history")

@@ -39,6 +39,11 @@ def warn(message: str):
     gr.Warning(html.escape(message, quote=False), title="Not done")
 
 
+def info(message: str):
+    """A confirmation toast; names in it (a user from an import file) stay text."""
+    gr.Info(html.escape(message, quote=False))
+
+
 def for_ui(fn, raises: bool = False):
     """A UI handler: refusals become a toast, outputs stay as they are. With `raises`, the event
     fails instead (for a handler whose `.success()` must not run; its only output is hidden)."""

@@ -33,13 +33,13 @@ from user_store import KINDS, NoUserName, UserStore
 
 from . import fields as F
 from .fields import Refused
-from .guard import EXPECTED, refusal, warn
+from .guard import EXPECTED, info, refusal, warn
 from .render import (TOKENS_EMPTY, TOKENS_OPEN, bubble, latency_html, privacy_html, settings_line, status_html,
                      strength_markdown, token_span, tokens_html)
 
 CONTEXT_TOKENS = 256
 PERSONAS = Path(__file__).resolve().parents[1] / "assets" / "personas"
-UPDATE_EVERY_S = 0.1  # at most 10 screen updates per second while a reply streams; the last is never delayed
+UPDATE_EVERY_S = 0.25  # at most 4 screen updates per second while a reply streams; the last is never delayed
 GENERIC_EXAMPLES = ["Suggest a plan for my Friday evening.", "What should I cook tonight?",
                     "Write a short note to a friend about my week."]
 # The app's default decoding: greedy with light repetition control (the bundled 135M model loops
@@ -216,12 +216,13 @@ class Studio:
                 out[s] = conv[f"{s}_view"] + [{"role": "user", "content": bubble(message)}, answer]
             return out
 
+        latency = Latency()  # from the moment the turn starts: the first token's time includes the context search
         busy = (gr.update(interactive=False), gr.update(visible=True))
         v = views()
         yield v["unsteered"], v["steered"], TOKENS_OPEN, skip, skip, status_html(states), skip, "", *busy
 
         context = self.context_for(user, message)
-        transcript, latency, events, token_view = CloudTranscript(), Latency(), [], TOKENS_OPEN
+        transcript, events, token_view = CloudTranscript(), [], TOKENS_OPEN
         last = time.perf_counter()
         stream = self.engine.stream(conv["steered"] + [turn], context, "side_by_side" if side else "steered", params,
                                     sampling, transcript, unsteered_messages=conv["unsteered"] + [turn], gate=gate)
@@ -242,7 +243,8 @@ class Studio:
                     states[ev.stream] = f"done · {latency.tokens[ev.stream]} tokens"
                 if ev.finish or time.perf_counter() - last >= UPDATE_EVERY_S:
                     v, t = views(), time.perf_counter()
-                    yield v["unsteered"], v["steered"], token_view, skip, skip, status_html(states), skip, skip, *busy
+                    status = status_html(states) if ev.finish else skip
+                    yield v["unsteered"], v["steered"], token_view, skip, skip, status, skip, skip, skip, skip
                     last = time.perf_counter()
                     latency.add_ui(last - t)
         except EXPECTED as exc:
@@ -291,7 +293,7 @@ class Studio:
 
     def page_load(self, request: gr.Request = None):
         """Every page load (a new tab, a reload) sees the users as they are now."""
-        banner = (f"⚠️ **Read-only database:** {self.read_only} Chatting works; nothing you add will be saved."
+        banner = (f"⚠️ **Read-only database:** {_md_text(self.read_only)} Chatting works; nothing you add will be saved."
                   if self.read_only else "")
         return self.user_choices(), gr.update(value=banner, visible=bool(banner))
 
@@ -303,7 +305,7 @@ class Studio:
         if name in self.store.users():
             raise Refused(f"new user name: {name!r} already exists; pick it from the User list")
         self.store.add_user(name)
-        gr.Info(f"Created user {name}.")
+        info(f"Created user {name}.")
         return self.user_choices(name), ""
 
     def load_persona(self, display_name):
@@ -311,7 +313,7 @@ class Studio:
         if display_name not in files:
             raise Refused(f"example persona: choose one of {', '.join(files)}")
         result = self.store.import_file(files[display_name])
-        gr.Info(f"Loaded {result['user']}: {result['added']} new entries ({result['skipped']} already there).")
+        info(f"Loaded {result['user']}: {result['added']} new entries ({result['skipped']} already there).")
         return self.user_choices(result["user"])
 
     # -- history ------------------------------------------------------------------------
@@ -368,7 +370,7 @@ class Studio:
             raise Refused("delete: nothing to confirm; click Delete entry first")
         user, e = self._entry_of(pending["user"], pending["id"])
         self.store.delete_entry(e["id"])
-        gr.Info(f"Deleted entry #{e['id']}.")
+        info(f"Deleted entry #{e['id']}.")
         return self.history_rows(user), gr.update(visible=False), None, None, ""
 
     def import_history(self, user, file, mode, into_selected):
@@ -382,7 +384,7 @@ class Studio:
             result = self.store.import_file(file, mode=mode, user=target)
         except NoUserName:
             raise Refused("import: the file names no user; tick 'into the selected user' to import it there") from None
-        gr.Info(f"Imported into {result['user']}: {result['added']} added, {result['skipped']} duplicates skipped.")
+        info(f"Imported into {result['user']}: {result['added']} added, {result['skipped']} duplicates skipped.")
         return self.user_choices(result["user"]), self.history_rows(result["user"]), None
 
     def export_history(self, user):
