@@ -35,7 +35,8 @@ def build_app(studio):
     from ui import fields as F
     from ui.components import FieldNumber
     from ui.guard import check_arity, for_api, for_ui
-    from ui.handlers import DEMO_DECODING, KIND_CHOICES, PAPER_DECODING, new_conversation, persona_examples, persona_files
+    from ui.handlers import (DEMO_DECODING, KIND_CHOICES, MESSAGE_HINT, PAPER_DECODING, new_conversation, persona_examples,
+                             persona_files)
     from ui.render import TOKENS_EMPTY, privacy_html
 
     engine = studio.engine
@@ -74,7 +75,7 @@ def build_app(studio):
                                                       latex_delimiters=[])
                         status = gr.HTML(elem_id="status")
                         with gr.Row():
-                            message = gr.Textbox(label="Message", placeholder="Ask something…", scale=5,
+                            message = gr.Textbox(label="Message", placeholder=MESSAGE_HINT, scale=5,
                                                  elem_id="message", max_length=F.MESSAGE.max_chars)
                             send = gr.Button("Send", variant="primary", scale=1, elem_id="send")
                             stop = gr.Button("Stop", variant="stop", scale=1, visible=False, elem_id="stop")
@@ -208,8 +209,9 @@ def build_app(studio):
         # Stop and the resets end the running reply through its session (ui/handlers.py says why
         # not `cancels=`); the reply then shows the screen they left as its own last update.
         ends = {"queue": False, "show_progress": "hidden", **private}
-        stop.click(for_ui(studio.stop), conv, [unsteered_chat, steered_chat, tokens, status, send, stop], **ends)
-        reset_out = [conv, unsteered_chat, steered_chat, unsteered_chat, tokens, privacy, latency, status, send, stop]
+        stop.click(for_ui(studio.stop), conv, [unsteered_chat, steered_chat, tokens, status, message, send, stop], **ends)
+        reset_out = [conv, unsteered_chat, steered_chat, unsteered_chat, tokens, privacy, latency, status, message, send,
+                     stop]
         clear.click(for_ui(studio.reset), side, reset_out, **ends)
         side.change(for_ui(studio.reset), side, reset_out, **ends)
         user.change(for_ui(studio.reset), side, reset_out, **ends).then(

@@ -40,9 +40,11 @@ def test_chat_echoes_at_once_streams_and_keeps_two_conversations(studio):
     first = steps[0]
     assert first[1][-2]["content"] == "Plan my Friday evening" and first[1][-1]["content"] == "…"  # echoed at once
     assert first[8]["interactive"] is False and first[9]["visible"] is True  # Send off, Stop shown
+    assert "press Stop" in first[7]["placeholder"]  # and the message box says why Enter does nothing
     assert len(steps) > 3
     u_chat, s_chat, tokens, privacy, latency, status, conv, box, send, stop = steps[-1]
-    assert box == "" and send["interactive"] is True and stop["visible"] is False
+    assert box["value"] == "" and box["placeholder"] == "Ask something…"
+    assert send["interactive"] is True and stop["visible"] is False
     assert u_chat[-1]["content"] != s_chat[-1]["content"]
     assert "C=1.783" in s_chat[-1]["content"] and "repetition penalty 1.1" in s_chat[-1]["content"]  # its settings
     assert "cloud model alone" in u_chat[-1]["content"]
@@ -88,7 +90,7 @@ def test_stop_restores_the_conversation_and_frees_send(studio):
     next(run), next(run)
     with pytest.raises(Refused, match="send: a reply is still running"):
         next(studio.chat(KENJI, "again", True, *_args(), conv, request=TAB))
-    u_chat, s_chat, tokens, status, send, stop = studio.stop(conv, request=TAB)
+    u_chat, s_chat, tokens, status, box, send, stop = studio.stop(conv, request=TAB)
     rest = list(run)
     assert len(rest) == 1 and rest[0][:2] == (u_chat, s_chat)  # its last update: the screen Stop left
     assert s_chat == conv["steered_view"] and u_chat == conv["unsteered_view"]
@@ -135,7 +137,7 @@ def test_a_conversation_longer_than_the_model_is_a_clear_error(studio):
             for k in ("steered", "unsteered")}
     conv.update(steered_view=[], unsteered_view=[])
     *_, last = studio.chat(KENJI, "one more question", True, *_args(), conv, request=TAB)
-    assert last[7] == "one more question" and last[8]["interactive"] is True  # message back, Send on again
+    assert last[7]["value"] == "one more question" and last[8]["interactive"] is True  # message back, Send on again
     assert _chat(studio, "Plan my Friday evening", new_conversation())[1][-1]["content"]  # still works
 
 

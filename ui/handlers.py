@@ -53,6 +53,15 @@ FLUENCY_MARGIN = 5.0  # nats per token below the cloud's own answer: flagged as 
 MAX_REPEATED = 0.2  # share of repeated token 4-grams above which an answer is flagged as looping
 
 
+MESSAGE_HINT = "Ask something…"
+MESSAGE_BUSY = "A reply is running: wait for it, or press Stop to end it"
+
+
+def message_box(value: str = "", busy: bool = False):
+    """The message box; while a reply runs its placeholder says why Enter does nothing."""
+    return gr.update(value=value, placeholder=MESSAGE_BUSY if busy else MESSAGE_HINT)
+
+
 def new_conversation() -> dict:
     """What each pane's conversation holds: the messages the models see, and what is shown."""
     return {"steered": [], "unsteered": [], "steered_view": [], "unsteered_view": []}
@@ -219,7 +228,7 @@ class Studio:
         latency = Latency()  # from the moment the turn starts: the first token's time includes the context search
         busy = (gr.update(interactive=False), gr.update(visible=True))
         v = views()
-        yield v["unsteered"], v["steered"], TOKENS_OPEN, skip, skip, status_html(states), skip, "", *busy
+        yield v["unsteered"], v["steered"], TOKENS_OPEN, skip, skip, status_html(states), skip, message_box(busy=True), *busy
 
         context = self.context_for(user, message)
         transcript, events, token_view = CloudTranscript(), [], TOKENS_OPEN
@@ -250,7 +259,7 @@ class Studio:
         except EXPECTED as exc:
             warn(refusal("chat", exc))
             v = {s: conv[f"{s}_view"] if s in texts else skip for s in ("unsteered", "steered")}
-            yield (v["unsteered"], v["steered"], TOKENS_EMPTY, skip, skip, "", skip, message,
+            yield (v["unsteered"], v["steered"], TOKENS_EMPTY, skip, skip, "", skip, message_box(message),
                    gr.update(interactive=True), gr.update(visible=False))
             return
         if not session.current(run):
@@ -268,24 +277,25 @@ class Studio:
         echoes = [m["content"] for m in conv["steered"] if m["role"] == "assistant"]
         yield (v["unsteered"], v["steered"], tokens_html(events),
                privacy_html(transcript, context, self.engine.same_model, echoes),
-               latency_html(latency.summary(), self.remote(), self.engine.same_model), status_html(states), new, "",
-               gr.update(interactive=True), gr.update(visible=False))
+               latency_html(latency.summary(), self.remote(), self.engine.same_model), status_html(states), new,
+               message_box(), gr.update(interactive=True), gr.update(visible=False))
 
     def stop(self, conv, request: gr.Request = None):
         """Stop the running reply: the panes go back to the conversation as it was before it."""
         conv = conv or new_conversation()
         idle = (gr.update(interactive=True), gr.update(visible=False))
         u, s, tokens, status = conv["unsteered_view"], conv["steered_view"], TOKENS_EMPTY, status_html({"reply": "stopped"})
-        skip = gr.skip()
-        self.session(request).end((u, s, tokens, skip, skip, status, skip, skip, *idle))
-        return u, s, tokens, status, *idle
+        skip, box = gr.skip(), gr.update(placeholder=MESSAGE_HINT)
+        self.session(request).end((u, s, tokens, skip, skip, status, skip, box, *idle))
+        return u, s, tokens, status, box, *idle
 
     def reset(self, side_by_side, request: gr.Request = None):
         """A new conversation (also after switching user or the side-by-side toggle)."""
         idle = (gr.update(interactive=True), gr.update(visible=False))
         blank = privacy_html(None, "", False)
-        self.session(request).end(([], [], TOKENS_EMPTY, blank, "", "", gr.skip(), "", *idle))
-        return (new_conversation(), [], [], gr.update(visible=bool(side_by_side)), TOKENS_EMPTY, blank, "", "", *idle)
+        self.session(request).end(([], [], TOKENS_EMPTY, blank, "", "", gr.skip(), message_box(), *idle))
+        return (new_conversation(), [], [], gr.update(visible=bool(side_by_side)), TOKENS_EMPTY, blank, "", "",
+                message_box(), *idle)
 
     # -- users ------------------------------------------------------------------------
     def user_choices(self, selected=None):
