@@ -3,24 +3,27 @@
 Stock Slider/Number refuse an out-of-range value themselves, before the handler runs, with
 "Value 9 is greater than maximum value 5." and a traceback in the server log, and without
 naming the field. These pass the value on unchanged, so the handler's check answers with the
-field's name and range, in one log line. The browser draws them as the stock components.
+field's name and range, in one log line.
+
+They are stock components whose `preprocess` is replaced on the instance: a subclass would make
+Gradio write a `.pyi` stub next to this file at every import.
 """
 from __future__ import annotations
 
 import gradio as gr
 
 
-class FieldSlider(gr.Slider):
-    def get_block_name(self) -> str:
-        return "slider"
-
-    def preprocess(self, payload):
-        return payload
+def _as_sent(payload):
+    return payload
 
 
-class FieldNumber(gr.Number):
-    def get_block_name(self) -> str:
-        return "number"
+def FieldSlider(*args, **kwargs) -> gr.Slider:  # noqa: N802  (reads like the component it builds)
+    slider = gr.Slider(*args, **kwargs)
+    slider.preprocess = _as_sent
+    return slider
 
-    def preprocess(self, payload):
-        return payload
+
+def FieldNumber(*args, **kwargs) -> gr.Number:  # noqa: N802
+    number = gr.Number(*args, **kwargs)
+    number.preprocess = _as_sent
+    return number
