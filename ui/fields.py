@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from user_store import KINDS, VOTES
 from user_store.checks import text_problem
 
 
@@ -110,6 +111,7 @@ ENTRY_ID = Number("entry id", 1, 2**63 - 1, integer=True)
 
 MESSAGE = Text("message", 4000)
 USER = Text("user", 200, hint="choose a user, create one, or load an example persona")
+NEW_USER = Text("new user name", 200, hint="type a name")
 RATER = Text("rater", 200, hint="type your name as the rater")
 ENTRY_TEXT = Text("text", 100_000)
 TITLE = Text("title", 200, required=False)
@@ -120,9 +122,12 @@ ANSWER_B = Text("answer_b", 100_000, required=False, none_is_empty=False)
 SIDE_BY_SIDE = Flag("side by side")
 PINNED = Flag("pinned")
 GATE_ON = Flag("confidence gate")
+INTO_SELECTED = Flag("into the selected user")
 GATE_MODE = Choice("gate mode", ("paper", "reopen"))
 IMPORT_MODE = Choice("import mode", ("merge", "replace"))
 SWEEP = Choice("sweep", ("T", "eta", "lam"))
 STEERED_SIDE = Choice("steered_side", ("A", "B"))
+VOTE = Choice("vote", tuple(VOTES))
+KIND = Choice("kind", tuple(KINDS))
 
 SWEEPABLE = {"T": T, "eta": ETA, "lam": LAM}

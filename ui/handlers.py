@@ -311,7 +311,7 @@ class Studio:
         return gr.update(samples=[[e] for e in persona_examples(user)])
 
     def create_user(self, name):
-        name = F.Text("new user name", 200, hint="type a name").check(name).strip()
+        name = F.NEW_USER.check(name).strip()
         if name in self.store.users():
             raise Refused(f"new user name: {name!r} already exists; pick it from the User list")
         self.store.add_user(name)
@@ -333,7 +333,7 @@ class Studio:
         return [[e["id"], e["kind"], e["title"] or "", e["text"], bool(e["pinned"])] for e in self.store.entries(user)]
 
     def _entry_fields(self, text, kind, title, pinned) -> dict:
-        return {"text": F.ENTRY_TEXT.check(text), "kind": F.Choice("kind", tuple(KINDS)).check(kind),
+        return {"text": F.ENTRY_TEXT.check(text), "kind": F.KIND.check(kind),
                 "title": F.TITLE.check(title) or None, "pinned": F.PINNED.check(pinned)}
 
     def add_entry(self, user, text, kind, title, pinned):
@@ -344,7 +344,7 @@ class Studio:
     def _entry_of(self, user, entry_id) -> tuple[str, dict]:
         """(user, entry) for an id of this user's, refused otherwise (deleted, or someone else's)."""
         user = self.check_user(user)
-        entry_id = F.Number("entry id", 1, 2**63 - 1, integer=True).check(entry_id)
+        entry_id = F.ENTRY_ID.check(entry_id)
         for e in self.store.entries(user):
             if e["id"] == entry_id:
                 return user, e
@@ -388,7 +388,7 @@ class Studio:
         the selected user instead."""
         if not file:
             raise Refused("import: choose a .json or .jsonl file first")
-        mode, into_selected = F.IMPORT_MODE.check(mode), F.Flag("into the selected user").check(into_selected)
+        mode, into_selected = F.IMPORT_MODE.check(mode), F.INTO_SELECTED.check(into_selected)
         target = self.check_user(user) if into_selected else None
         try:
             result = self.store.import_file(file, mode=mode, user=target)
@@ -455,14 +455,14 @@ class Studio:
 
     def add_history(self, user, text, kind="note"):
         user = self.check_user(user)
-        return self.store.add_entry(user, F.ENTRY_TEXT.check(text), kind=F.Choice("kind", tuple(KINDS)).check(kind))
+        return self.store.add_entry(user, F.ENTRY_TEXT.check(text), kind=F.KIND.check(kind))
 
     def rate(self, rater, user, message, answer_a, answer_b, steered_side, vote):
         user = self.check_user(user)
         rater, message = F.RATER.check(rater), F.MESSAGE.check(message)
         answer_a, answer_b = F.ANSWER_A.check(answer_a), F.ANSWER_B.check(answer_b)
         steered_side = F.STEERED_SIDE.check(steered_side)
-        vote = F.Choice("vote", ("A", "B", "tie", "both_bad")).check(vote)
+        vote = F.VOTE.check(vote)
         return self.store.add_vote(rater, user, [{"role": "user", "content": message}], answer_a, answer_b,
                                    steered_side, vote, {}, self.engine.cloud.name, self.engine.device.name)
 
