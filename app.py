@@ -28,8 +28,9 @@ def slider(spec, value, step, label, elem_id=None, **kw):
     return FieldSlider(spec.lo, spec.hi, value, step=step, label=label, elem_id=elem_id or spec.name, **kw)
 
 
-def build_app(studio):
-    """The page: components, then their wiring, then the named API."""
+def build_app(studio, desk):
+    """The owner's page: components, then their wiring, then the named API. The rater's page is
+    ui/study_page.py."""
     import gradio as gr
 
     from ui import fields as F
@@ -38,6 +39,7 @@ def build_app(studio):
     from ui.handlers import (DEMO_DECODING, KIND_CHOICES, MESSAGE_HINT, PAPER_DECODING, new_conversation, persona_examples,
                              persona_files)
     from ui.render import TOKENS_EMPTY, privacy_html
+    from ui.studies import LEADERBOARD_HEADERS, StudiesTab
 
     engine = studio.engine
     with gr.Blocks(title="CoSteer Studio") as demo:
@@ -63,7 +65,7 @@ def build_app(studio):
             load = gr.Button("Load persona", scale=1, elem_id="load-persona")
 
         with gr.Tabs():
-            with gr.Tab("Chat"):
+            with gr.Tab("Chat") as chat_tab:
                 with gr.Row():
                     with gr.Column(scale=3):
                         with gr.Row(equal_height=True):
@@ -123,7 +125,7 @@ def build_app(studio):
                         gr.Markdown("### Privacy: what crossed to the cloud")
                         privacy = gr.HTML(privacy_html(None, "", False), elem_id="privacy")
 
-            with gr.Tab("History"):
+            with gr.Tab("History") as history_tab:
                 table = gr.Dataframe(headers=["id", "kind", "title", "text", "pinned"], interactive=False,
                                      wrap=True, elem_id="history-table")
                 with gr.Row():
@@ -156,9 +158,11 @@ def build_app(studio):
                     preview = gr.Button("Preview", scale=1)
                 preview_out = gr.Textbox(label="Personal context (stays on the device)", lines=6)
 
-            with gr.Tab("Rate (blind A/B)"):
-                gr.Markdown("Two answers to the same message, one steered and one not, in random order. "
-                            "Vote, then the sides are revealed. Uses the Chat tab's parameters.")
+            with gr.Tab("Rate (blind A/B)") as ab_tab:
+                gr.Markdown("A quick live trial: two answers to the same message, one steered and one not, in random "
+                            "order. Vote, then the sides are revealed. Uses the Chat tab's parameters. For a study "
+                            "with many raters and settings, use the Studies tab.")
+                ab_card = gr.Markdown(elem_id="ab-card")
                 with gr.Row():
                     rater = gr.Textbox(label="Your name (rater)", elem_id="rater")
                     ab_message = gr.Textbox(label="Message", scale=3, elem_id="ab-message")
@@ -167,10 +171,59 @@ def build_app(studio):
                     answer_a = gr.Textbox(label="A", lines=8, interactive=False, elem_id="answer-a")
                     answer_b = gr.Textbox(label="B", lines=8, interactive=False, elem_id="answer-b")
                 with gr.Row():
-                    vote_buttons = {v: gr.Button(label, elem_id=f"vote-{v}") for v, label in
+                    vote_buttons = {v: gr.Button(label, interactive=False, elem_id=f"vote-{v}") for v, label in
                                     (("A", "👈 A is better"), ("B", "👉 B is better"), ("tie", "🤝 Tie"),
                                      ("both_bad", "👎 Both are bad"))}
                 reveal = gr.Markdown(elem_id="reveal")
+
+            with gr.Tab("Studies") as studies_tab:
+                gr.Markdown("A **study** compares settings with many raters: personas × prompts × settings, every "
+                            "answer generated ahead in the background, each rater on their own link "
+                            "(`/study/?study=…&rater=…`: that page shows the study only, no chat, no history).")
+                with gr.Row():
+                    st_name = gr.Textbox(label="Study name", elem_id="study-name")
+                    st_personas = gr.Dropdown([], multiselect=True, label="Personas (users)", elem_id="study-personas")
+                with gr.Row():
+                    st_prompts = gr.Textbox(label="Prompts, one per line", lines=4, elem_id="study-prompts")
+                    st_settings = gr.Textbox("lam=0.5\nlam=2\nlam=4", lines=4, elem_id="study-settings",
+                                             label="Settings, one per line (key=value: T eta lam alpha beta "
+                                                   "temperature top_p seed repetition_penalty no_repeat_ngram_size "
+                                                   "gate label); the unsteered baseline is added")
+                with gr.Row():
+                    st_all_pairs = gr.Checkbox(False, label="also compare the settings with each other", elem_id="study-all-pairs")
+                    st_raters = FieldNumber(12, label="rater links", precision=0, minimum=F.RATERS.lo,
+                                            maximum=F.RATERS.hi, elem_id="study-raters")
+                    st_per_rater = FieldNumber(0, label="pairs per rater (0 = all)", precision=0,
+                                               minimum=F.PAIRS_PER_RATER.lo, maximum=F.PAIRS_PER_RATER.hi,
+                                               elem_id="study-per-rater")
+                    st_attention = FieldNumber(6, label="attention check every … votes (0 = off)", precision=0,
+                                               minimum=F.ATTENTION_EVERY.lo, maximum=F.ATTENTION_EVERY.hi,
+                                               elem_id="study-attention")
+                    st_max_new = slider(F.MAX_NEW_TOKENS, 128, 8, "max new tokens", elem_id="study-max-new")
+                st_create = gr.Button("Create study and generate its answers", variant="primary", elem_id="study-create")
+                st_links = gr.Markdown(elem_id="study-links")
+                with gr.Row():
+                    st_choice = gr.Dropdown([], label="Study", elem_id="study-choice", scale=3)
+                    st_cancel = gr.Button("Cancel generation", variant="stop", scale=1, elem_id="study-cancel")
+                    st_more = FieldNumber(1, label="add rater links", precision=0, minimum=1, maximum=F.RATERS.hi,
+                                          scale=1, elem_id="study-more")
+                    st_add = gr.Button("Add rater links", scale=1, elem_id="study-add")
+                st_progress = gr.HTML(elem_id="study-progress-bar")
+                st_exclude = gr.Checkbox(False, label="leave out flagged raters (failed attention checks)",
+                                         elem_id="study-exclude")
+                st_summary = gr.Markdown(elem_id="study-summary")
+                st_board = gr.Dataframe(headers=LEADERBOARD_HEADERS, interactive=False, elem_id="study-leaderboard")
+                st_plot = gr.Plot()
+                gr.Markdown("**Win rate** of the row's setting against the column's (tie = ½), over the pairs between them")
+                st_matrix = gr.Dataframe(interactive=False, elem_id="study-matrix")
+                st_persona = gr.Dataframe(headers=["persona", "setting", "score (BT)", "95% CI", "battles"],
+                                          interactive=False, elem_id="study-by-persona")
+                with gr.Row():
+                    st_csv = gr.Button("Export votes (CSV)", elem_id="study-export-csv")
+                    st_jsonl = gr.Button("Export battles (FastChat JSONL)", elem_id="study-export-jsonl")
+                    st_file = gr.DownloadButton(visible="hidden", elem_id="study-file")
+                st_seen = gr.State(None)
+                st_timer = gr.Timer(2.0, active=False)
 
             with gr.Tab("Results") as results_tab:
                 results_table = gr.Dataframe(headers=["setting", "votes", "steered wins", "ties", "steered losses",
@@ -179,7 +232,7 @@ def build_app(studio):
                 csv_button = gr.Button("Export all votes (CSV)", elem_id="export-votes")
                 csv_file = gr.DownloadButton(visible="hidden", elem_id="votes-file")
 
-            with gr.Tab("Parameter explorer"):
+            with gr.Tab("Parameter explorer") as explorer_tab:
                 with gr.Row():
                     ex_message = gr.Textbox(label="Message", scale=3, elem_id="ex-message")
                     ex_param = gr.Radio(["T", "eta", "lam"], value="lam", label="sweep")
@@ -227,8 +280,9 @@ def build_app(studio):
         demo_preset.click(lambda: preset(DEMO_DECODING), None, presets, queue=False, **private)
         paper_preset.click(lambda: preset(PAPER_DECODING), None, presets, queue=False, **private)
 
-        create.click(for_ui(studio.create_user), new_name, [user, new_name], **private)
-        load.click(for_ui(studio.load_persona), persona, user, **private)
+        # api_name: the UI's own events must not take the names of the API's /create_user, /load_persona
+        create.click(for_ui(studio.create_user), new_name, [user, new_name], api_name="ui_create_user", **private)
+        load.click(for_ui(studio.load_persona), persona, user, api_name="ui_load_persona", **private)
 
         add.click(for_ui(studio.add_entry), [user, text, kind, title, pinned], [table, text], **private)
         save.click(for_ui(studio.update_entry), [user, entry_id, text, kind, title, pinned], table, **private)
@@ -245,12 +299,37 @@ def build_app(studio):
             None, None, None, js=download.replace("{id}", "export-file"))
         preview.click(for_ui(studio.preview_context), [user, preview_msg], preview_out, **private)
 
-        ab_go.click(for_ui(studio.ab_generate), [user, ab_message, *sliders, *decoding], [answer_a, answer_b, trial, reveal],
-                    **private)
+        vote_list = list(vote_buttons.values())
+        ab_go.click(lambda: [gr.update(interactive=False)] * len(vote_list), None, vote_list, queue=False,
+                    **private).then(
+            for_ui(studio.ab_generate), [user, ab_message, *sliders, *decoding],
+            [answer_a, answer_b, trial, reveal, *vote_list], **private)
         results_out = [results_table, results_plot]
         for v, button in vote_buttons.items():
-            button.click(for_ui(studio.cast_vote), [rater, trial, gr.State(v)], [reveal, trial], **private).then(
-                for_ui(studio.results), None, results_out, **private)
+            button.click(None, None, None, js="() => { document.querySelectorAll('[id^=vote-]').forEach("
+                                              "(b) => { b.disabled = true; }); }", **private).then(
+                for_ui(studio.cast_vote), [rater, trial, gr.State(v)], [reveal, trial, answer_a, answer_b, *vote_list],
+                **private).then(for_ui(studio.results), None, results_out, **private)
+        user.change(for_ui(desk.card_view), user, ab_card, queue=False, **private)
+
+        tab = StudiesTab(desk)
+        st_view = [st_progress, st_summary, st_board, st_matrix, st_persona, st_plot]
+        st_create.click(for_ui(tab.create), [st_name, st_personas, st_prompts, st_settings, st_all_pairs, st_raters,
+                                             st_per_rater, st_attention, st_max_new], [st_links, st_choice], **private)
+        st_add.click(for_ui(tab.add_links), [st_choice, st_more], st_links, **private)
+        st_cancel.click(for_ui(tab.cancel), st_choice, st_progress, **private)
+        for trigger in (st_choice.change, st_exclude.change):
+            trigger(for_ui(tab.view), [st_choice, st_exclude], st_view, **private)
+        st_timer.tick(for_ui(tab.tick), [st_choice, st_exclude, st_seen], [*st_view, st_seen], show_progress="hidden",
+                      **private)
+        studies_tab.select(lambda: gr.Timer(active=True), None, st_timer, queue=False, **private).then(
+            for_ui(tab.choices), st_choice, st_choice, **private).then(
+            for_ui(studio.persona_choices), st_personas, st_personas, **private)
+        for other in (chat_tab, history_tab, ab_tab, results_tab, explorer_tab):
+            other.select(lambda: gr.Timer(active=False), None, st_timer, queue=False, **private)
+        for kind, button in (("csv", st_csv), ("jsonl", st_jsonl)):
+            button.click(for_ui(tab.export, raises=True), [st_choice, gr.State(kind)], st_file, **private).success(
+                None, None, None, js=download.replace("{id}", "study-file"))
         results_tab.select(for_ui(studio.results), None, results_out, **private)
         csv_button.click(for_ui(studio.votes_csv, raises=True), None, csv_file, **private).success(
             None, None, None, js=download.replace("{id}", "votes-file"))
@@ -275,15 +354,48 @@ def build_app(studio):
             """Add a history entry; returns its id."""
             return studio.add_history(user, text, kind)
 
-        def rate(rater: str, user: str, message: str, answer_a: str, answer_b: str, steered_side: str, vote: str) -> int:
-            """Store a blind A/B vote; returns its id."""
-            return studio.rate(rater, user, message, answer_a, answer_b, steered_side, vote)
+        def create_user(name: str) -> str:
+            """Create a user (no history yet); returns the name."""
+            return studio.add_user(name)
+
+        def load_persona(persona: str) -> str:
+            """Load an example persona (assets/personas) as a user; returns the user's name."""
+            return studio.add_persona(persona)
+
+        def create_study(name: str, personas: list[str], prompts: list[str], settings: list[dict],
+                         all_pairs: bool = False, raters: int = 12, pairs_per_rater: int = 0, attention_every: int = 6,
+                         max_new_tokens: int = 128, repetition_penalty: float = DEMO_DECODING["repetition_penalty"],
+                         no_repeat_ngram_size: int = DEMO_DECODING["no_repeat_ngram_size"],
+                         instructions: str = "") -> dict:
+            """A study of personas x prompts x settings (+ the unsteered baseline); its answers are generated
+            in the background. Returns the study id and one link per rater (shown once)."""
+            return desk.create_study(name, personas, prompts, settings, all_pairs, raters, pairs_per_rater,
+                                     attention_every, max_new_tokens, repetition_penalty, no_repeat_ngram_size,
+                                     instructions)
+
+        def study_status(study: int) -> dict:
+            """Progress of a study: answers generated of total, pairs, raters, votes, status."""
+            return desk.study_status(study)
+
+        def cancel_study(study: int) -> dict:
+            """Stop generating a study's answers (those made are kept)."""
+            return desk.cancel_study(study)
+
+        def add_raters(study: int, raters: int = 1) -> dict:
+            """More rater links for a study (shown once)."""
+            return desk.add_raters(study, raters)
+
+        def leaderboard(study: int, exclude_flagged: bool = False) -> dict:
+            """Bradley-Terry scores with 95% bootstrap intervals, style-controlled scores, win matrix, per
+            persona, position bias, agreement and attention checks."""
+            return desk.leaderboard(study, exclude_flagged)
 
         def ratings_summary() -> dict:
-            """Counts by vote and the steered win rate with a 95% interval."""
+            """The live A/B tab's votes: counts and the steered win rate with a 95% interval."""
             return studio.ratings_summary()
 
-        for fn in (generate_pair, add_history, history, rate, ratings_summary):
+        for fn in (generate_pair, add_history, history, ratings_summary, create_user, load_persona, create_study,
+                   study_status, cancel_study, add_raters, leaderboard):
             gr.api(for_api(fn), api_name=fn.__name__)
     return check_arity(demo)
 
@@ -307,7 +419,6 @@ def parse_args(argv=None):
     p.add_argument("--db", default=None, help="SQLite file (env COSTEER_DB; default ./data/costeer.db)")
     add_model_args(p)  # --cloud-model, --local-model, --cloud-url, --top-k, --device, --dtype, --allow-downloads
     p.add_argument("--auth", default=None, help="USER:PASS required to open the app")
-    p.add_argument("--share", action="store_true", help="ask Gradio for a public share link (off by default)")
     p.add_argument("--insecure-no-auth", action="store_true",
                    help="allow a non-loopback --host without --auth (anyone on the network can read all histories)")
     args = p.parse_args(argv)
@@ -321,7 +432,7 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     set_offline(args.allow_downloads)
-    from ui.security import bind_refusal, host_guard_middleware, private_temp_dir
+    from ui.security import bind_refusal, private_temp_dir
 
     refusal = bind_refusal(args.host, args.auth, args.insecure_no_auth)
     if refusal:
@@ -330,7 +441,6 @@ def main(argv=None):
     os.environ["GRADIO_TEMP_DIR"] = str(private_temp_dir(cache_dir()))
 
     from costeer.loading import load_engine_or_exit
-    from ui.handlers import Studio
     from user_store import StoreError, UserStore
 
     engine = load_engine_or_exit(args, prog="app")  # a load failure prints one line and exits 1
@@ -343,14 +453,47 @@ def main(argv=None):
     if read_only:
         print(f"app: warning: {read_only} The app starts; nothing added in it will be saved.", file=sys.stderr)
     log_refusals()
-    demo = build_app(Studio(engine, store, read_only=read_only))
-    demo.queue(default_concurrency_limit=2, max_size=64)
-    auth = tuple(args.auth.split(":", 1)) if args.auth else None
-    demo.launch(server_name=args.host, server_port=args.port, share=args.share, auth=auth,
-                css_paths=[ASSETS / "style.css"], ssr_mode=False, enable_monitoring=False, mcp_server=False,
-                run_history=False, strict_cors=True, max_file_size=MAX_UPLOAD,
-                blocked_paths=[str(store.path.resolve().parent), str((cache_dir() / "models").resolve())],
-                app_kwargs={"middleware": host_guard_middleware(args.host)}, show_error=False)
+    serve(args, engine, store, read_only)
+
+
+def serve(args, engine, store, read_only):
+    """Two pages on one server: the owner's at / (behind `--auth` when given) and the raters' at
+    /study/ (link tokens, no password). A share link is not offered: it would put the owner's page
+    on the internet."""
+    import fastapi
+    import gradio as gr
+    import uvicorn
+
+    from studies.pregenerate import Pregenerator
+    from ui.access import Access, owner_gate
+    from ui.handlers import Studio
+    from ui.security import host_guard_middleware
+    from ui.study_page import build_study_page
+    from ui.studies import STUDY_PATH, StudyDesk
+
+    studio = Studio(engine, store, read_only=read_only)
+    pregen = Pregenerator(engine, store, studio.context_for)
+    resumed = pregen.resume()
+    if resumed:
+        print(f"app: resuming the answers of study {', '.join(map(str, resumed))}", file=sys.stderr)
+    desk = StudyDesk(store, pregen, engine.cloud.name, engine.device.name)
+    owner, _, password = (args.auth or "").partition(":")
+    access = Access(owner or None, open_to_all=args.insecure_no_auth and not args.auth)
+    owner_page = owner_gate(build_app(studio, desk), access)
+    owner_page.queue(default_concurrency_limit=2, max_size=64)
+    study_page = build_study_page(desk)
+    study_page.queue(default_concurrency_limit=8, max_size=256)
+
+    app = fastapi.FastAPI(middleware=host_guard_middleware(args.host))
+    common = dict(server_name=args.host, server_port=args.port, ssr_mode=False, enable_monitoring=False,
+                  mcp_server=False, run_history=False, max_file_size=MAX_UPLOAD, show_error=False,
+                  css_paths=[ASSETS / "style.css"],
+                  blocked_paths=[str(store.path.resolve().parent), str((cache_dir() / "models").resolve())])
+    gr.mount_gradio_app(app, study_page, path=STUDY_PATH.rstrip("/"), **common)  # before "/", which matches all
+    gr.mount_gradio_app(app, owner_page, path="", auth=(owner, password) if args.auth else None, **common)
+    print(f"app: serving http://{args.host}:{args.port}/ (owner) and {STUDY_PATH} (raters' study links)",
+          file=sys.stderr)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
 
 
 if __name__ == "__main__":

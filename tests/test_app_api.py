@@ -20,10 +20,12 @@ def client(app):
 
 def test_named_endpoints_exist(client):
     names = set(client.view_api(print_info=False, return_format="dict")["named_endpoints"])
-    assert {"/generate_pair", "/add_history", "/rate", "/ratings_summary"} <= names
+    assert {"/generate_pair", "/add_history", "/history", "/ratings_summary", "/create_user", "/load_persona",
+            "/create_study", "/study_status", "/cancel_study", "/add_raters", "/leaderboard"} == names
+    assert "/rate" not in names  # it took any text as a vote; votes now name a pair the server issued
 
 
-def test_history_generate_rate_summary(client, app):
+def test_history_generate_summary(client, app):
     store = UserStore(app[1])
     store.add_user("mia")
     eid = client.predict("mia", "I am a strict vegetarian in Osaka who loves jazz. I write short bullet points.",
@@ -32,11 +34,8 @@ def test_history_generate_rate_summary(client, app):
     unsteered, steered = client.predict("mia", "Suggest a plan for my Friday evening.", 20, 10, 2,
                                         api_name="/generate_pair")
     assert unsteered.strip() and steered.strip() and unsteered != steered
-    vid = client.predict("rita", "mia", "Suggest a plan", steered, unsteered, "A", "A", api_name="/rate")
-    vote = [v for v in store.votes() if v["id"] == vid][0]
-    assert vote["answer_a"] == steered and vote["vote"] == "A" and vote["cloud_model"]
     summary = client.predict(api_name="/ratings_summary")
-    assert summary["counts"]["A"] >= 1 and summary["n"] >= 1 and 0 <= summary["steered_win_rate"] <= 1
+    assert set(summary["counts"]) == {"A", "B", "tie", "both_bad"} and summary["n"] == len(store.votes())
 
 
 @pytest.mark.parametrize("args, endpoint, message", [
@@ -47,8 +46,9 @@ def test_history_generate_rate_summary(client, app):
     (("mia", "hi", 20, -1, 2), "/generate_pair", "eta: must be a number in [0.5, 20], got -1"),
     (("mia", "", "note"), "/add_history", "text: empty"),
     (("mia", "ok", "diary"), "/add_history", "kind: must be one of"),
-    (("r", "mia", "m", "a", "b", "C", "A"), "/rate", "steered_side: must be one of A, B, got 'C'"),
-    (("r", "mia", "m", "a", "b", "A", "maybe"), "/rate", "vote: must be one of A, B, tie, both_bad"),
+    (("s", ["mia"], ["hi"], [{"lam": 9}]), "/create_study", "settings[0]: lam: must be a number in [0.1, 5], got 9"),
+    (("s", ["ghost"], ["hi"], [{"lam": 2}]), "/create_study", "personas: unknown user 'ghost'"),
+    ((99,), "/study_status", "unknown study 99"),
 ])
 def test_bad_input_is_a_clear_error_and_the_app_keeps_working(client, app, args, endpoint, message):
     store = UserStore(app[1])

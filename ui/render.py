@@ -3,12 +3,18 @@ badge, the latency readout. Every user- or model-written string goes through `ht
 from __future__ import annotations
 
 import html
+import re
 
 STRONG_C = 10.0  # above this the device's delta dominates the cloud model's distribution
 
 
 def esc(text: str) -> str:
     return html.escape(text, quote=False)
+
+
+def md_text(text: str) -> str:
+    """Text shown inside Markdown: HTML escaped and Markdown syntax neutralised."""
+    return re.sub(r"([\\`*_{}\[\]()#+\-.!|>~])", r"\\\1", esc(text))
 
 
 def strength_markdown(C: float | None, error: str | None = None) -> str:

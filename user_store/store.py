@@ -89,6 +89,13 @@ class UserStore:
                 self.db.conn.rollback()
                 raise
 
+    @property
+    def studies(self):
+        """Rating studies in the same file (user_store/studies.py)."""
+        from .studies import StudyStore
+
+        return StudyStore(self)
+
     def close(self):
         with self._lock:
             self.db.conn.close()

@@ -1,0 +1,1 @@
+"""Rating studies: design, storage, pre-generation, scheduling, analysis, export."""

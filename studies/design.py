@@ -1,0 +1,145 @@
+"""What a rating study is: personas x prompts x settings, and which pairs of settings raters compare.
+
+A setting is everything that shapes an answer: the steering parameters (T, η, λ, α, β), the
+decoding and the confidence gate. The unsteered baseline (the cloud model alone, no personal
+data) is always one of the settings. Every value is checked against the app's field specs
+(ui/fields.py), so a study accepts exactly the ranges the Chat tab offers, and a refusal names
+the setting and the field.
+"""
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+from costeer.decoding import ConfidenceGate, Sampling
+from costeer.policy import SteeringParams, effective_strength
+from ui import fields as F
+from ui.fields import Refused
+
+BASELINE = "unsteered"
+STEERING_KEYS = ("T", "eta", "lam", "alpha", "beta")
+DECODING_KEYS = ("temperature", "top_p", "seed", "max_new_tokens", "repetition_penalty", "no_repeat_ngram_size")
+GATE_KEYS = ("gate_threshold", "gate_patience", "gate_mode")
+SPECS = {"T": F.T, "eta": F.ETA, "lam": F.LAM, "alpha": F.ALPHA, "beta": F.BETA, "temperature": F.TEMPERATURE,
+         "top_p": F.TOP_P, "seed": F.SEED, "max_new_tokens": F.MAX_NEW_TOKENS,
+         "repetition_penalty": F.REPETITION_PENALTY, "no_repeat_ngram_size": F.NO_REPEAT_NGRAM,
+         "gate_threshold": F.GATE_THRESHOLD, "gate_patience": F.GATE_PATIENCE, "gate_mode": F.GATE_MODE}
+MAX_PERSONAS, MAX_PROMPTS, MAX_SETTINGS = 10, 20, 8
+LABEL = F.Text("label", 80, required=False)
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One way of answering. `config` holds every value (the stored, shown form)."""
+
+    label: str
+    config: dict
+    baseline: bool = False
+
+    @classmethod
+    def from_row(cls, row: dict) -> "Setting":
+        """From a study_settings row (user_store/studies.py)."""
+        return cls(row["label"], row["config"], bool(row["baseline"]))
+
+    @property
+    def params(self) -> SteeringParams:
+        if self.baseline:  # unused by an unsteered stream
+            return SteeringParams()
+        return SteeringParams(**{k: self.config[k] for k in STEERING_KEYS})
+
+    @property
+    def sampling(self) -> Sampling:
+        return Sampling(**{k: self.config[k] for k in DECODING_KEYS})
+
+    @property
+    def gate(self) -> ConfidenceGate | None:
+        c = self.config
+        return ConfidenceGate(c["gate_threshold"], c["gate_patience"], c["gate_mode"]) if c.get("gate_mode") else None
+
+    @property
+    def strength(self) -> float | None:
+        return None if self.baseline else effective_strength(self.params)
+
+    @property
+    def mode(self) -> str:
+        return "unsteered" if self.baseline else "steered"
+
+
+def setting_from(raw, decoding: dict, where: str) -> Setting:
+    """A steered setting from {"T": 20, "eta": 10, ...}: missing steering values take the paper's
+    defaults, missing decoding values the study's. Unknown keys are refused, not ignored."""
+    if not isinstance(raw, dict):
+        raise Refused(f"{where}: must be an object such as {{\"T\": 20, \"eta\": 10, \"lam\": 2}}, got {type(raw).__name__}")
+    unknown = set(raw) - set(SPECS) - {"label", "gate"}
+    if unknown:
+        raise Refused(f"{where}: unknown key(s) {', '.join(sorted(map(str, unknown)))}; "
+                      f"allowed: label, {', '.join(SPECS)}")
+    defaults = SteeringParams().as_dict()
+    config = {k: _checked(k, raw.get(k, defaults[k]), where) for k in STEERING_KEYS}
+    config.update({k: _checked(k, raw.get(k, decoding[k]), where) for k in DECODING_KEYS})
+    gate = F.GATE_ON.check(raw.get("gate", any(k in raw for k in GATE_KEYS)))
+    if gate:  # the Chat tab's gate defaults
+        gate_defaults = {"gate_threshold": 0.1, "gate_patience": 3, "gate_mode": "paper"}
+        config.update({k: _checked(k, raw.get(k, gate_defaults[k]), where) for k in GATE_KEYS})
+    label = LABEL.check(raw.get("label")).strip() or default_label(config)
+    if label == BASELINE:
+        raise Refused(f"{where}: label {BASELINE!r} is the baseline's; choose another")
+    return Setting(label, config)
+
+
+def baseline(decoding: dict) -> Setting:
+    return Setting(BASELINE, {k: decoding[k] for k in DECODING_KEYS}, baseline=True)
+
+
+def check_decoding(raw: dict) -> dict:
+    return {k: _checked(k, raw[k], "decoding") for k in DECODING_KEYS}
+
+
+def default_label(config: dict) -> str:
+    label = f"T={config['T']} η={config['eta']:g} λ={config['lam']:g}"
+    if (config["alpha"], config["beta"]) != (2.0, 1.0):
+        label += f" α={config['alpha']:g} β={config['beta']:g}"
+    return label + (" gated" if config.get("gate_mode") else "")
+
+
+def parse_settings_text(text: str) -> list[dict]:
+    """The Studies tab's settings box: one setting per line, `key=value` pairs
+    (`T=20 eta=10 lam=2`, `lam=0.5 label=gentle`). Numbers become numbers."""
+    settings = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        raw = {}
+        for part in line.replace(",", " ").split():
+            key, sep, value = part.partition("=")
+            if not sep:
+                raise Refused(f"settings line {n}: {part!r} is not key=value (e.g. T=20 eta=10 lam=2)")
+            raw[key.strip()] = _number_or_text(value.strip())
+        settings.append(raw)
+    return settings
+
+
+def pairs_of(settings: list[Setting], all_pairs: bool) -> list[tuple[int, int]]:
+    """Indices of the settings compared: each steered one against the baseline (index 0), and with
+    `all_pairs` each against each other too."""
+    steered = range(1, len(settings))
+    pairs = [(0, i) for i in steered]
+    if all_pairs:
+        pairs += list(itertools.combinations(steered, 2))
+    return pairs
+
+
+def _checked(key: str, value, where: str):
+    try:
+        return SPECS[key].check(value)
+    except Refused as exc:
+        raise Refused(f"{where}: {exc}") from None
+
+
+def _number_or_text(value: str):
+    for kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            pass
+    return {"true": True, "false": False}.get(value.lower(), value)

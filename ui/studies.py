@@ -1,0 +1,389 @@
+"""Handlers for rating studies: the owner's (create, watch, cancel, results, exports) and the
+rater's (next pair, vote). They check their inputs (ui/fields.py) and call the study store
+(user_store/studies.py), the pre-generator and the analysis (studies/); they hold no algorithm.
+
+A rater handler gets the study id and the link token with every call and checks them; its
+answers never name the settings of a pair before the rater's vote on it.
+"""
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import gradio as gr
+
+from studies import design
+from studies.export import battles, to_csv, to_jsonl
+from studies.leaderboard import ROUNDS, leaderboard
+from studies.pregenerate import Pregenerator
+from user_store import UserStore
+
+from . import fields as F
+from .fields import Refused
+from .guard import EXPECTED, refusal
+from .render import esc, md_text
+
+STUDY_PATH = "/study/"
+INSTRUCTIONS = ("Each pair is two answers to a request written by the person on the card. Pick the answer that "
+                "better fits **this person** (their interests, situation and way of writing) while still being a "
+                "good answer. Choose *Tie* when they are equally good, *Both are bad* when neither is acceptable. "
+                "The answers were made by different settings of the same system; which is which is shown after "
+                "your vote.")
+CARD_KINDS = ("profile", "preference")
+CARD_CHARS = 700
+
+
+def link_path(study_id: int, token: str) -> str:
+    return f"{STUDY_PATH}?study={study_id}&rater={token}"
+
+
+@dataclass
+class StudyDesk:
+    store: UserStore
+    pregen: Pregenerator
+    cloud_model: str | None = None
+    local_model: str | None = None
+    rng: random.Random = field(default_factory=random.Random)
+    _cache: dict = field(default_factory=dict)  # study -> (votes seen, exclude_flagged, leaderboard)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def studies(self):
+        return self.store.studies
+
+    # -- the owner's --------------------------------------------------------------------
+    def card(self, persona: str) -> str:
+        """What raters judge personalization against: the persona's profile and preferences
+        (pinned entries first). Only this card is shown to raters, never the history."""
+        lines = [f"{e['title']}: {e['text']}" if e["title"] else e["text"] for e in self.store.entries(persona)
+                 if e["pinned"] or e["kind"] in CARD_KINDS]
+        text = "\n".join(lines) or f"{persona} (no profile entries in the history)"
+        return text if len(text) <= CARD_CHARS else text[:CARD_CHARS - 1] + "…"
+
+    def card_view(self, user) -> str:
+        """The live A/B tab's persona card: what the vote judges personalization against."""
+        if not isinstance(user, str) or user not in self.store.users():
+            return ""
+        return f"**Judging for {md_text(user)}:**  \n" + card_markdown(self.card(user))
+
+    def create_study(self, name, personas, prompts, settings, all_pairs=False, raters=12, pairs_per_rater=0,
+                     attention_every=6, max_new_tokens=128, repetition_penalty=1.1, no_repeat_ngram_size=4,
+                     instructions="") -> dict:
+        name = F.STUDY_NAME.check(name).strip()
+        personas = F.text_list("personas", F.USER, personas, design.MAX_PERSONAS)
+        known = set(self.store.users())
+        for p in personas:
+            if p not in known:
+                raise Refused(f"personas: unknown user {p!r}; create it or load an example persona first")
+        prompts = F.text_list("prompts", F.PROMPT, prompts, design.MAX_PROMPTS)
+        if isinstance(settings, str):
+            settings = design.parse_settings_text(settings)
+        if not isinstance(settings, (list, tuple)) or not settings:
+            raise Refused("settings: give one or more settings, e.g. [{\"T\": 20, \"eta\": 10, \"lam\": 2}]")
+        if len(settings) > design.MAX_SETTINGS:
+            raise Refused(f"settings: at most {design.MAX_SETTINGS} (plus the baseline), got {len(settings)}")
+        decoding = design.check_decoding({"temperature": 0.0, "top_p": 1.0, "seed": None,
+                                          "max_new_tokens": max_new_tokens, "repetition_penalty": repetition_penalty,
+                                          "no_repeat_ngram_size": no_repeat_ngram_size})
+        chosen = [design.baseline(decoding)] + [design.setting_from(s, decoding, f"settings[{i}]")
+                                                for i, s in enumerate(settings)]
+        labels = [s.label for s in chosen]
+        if len(set(labels)) < len(labels):
+            raise Refused(f"settings: two settings share a label ({', '.join(labels)}); give each its own label")
+        all_pairs = F.ALL_PAIRS.check(all_pairs)
+        raters = F.RATERS.check(raters)
+        pairs_per_rater = F.PAIRS_PER_RATER.check(pairs_per_rater)
+        attention_every = F.ATTENTION_EVERY.check(attention_every)
+        instructions = F.INSTRUCTIONS.check(instructions).strip() or INSTRUCTIONS
+        items = [{"persona": p, "prompt": q, "card": self.card(p)} for p in personas for q in prompts]
+        pairs = design.pairs_of(chosen, all_pairs)
+        sid = self.studies.create(
+            name, instructions, items, [{"label": s.label, "baseline": s.baseline, "config": s.config} for s in chosen],
+            pairs, all_pairs=all_pairs, pairs_per_rater=pairs_per_rater, attention_every=attention_every,
+            cloud_model=self.cloud_model, local_model=self.local_model)
+        links = self.add_raters(sid, raters)["links"] if raters else []
+        self.pregen.submit(sid)
+        return {"study": sid, "answers_total": len(items) * len(chosen), "pairs": len(items) * len(pairs),
+                "settings": labels, "links": links}
+
+    def add_raters(self, study, raters) -> dict:
+        """`raters` new links, named "rater 1", "rater 2", … after those the study has."""
+        count = F.RATERS.check(raters)
+        study = self._study(study)
+        start = len(self.studies.raters(study)) + 1
+        made = self.studies.add_raters(study, [f"rater {start + i}" for i in range(count)])
+        return {"study": study, "links": [{"name": r["name"], "link": link_path(study, r["token"])} for r in made]}
+
+    def study_status(self, study) -> dict:
+        study = self._study(study)
+        out = self.studies.progress(study)
+        out.update({"pairs": self.studies.store.db["study_pairs"].count_where("study_id = ?", [study]),
+                    "raters": len(self.studies.raters(study)),
+                    "settings": [s["label"] for s in self.studies.settings(study)]})
+        return out
+
+    def cancel_study(self, study) -> dict:
+        study = self._study(study)
+        if self.studies.study(study)["status"] != "generating":
+            raise Refused(f"study: #{study} is not generating (status {self.studies.study(study)['status']})")
+        self.pregen.cancel(study)
+        return self.study_status(study)
+
+    def leaderboard(self, study, exclude_flagged=False) -> dict:
+        """Results, recomputed when a vote has arrived since the last time (1000 bootstrap rounds)."""
+        exclude_flagged = F.EXCLUDE_FLAGGED.check(exclude_flagged)
+        study = self._study(study)
+        votes = self.studies.votes(study)
+        key = (len(votes), votes[-1]["vote"] if votes else 0, exclude_flagged)
+        with self._lock:
+            cached = self._cache.get(study)
+        if cached and cached[0] == key:
+            return cached[1]
+        settings = self.studies.settings(study)
+        names = [s["label"] for s in settings]
+        result = leaderboard(battles(votes), names, design.BASELINE, rounds=ROUNDS, exclude_flagged=exclude_flagged)
+        result["study"] = study
+        result["strength"] = {s["label"]: design.Setting.from_row(s).strength for s in settings}
+        with self._lock:
+            self._cache[study] = (key, result)
+        return result
+
+    def export(self, study, kind: str) -> str:
+        """The study's votes as a file: FastChat battles (.jsonl) or a spreadsheet-safe .csv."""
+        study = self._study(study)
+        rows = battles(self.studies.votes(study))
+        out = Path(tempfile.mkdtemp(prefix="costeer-study-", dir=os.environ.get("GRADIO_TEMP_DIR")))
+        path = out / (f"study-{study}-battles.jsonl" if kind == "jsonl" else f"study-{study}-votes.csv")
+        path.write_text(to_jsonl(rows) if kind == "jsonl" else to_csv(rows), encoding="utf-8")
+        return str(path)
+
+    def _study(self, study) -> int:
+        study = F.STUDY.check(study)
+        self.studies.study(study)  # UnknownStudy names it
+        return study
+
+    # -- the rater's ----------------------------------------------------------------------
+    def rater(self, study, token) -> dict:
+        return self.studies.rater(F.STUDY.check(study), F.RATER_TOKEN.check(token).strip())
+
+    def introduction(self, study, token) -> dict:
+        rater = self.rater(study, token)
+        s = self.studies.study(rater["study_id"])
+        return {"study": s["id"], "name": s["name"], "instructions": s["instructions"], "rater": rater["name"]}
+
+    def next_pair(self, study, token) -> dict:
+        """The rater's next pair: {"pair", "persona", "card", "prompt", "A", "B", "rated", "target"};
+        or {"done": true} / {"waiting": true}. Asking again before voting gives the same pair."""
+        out = self.studies.next_pair(self.rater(study, token), self.rng)
+        if "issue" in out:
+            out["pair"] = out.pop("issue")
+        return out
+
+    def vote(self, study, token, pair, vote) -> dict:
+        """One vote for a pair issued to this link, once; returns which setting was A and which B."""
+        study, token = F.STUDY.check(study), F.RATER_TOKEN.check(token)
+        pair, vote = F.PAIR.check(pair), F.VOTE.check(vote)  # every field checked before the link is looked up
+        return self.studies.vote(self.rater(study, token), pair, vote)
+
+
+VOTE_LABELS = (("A", "👈 A is better"), ("B", "👉 B is better"), ("tie", "🤝 Tie"), ("both_bad", "👎 Both are bad"))
+
+
+def answer_markdown(text: str) -> str:
+    """A model's answer as the rater sees it: lists and emphasis render, HTML shows as text."""
+    return esc(text) if text.strip() else "*(empty answer)*"
+
+
+@dataclass
+class RaterPage:
+    """The study page's handlers. The link (study id and token) comes from the page's URL once,
+    is kept server-side in the session's State and is checked again at every call."""
+
+    desk: StudyDesk
+
+    def open(self, request: gr.Request):
+        params = dict(getattr(request, "query_params", None) or {})
+        study, token = params.get("study", ""), params.get("rater", "")
+        try:
+            intro = self.desk.introduction(int(study) if str(study).isdigit() else study or None, token or None)
+        except EXPECTED as exc:
+            refusal("open study link", exc)
+            return (f"### This study link does not work\n{md_text(str(exc))}\n\n"
+                    "Check that you opened the whole link you were given."), None
+        head = (f"### {md_text(intro['name'])}\nRating as **{md_text(intro['rater'])}**\n\n"
+                f"{md_text(intro['instructions']) if intro['instructions'] != INSTRUCTIONS else INSTRUCTIONS}")
+        return head, {"study": intro["study"], "token": token}
+
+    def next(self, link):
+        """Outputs: progress, card, prompt, A, B, reveal, the four vote buttons, next, pair."""
+        locked = [gr.update(interactive=False)] * len(VOTE_LABELS)
+        if not link:
+            return ("", "", "", "", "", "", *locked, gr.update(visible=False), None)
+        out = self.desk.next_pair(link["study"], link["token"])
+        if out.get("done") or out.get("waiting"):
+            note = ("**All done: thank you!** You have rated every pair of this study." if out.get("done") else
+                    "**The next answers are still being generated.** Press *Next pair* again in a minute.")
+            return (progress_line(out), "", "", "", "", note, *locked,
+                    gr.update(visible=bool(out.get("waiting"))), None)
+        return (progress_line(out), card_markdown(out["card"]), f"**Request:** {md_text(out['prompt'])}",
+                answer_markdown(out["A"]), answer_markdown(out["B"]), "",
+                *[gr.update(interactive=True)] * len(VOTE_LABELS), gr.update(visible=False), out["pair"])
+
+    def vote(self, link, pair, vote):
+        """Outputs: reveal, the four vote buttons (locked again), next, pair (spent)."""
+        if not link or pair is None:
+            raise Refused("vote: there is no pair on screen to vote on; press Next pair")
+        out = self.desk.vote(link["study"], link["token"], pair, vote)
+        said = dict(VOTE_LABELS)[vote].split(" ", 1)[1]
+        reveal = (f"Saved: *{said}*. **A** was **{md_text(out['A'])}**, **B** was **{md_text(out['B'])}**.")
+        return (reveal, *[gr.update(interactive=False)] * len(VOTE_LABELS), gr.update(visible=True), None)
+
+
+def card_markdown(card: str) -> str:
+    return "  \n".join(md_text(line) for line in card.splitlines())
+
+
+def progress_line(out: dict) -> str:
+    rated, target = out.get("rated", 0), out.get("target", 0)
+    return f"Pair {min(rated + 1, target)} of {target}" if not out.get("done") else f"{rated} of {target} rated"
+
+
+LEADERBOARD_HEADERS = ["rank", "setting", "C", "score (BT)", "95% CI", "style-controlled", "95% CI ", "battles"]
+
+
+def _score(x) -> str:
+    return "–" if x is None else f"{x:.0f}"
+
+
+def _ci(s: dict) -> str:
+    return "–" if s["low"] is None else f"[{s['low']:.0f}, {s['high']:.0f}]"
+
+
+def _share(x) -> str:
+    return "–" if x is None else f"{100 * x:.0f}%"
+
+
+def progress_html(p: dict) -> str:
+    total = max(1, p["answers_total"])
+    pct = 100 * p["answers_done"] / total
+    problem = f" · {esc(p['problem'])}" if p.get("problem") else ""
+    return (f"<div class='study-progress'><div class='bar'><div style='width:{pct:.0f}%'></div></div>"
+            f"<span>{esc(p['name'])}: <b>{esc(p['status'])}</b> · answers {p['answers_done']} / {p['answers_total']}"
+            f" · pairs {p['pairs']} · raters {p['raters']} · votes {p['votes']}{problem}</span></div>")
+
+
+@dataclass
+class StudiesTab:
+    """The owner's Studies tab: forms in, tables and a plot out."""
+
+    desk: StudyDesk
+
+    def choices(self, selected=None):
+        options = [(f"#{s['id']} {s['name']} ({s['status']})", s["id"]) for s in self.desk.studies.studies()]
+        if selected is None and options:
+            selected = options[0][1]
+        return gr.update(choices=options, value=selected)
+
+    def create(self, name, personas, prompts, settings, all_pairs, raters, pairs_per_rater, attention_every,
+               max_new_tokens, request: gr.Request = None):
+        out = self.desk.create_study(name, personas or [], prompts, settings, all_pairs, raters, pairs_per_rater,
+                                     attention_every, max_new_tokens)
+        return self.links_markdown(out["study"], out["links"], request), self.choices(out["study"])
+
+    def add_links(self, study, count, request: gr.Request = None):
+        out = self.desk.add_raters(study, count)
+        return self.links_markdown(out["study"], out["links"], request)
+
+    @staticmethod
+    def links_markdown(study: int, links: list[dict], request) -> str:
+        host = (getattr(request, "headers", None) or {}).get("host", "127.0.0.1:7860")
+        rows = "\n".join(f"| {md_text(r['name'])} | `http://{host}{r['link']}` |" for r in links)
+        return (f"**Study #{study}: rater links.** Send each rater their own link. They are shown only now "
+                f"(only a hash is kept); make more with *Add rater links*.\n\n| rater | link |\n|---|---|\n{rows}"
+                if links else f"Study #{study} created without rater links; add some below.")
+
+    def cancel(self, study):
+        return progress_html(self.desk.cancel_study(study))
+
+    def view(self, study, exclude_flagged=False):
+        """Progress, summary, leaderboard, win matrix, per persona, plot."""
+        if study is None:
+            return ("", "Create a study, or choose one.", [], None, [], None)
+        p = self.desk.study_status(study)
+        lb = self.desk.leaderboard(study, exclude_flagged)
+        names = [n for n in p["settings"]]
+        plain, styled = lb["plain"]["scores"], lb["style_controlled"]["scores"]
+        order = sorted(names, key=lambda n: -(plain[n]["score"] if plain[n]["score"] is not None else -1e9))
+        C = lb["strength"]
+        rows = [[rank, n, "–" if C[n] is None else f"{C[n]:.3g}", _score(plain[n]["score"]), _ci(plain[n]),
+                 _score(styled[n]["score"]), _ci(styled[n]), plain[n]["battles"]] for rank, n in enumerate(order, 1)]
+        matrix = [[a] + ["–" if lb["win_matrix"][a][b] is None else _share(lb["win_matrix"][a][b]) for b in order]
+                  for a in order]
+        persona_rows = [[persona, n, _score(r["scores"][n]["score"]), _ci(r["scores"][n]), r["scores"][n]["battles"]]
+                        for persona, r in lb["by_persona"].items() for n in order if r["scores"][n]["battles"]]
+        return (progress_html(p), summary_markdown(lb), rows,
+                {"headers": ["row beats column →"] + order, "data": matrix}, persona_rows, leaderboard_plot(lb, order))
+
+    def tick(self, study, exclude_flagged, seen):
+        """The timer: progress always; the results only when a vote has arrived since `seen`."""
+        if study is None:
+            return (gr.skip(),) * 7
+        p = self.desk.study_status(study)
+        key = (study, p["votes"], exclude_flagged)
+        if key == seen:
+            return (progress_html(p), *(gr.skip(),) * 5, seen)
+        return (*self.view(study, exclude_flagged), key)
+
+    def export(self, study, kind):
+        if study is None:
+            raise Refused("study: choose a study first")
+        return self.desk.export(study, kind)
+
+
+def summary_markdown(lb: dict) -> str:
+    pb, ag, at = lb["position_bias"], lb["agreement"], lb["attention"]
+    alpha = f"{ag['alpha']:.2f}" if ag["alpha"] is not None else f"– ({ag.get('why', '')})"
+    flagged = ", ".join(md_text(j) for j in at["flagged"]) or "none"
+    style = lb["style_controlled"]["style"]
+    style_text = (f"length {style['length']:+.2f}, list markup {style['lists']:+.2f} (log-odds per s.d.)"
+                  if style else "–")
+    pb_ci = f" [{_share(pb['low'])}, {_share(pb['high'])}]" if pb["low"] is not None else ""
+    return (f"**{lb['votes']} votes** from **{lb['raters']} raters** (attention repeats not counted). "
+            f"Bradley–Terry scores on the Elo scale, unsteered = 1000, 95% intervals from {lb['rounds']} "
+            f"bootstrap rounds; a tie or both-bad counts half a win each way.\n\n"
+            f"- **Position bias:** side A won {_share(pb['a_share'])}{pb_ci} of {pb['decided']} decided votes "
+            f"(50% = none)\n"
+            f"- **Agreement:** Krippendorff's α (ordinal) = {alpha} over {ag['pairs']} pairs rated by ≥ 2 raters\n"
+            f"- **Attention checks:** {at['passed']} of {at['checks']} passed ({_share(at['rate'])}); "
+            f"flagged raters (< 75% passed): {flagged}"
+            f"{' — excluded from the scores' if lb['excluded_flagged'] else ''}\n"
+            f"- **Style control:** coefficients {style_text}")
+
+
+def leaderboard_plot(lb: dict, order: list[str]):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 0.5 + 0.55 * len(order)))
+    for offset, (key, colour, name) in enumerate((("plain", "#4f7cac", "Bradley–Terry"),
+                                                  ("style_controlled", "#d08c35", "style-controlled"))):
+        s = lb[key]["scores"]
+        ys = [i + 0.18 * (1 - 2 * offset) for i in range(len(order))]
+        xs = [s[n]["score"] if s[n]["score"] is not None else float("nan") for n in order]
+        err = [[max(0, x - (s[n]["low"] if s[n]["low"] is not None else x)) for x, n in zip(xs, order)],
+               [max(0, (s[n]["high"] if s[n]["high"] is not None else x) - x) for x, n in zip(xs, order)]]
+        ax.errorbar(xs, ys, xerr=err, fmt="o", color=colour, capsize=3, label=name)
+    ax.set_yticks(range(len(order)), order)
+    ax.invert_yaxis()
+    ax.axvline(1000, color="#999", linestyle="--", linewidth=1)
+    ax.set_xlabel("score (unsteered = 1000), 95% bootstrap interval")
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    plt.close(fig)
+    return fig

@@ -1,0 +1,254 @@
+"""Rating studies in the same SQLite file: the design, the answers generated ahead, the pairs
+issued to raters and their votes.
+
+The rules that keep votes honest live in the schema and in one transaction each: a rater link is
+a random token of which only the SHA-256 is stored; a vote names an issued pair and is accepted
+only from the link it was issued to, once (UNIQUE(issue_id)); issuing the next pair reads the
+counts and writes the issue in one `BEGIN IMMEDIATE`, so twelve raters asking at once cannot be
+given the same slot twice. Plain data in and out: this package imports nothing of the app's.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import secrets
+
+from .schedule import Candidate, attention_due, choose, swapped
+from .store import VOTES, StoreError, UserStore, _check_text, _now
+
+STATUSES = ("generating", "ready", "cancelled", "failed")
+TOKEN_BYTES = 16
+
+
+class UnknownStudy(StoreError):
+    pass
+
+
+class BadLink(StoreError):
+    """A rater token that is not one of this study's."""
+
+
+class NotIssued(StoreError):
+    pass
+
+
+class AlreadyVoted(StoreError):
+    pass
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+class StudyStore:
+    def __init__(self, store: UserStore):
+        self.store = store
+
+    def _query(self, sql: str, args=()) -> list[dict]:
+        with self.store._lock:
+            return list(self.store.db.query(sql, args))
+
+    # -- design ---------------------------------------------------------------------
+    def create(self, name: str, instructions: str, items: list[dict], settings: list[dict],
+               pairs: list[tuple[int, int]], *, all_pairs: bool, pairs_per_rater: int, attention_every: int,
+               cloud_model: str | None = None, local_model: str | None = None) -> int:
+        """items: {persona, prompt, card}; settings: {label, baseline, config}, the baseline first;
+        pairs: indices into settings, formed for every item. All or nothing."""
+        for field, value in (("name", name), ("instructions", instructions)):
+            _check_text(value, field)
+        with self.store._write() as db:
+            sid = db["studies"].insert({
+                "name": name, "instructions": instructions, "status": "generating", "all_pairs": int(all_pairs),
+                "pairs_per_rater": pairs_per_rater, "attention_every": attention_every, "cloud_model": cloud_model,
+                "local_model": local_model, "problem": None, "created_at": _now()}).last_pk
+            setting_ids = [db["study_settings"].insert({"study_id": sid, "label": s["label"], "baseline": int(s["baseline"]),
+                                                        "config": json.dumps(s["config"], sort_keys=True)}).last_pk
+                           for s in settings]
+            for item in items:
+                iid = db["study_items"].insert({"study_id": sid, **{k: item[k] for k in ("persona", "prompt", "card")}}).last_pk
+                db["study_pairs"].insert_all([{"study_id": sid, "item_id": iid, "setting_a": setting_ids[a],
+                                               "setting_b": setting_ids[b]} for a, b in pairs])
+        return sid
+
+    def add_raters(self, study_id: int, names: list[str]) -> list[dict]:
+        """New rater links; the tokens are returned once and only their hashes kept."""
+        self.study(study_id)
+        out = []
+        with self.store._write() as db:
+            for name in names:
+                _check_text(name, "rater name")
+                token = secrets.token_urlsafe(TOKEN_BYTES)
+                rid = db["study_raters"].insert({"study_id": study_id, "name": name, "token_hash": token_hash(token),
+                                                 "created_at": _now()}).last_pk
+                out.append({"rater": rid, "name": name, "token": token})
+        return out
+
+    def study(self, study_id: int) -> dict:
+        rows = self.store._rows("studies", "id = ?", [study_id]) if isinstance(study_id, int) else []
+        if not rows:
+            raise UnknownStudy(f"unknown study {study_id!r}")
+        return rows[0]
+
+    def studies(self) -> list[dict]:
+        return self.store._rows("studies", order_by="id DESC")
+
+    def settings(self, study_id: int) -> list[dict]:
+        rows = self.store._rows("study_settings", "study_id = ?", [study_id], order_by="id")
+        for r in rows:
+            r["config"] = json.loads(r["config"])
+        return rows
+
+    def items(self, study_id: int) -> list[dict]:
+        return self.store._rows("study_items", "study_id = ?", [study_id], order_by="id")
+
+    def raters(self, study_id: int) -> list[dict]:
+        return self.store._rows("study_raters", "study_id = ?", [study_id], select="id, name, created_at", order_by="id")
+
+    def set_status(self, study_id: int, status: str, problem: str | None = None):
+        assert status in STATUSES
+        with self.store._write() as db:
+            db["studies"].update(study_id, {"status": status, "problem": problem})
+
+    def delete(self, study_id: int):
+        self.study(study_id)
+        with self.store._write() as db:
+            db["studies"].delete(study_id)  # everything else goes with it: ON DELETE CASCADE
+
+    # -- answers --------------------------------------------------------------------
+    def pending(self, study_id: int) -> list[dict]:
+        """(item, setting) combinations without an answer yet, item by item."""
+        return self._query(
+            """SELECT i.id AS item_id, i.persona, i.prompt, s.id AS setting_id FROM study_items i
+               JOIN study_settings s ON s.study_id = i.study_id
+               LEFT JOIN study_answers a ON a.item_id = i.id AND a.setting_id = s.id
+               WHERE i.study_id = ? AND a.id IS NULL ORDER BY i.id, s.id""", [study_id])
+
+    def add_answer(self, item_id: int, setting_id: int, text: str, tokens: int):
+        _check_text(text, "answer")
+        with self.store._write() as db:
+            db["study_answers"].insert({"item_id": item_id, "setting_id": setting_id, "text": text, "tokens": tokens,
+                                        "created_at": _now()}, ignore=True)  # a resumed run may redo one
+
+    def progress(self, study_id: int) -> dict:
+        study = self.study(study_id)
+        (row,) = self._query(
+            """SELECT (SELECT count(*) FROM study_items WHERE study_id = :s) *
+                      (SELECT count(*) FROM study_settings WHERE study_id = :s) AS total,
+                      (SELECT count(*) FROM study_answers a JOIN study_items i ON i.id = a.item_id
+                       WHERE i.study_id = :s) AS done,
+                      (SELECT count(*) FROM study_votes v JOIN study_issues x ON x.id = v.issue_id
+                       JOIN study_pairs p ON p.id = x.pair_id WHERE p.study_id = :s) AS votes""", {"s": study_id})
+        return {"study": study_id, "name": study["name"], "status": study["status"], "problem": study["problem"],
+                "answers_done": row["done"], "answers_total": row["total"], "votes": row["votes"]}
+
+    # -- raters ---------------------------------------------------------------------
+    def rater(self, study_id: int, token: str) -> dict:
+        rows = self.store._rows("study_raters", "token_hash = ? AND study_id = ?", [token_hash(token), study_id])
+        if not rows:
+            raise BadLink("this rater link is not valid for this study (ask the study's owner for a new link)")
+        return rows[0]
+
+    def next_pair(self, rater: dict, rng: random.Random) -> dict:
+        """The rater's open pair if they have one (a reload shows the same pair), else a new one.
+        {"done": True} when they have rated their share; {"waiting": True} while answers are
+        still being generated."""
+        with self.store._write() as db:
+            study = self.study(rater["study_id"])
+            open_ = self._query("""SELECT x.id FROM study_issues x LEFT JOIN study_votes v ON v.issue_id = x.id
+                                   WHERE x.rater_id = ? AND v.id IS NULL ORDER BY x.id LIMIT 1""", [rater["id"]])
+            if open_:
+                return self.issued(rater, open_[0]["id"])
+            (mine,) = self._query("""SELECT count(*) FILTER (WHERE attention_of IS NULL) AS voted,
+                                            count(*) FILTER (WHERE attention_of IS NOT NULL) AS checks
+                                     FROM study_issues WHERE rater_id = ?""", [rater["id"]])
+            target = study["pairs_per_rater"] or self._count_pairs(study["id"])
+            if attention_due(mine["voted"], mine["checks"], study["attention_every"]):
+                repeat = self._query(
+                    """SELECT x.id, x.pair_id, x.left_setting, p.setting_a, p.setting_b FROM study_issues x
+                       JOIN study_pairs p ON p.id = x.pair_id
+                       WHERE x.rater_id = ? AND x.attention_of IS NULL
+                         AND x.id NOT IN (SELECT attention_of FROM study_issues
+                                          WHERE rater_id = ? AND attention_of IS NOT NULL)
+                       ORDER BY x.id LIMIT 1""", [rater["id"], rater["id"]])
+                if repeat:
+                    r = repeat[0]
+                    iid = db["study_issues"].insert({
+                        "rater_id": rater["id"], "pair_id": r["pair_id"], "attention_of": r["id"],
+                        "left_setting": swapped(r["left_setting"], r["setting_a"], r["setting_b"]),
+                        "issued_at": _now()}).last_pk
+                    return self.issued(rater, iid)
+            if mine["voted"] >= target:
+                return {"done": True, "rated": mine["voted"], "target": target}
+            rows = self._query(
+                """SELECT p.id AS pair_id, p.setting_a, p.setting_b,
+                          count(x.id) AS issued, count(x.id) FILTER (WHERE x.left_setting = p.setting_a) AS a_left
+                   FROM study_pairs p
+                   JOIN study_answers aa ON aa.item_id = p.item_id AND aa.setting_id = p.setting_a
+                   JOIN study_answers ab ON ab.item_id = p.item_id AND ab.setting_id = p.setting_b
+                   LEFT JOIN study_issues x ON x.pair_id = p.id AND x.attention_of IS NULL
+                   WHERE p.study_id = ? AND p.id NOT IN (SELECT pair_id FROM study_issues WHERE rater_id = ?)
+                   GROUP BY p.id""", [study["id"], rater["id"]])
+            picked = choose([Candidate(**r) for r in rows], rng)
+            if picked is None:
+                if study["status"] == "generating":
+                    return {"waiting": True, "rated": mine["voted"], "target": target}
+                return {"done": True, "rated": mine["voted"], "target": target}
+            pair, left = picked
+            iid = db["study_issues"].insert({"rater_id": rater["id"], "pair_id": pair.pair_id, "left_setting": left,
+                                             "attention_of": None, "issued_at": _now()}).last_pk
+            return self.issued(rater, iid)
+
+    def _count_pairs(self, study_id: int) -> int:
+        return self.store.db["study_pairs"].count_where("study_id = ?", [study_id])
+
+    def issued(self, rater: dict, issue_id: int) -> dict:
+        """What the rater sees of an issued pair: no setting names until they have voted."""
+        (row,) = self._query(
+            """SELECT x.id AS issue, x.left_setting, p.setting_a, p.setting_b, i.persona, i.prompt, i.card,
+                      (SELECT text FROM study_answers WHERE item_id = p.item_id AND setting_id = p.setting_a) AS text_a,
+                      (SELECT text FROM study_answers WHERE item_id = p.item_id AND setting_id = p.setting_b) AS text_b,
+                      (SELECT count(*) FROM study_issues y JOIN study_votes v ON v.issue_id = y.id
+                       WHERE y.rater_id = x.rater_id AND y.attention_of IS NULL) AS rated
+               FROM study_issues x JOIN study_pairs p ON p.id = x.pair_id JOIN study_items i ON i.id = p.item_id
+               WHERE x.id = ?""", [issue_id])
+        a_left = row["left_setting"] == row["setting_a"]
+        study = self.study(rater["study_id"])
+        return {"issue": row["issue"], "persona": row["persona"], "card": row["card"], "prompt": row["prompt"],
+                "A": row["text_a"] if a_left else row["text_b"], "B": row["text_b"] if a_left else row["text_a"],
+                "rated": row["rated"], "target": study["pairs_per_rater"] or self._count_pairs(study["id"])}
+
+    def vote(self, rater: dict, issue_id: int, choice: str) -> dict:
+        """Store one vote for a pair issued to this rater; returns the reveal (which setting was A, B)."""
+        if choice not in VOTES:
+            raise StoreError(f"vote must be one of {', '.join(VOTES)}, got {choice!r}")
+        with self.store._write() as db:
+            rows = self._query(
+                """SELECT x.id, x.rater_id, x.left_setting, p.setting_a, p.setting_b,
+                          (SELECT label FROM study_settings WHERE id = x.left_setting) AS label_left,
+                          (SELECT label FROM study_settings WHERE id = CASE WHEN x.left_setting = p.setting_a
+                                    THEN p.setting_b ELSE p.setting_a END) AS label_right
+                   FROM study_issues x JOIN study_pairs p ON p.id = x.pair_id WHERE x.id = ?""", [issue_id])
+            if not rows or rows[0]["rater_id"] != rater["id"]:
+                raise NotIssued(f"pair #{issue_id} was not issued to this rater link; ask for the next pair")
+            if db["study_votes"].count_where("issue_id = ?", [issue_id]):
+                raise AlreadyVoted(f"pair #{issue_id} already has your vote; votes are final")
+            vid = db["study_votes"].insert({"issue_id": issue_id, "choice": choice, "created_at": _now()}).last_pk
+        return {"vote": vid, "A": rows[0]["label_left"], "B": rows[0]["label_right"]}
+
+    # -- results --------------------------------------------------------------------
+    def votes(self, study_id: int) -> list[dict]:
+        """Every vote with what it compared, one row each, in the order cast."""
+        return self._query(
+            """SELECT v.id AS vote, v.choice, v.created_at, x.id AS issue, x.attention_of, x.left_setting,
+                      r.id AS rater_id, r.name AS rater, i.persona, i.prompt, p.id AS pair_id,
+                      p.setting_a, p.setting_b,
+                      sa.label AS label_a, sb.label AS label_b,
+                      aa.text AS text_a, ab.text AS text_b, aa.tokens AS tokens_a, ab.tokens AS tokens_b
+               FROM study_votes v JOIN study_issues x ON x.id = v.issue_id
+               JOIN study_raters r ON r.id = x.rater_id JOIN study_pairs p ON p.id = x.pair_id
+               JOIN study_items i ON i.id = p.item_id
+               JOIN study_settings sa ON sa.id = p.setting_a JOIN study_settings sb ON sb.id = p.setting_b
+               JOIN study_answers aa ON aa.item_id = p.item_id AND aa.setting_id = p.setting_a
+               JOIN study_answers ab ON ab.item_id = p.item_id AND ab.setting_id = p.setting_b
+               WHERE p.study_id = ? ORDER BY v.id""", [study_id])
