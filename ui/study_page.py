@@ -55,6 +55,6 @@ def build_study_page(desk: StudyDesk) -> gr.Blocks:
             """A / B / tie / both_bad for a pair issued to this link, once; returns which setting was which."""
             return desk.vote(study, rater, pair, vote)
 
-        gr.api(for_api(next_pair_api), api_name="next_pair")
-        gr.api(for_api(vote), api_name="vote")
+        gr.api(for_api(next_pair_api), api_name="next_pair", queue=False)
+        gr.api(for_api(vote), api_name="vote", queue=False)
     return check_arity(demo)
