@@ -272,6 +272,102 @@ def test_a_refusal_is_a_message_and_leaves_no_error_badge(new_page, app):
     assert "refused chat: message: empty" in log and "Traceback" not in log
 
 
+def _ready_study(url, name, prompts, raters):
+    from gradio_client import Client
+
+    owner = Client(url, verbose=False)
+    study = owner.predict(name, [KENJI], prompts, [{"lam": 2, "label": "paper"}], False, raters, 0, 0, 8,
+                          api_name="/create_study")
+    deadline = time.time() + 300
+    while owner.predict(study["study"], api_name="/study_status")["status"] == "generating":
+        assert time.time() < deadline, "the study's answers were not generated in time"
+        time.sleep(1)
+    return study
+
+
+def test_a_rater_on_a_phone_sees_only_their_study_votes_once_per_pair_and_gets_the_next(browser, app):
+    from playwright.sync_api import expect
+
+    study = _ready_study(app[0], "phone study", ["Plan my Friday evening", "What should I cook tonight?"], 1)
+    ctx = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
+    try:
+        page = ctx.new_page()
+        page.goto(app[0].rstrip("/") + study["links"][0]["link"])
+        expect(page.locator("#study-header")).to_contain_text("phone study", timeout=30_000)
+        expect(page.locator("#persona-card")).to_contain_text("Strict vegetarian")  # what the rater judges against
+        expect(page.locator("#study-prompt")).to_contain_text("Request:")
+        expect(page.locator("#study-progress")).to_contain_text("Pair 1 of 2")
+        for v in ("A", "B", "tie", "both_bad"):
+            expect(page.locator(f"#study-vote-{v}")).to_be_enabled()  # both answers are there
+        assert page.locator("#message").count() == 0 and page.get_by_role("tab", name="History").count() == 0
+        body = page.locator("body").inner_text()
+        assert "Blue Note" not in body and "Kyoto day trip" not in body  # history beyond the card stays away
+        assert page.evaluate("document.documentElement.scrollWidth") <= 390  # no sideways scrolling
+        box = page.locator("#study-vote-A").bounding_box()
+        assert box["width"] >= 120 and box["height"] >= 36  # a thumb-sized target
+        first_answer = page.locator("#study-a").inner_text()
+        page.locator("#study-vote-A").tap()
+        expect(page.locator("#study-reveal")).to_contain_text("A was", timeout=30_000)
+        reveal = page.locator("#study-reveal").inner_text()
+        assert "paper" in reveal and "unsteered" in reveal  # the sides, relabelled with their settings
+        for v in ("A", "B", "tie", "both_bad"):
+            expect(page.locator(f"#study-vote-{v}")).to_be_disabled()  # one vote per pair
+        page.reload()  # a reload after the vote does not offer the same pair again
+        expect(page.locator("#study-progress")).to_contain_text("Pair 2 of 2", timeout=30_000)
+        assert page.locator("#study-a").inner_text() != first_answer or \
+            page.locator("#study-prompt").inner_text() != "Request: Plan my Friday evening"
+        page.locator("#study-vote-tie").tap()
+        expect(page.locator("#study-next")).to_be_visible(timeout=30_000)
+        page.locator("#study-next").tap()
+        expect(page.locator("#study-reveal")).to_contain_text("All done", timeout=30_000)
+        expect(page.locator("#study-a")).to_be_hidden()
+        page.screenshot(path=str(ARTIFACTS / "study_phone.png"), full_page=True)
+        votes = UserStore(app[1]).studies.votes(study["study"])
+        assert [v["choice"] for v in votes] == ["A", "tie"]
+
+        page.goto(app[0].rstrip("/") + f"/study/?study={study['study']}&rater=not-a-real-link")
+        expect(page.locator("#study-header")).to_contain_text("This study link does not work", timeout=30_000)
+        expect(page.locator("#study-vote-A")).to_be_hidden()  # no pair, no buttons
+    finally:
+        ctx.close()
+
+
+def test_the_studies_tab_creates_a_study_hands_out_links_and_shows_results(new_page, app):
+    from playwright.sync_api import expect
+
+    page = new_page()
+    page.get_by_role("tab", name="Studies").click()
+    page.locator("#study-name textarea").fill("tab study")
+    page.locator("#study-personas input").click()
+    page.get_by_role("option", name=KENJI, exact=True).click()
+    page.locator("#study-prompts textarea").fill("Plan my Friday evening")
+    page.locator("#study-settings textarea").fill("lam=2 label=paper")
+    page.locator("#study-raters input").fill("2")
+    box = page.locator("#study-max-new input[type=number]")
+    box.fill("8")
+    box.press("Enter")
+    page.locator("#study-create").click()
+    expect(page.locator("#study-links")).to_contain_text("/study/?study=", timeout=30_000)
+    assert page.locator("#study-links").inner_text().count("/study/?study=") == 2
+    expect(page.locator("#study-progress-bar")).to_contain_text("tab study: ready", timeout=120_000)  # the timer refreshes it
+    link = page.locator("#study-links code").first.inner_text()
+    study = int(link.split("study=")[1].split("&")[0])
+    from gradio_client import Client
+
+    r = Client(app[0] + "study/", verbose=False)
+    token = link.split("rater=")[1]
+    pair = r.predict(study, token, api_name="/next_pair")
+    assert "pair" in pair, (link, pair)
+    r.predict(study, token, pair["pair"], "B", api_name="/vote")
+    expect(page.locator("#study-summary")).to_contain_text("1 votes", timeout=30_000)  # refreshed as votes arrive
+    expect(page.locator("#study-leaderboard")).to_contain_text("paper")
+    with page.expect_download(timeout=30_000) as battles:
+        page.locator("#study-export-jsonl").click()
+    rows = [json.loads(line) for line in Path(battles.value.path()).read_text(encoding="utf-8").splitlines()]
+    assert len(rows) == 1 and rows[0]["winner"] == "model_b" and {rows[0]["model_a"], rows[0]["model_b"]} == {
+        "paper", "unsteered"}
+
+
 def test_browser_time_against_the_engines_for_the_same_request(new_page, app):
     """Reports (does not assert) the browser's time for a 128-token side-by-side answer against
     the same request through /generate_pair, measured one after the other in this run."""

@@ -219,19 +219,20 @@ class RaterPage:
         return head, {"study": intro["study"], "token": token}
 
     def next(self, link):
-        """Outputs: progress, card, prompt, A, B, reveal, the four vote buttons, next, pair."""
+        """Outputs: progress, card, prompt, A, B, reveal, the four vote buttons, next, pair, the pair's box."""
         locked = [gr.update(interactive=False)] * len(VOTE_LABELS)
         if not link:
-            return ("", "", "", "", "", "", *locked, gr.update(visible=False), None)
+            return ("", "", "", "", "", "", *locked, gr.update(visible=False), None, gr.update(visible=False))
         out = self.desk.next_pair(link["study"], link["token"])
         if out.get("done") or out.get("waiting"):
             note = ("**All done: thank you!** You have rated every pair of this study." if out.get("done") else
                     "**The next answers are still being generated.** Press *Next pair* again in a minute.")
             return (progress_line(out), "", "", "", "", note, *locked,
-                    gr.update(visible=bool(out.get("waiting"))), None)
+                    gr.update(visible=bool(out.get("waiting"))), None, gr.update(visible=False))
         return (progress_line(out), card_markdown(out["card"]), f"**Request:** {md_text(out['prompt'])}",
                 answer_markdown(out["A"]), answer_markdown(out["B"]), "",
-                *[gr.update(interactive=True)] * len(VOTE_LABELS), gr.update(visible=False), out["pair"])
+                *[gr.update(interactive=True)] * len(VOTE_LABELS), gr.update(visible=False), out["pair"],
+                gr.update(visible=True))
 
     def vote(self, link, pair, vote):
         """Outputs: reveal, the four vote buttons (locked again), next, pair (spent)."""

@@ -20,23 +20,24 @@ def build_study_page(desk: StudyDesk) -> gr.Blocks:
         pair = gr.State(None)
         header = gr.Markdown("Opening the study…", elem_id="study-header")
         progress = gr.Markdown(elem_id="study-progress")
-        with gr.Accordion("Who you are judging for", open=True):
-            card = gr.Markdown(elem_id="persona-card")
-        prompt = gr.Markdown(elem_id="study-prompt")
-        with gr.Row(equal_height=True):
-            with gr.Column(min_width=280, elem_classes="answer"):
-                gr.Markdown("#### A")
-                answer_a = gr.Markdown(elem_id="study-a")
-            with gr.Column(min_width=280, elem_classes="answer"):
-                gr.Markdown("#### B")
-                answer_b = gr.Markdown(elem_id="study-b")
-        with gr.Row(elem_id="study-votes"):
-            buttons = [gr.Button(label, interactive=False, min_width=140, elem_id=f"study-vote-{v}")
-                       for v, label in VOTE_LABELS]
+        with gr.Column(elem_id="study-pair") as pair_box:  # hidden when there is no pair to show
+            with gr.Accordion("Who you are judging for", open=True):
+                card = gr.Markdown(elem_id="persona-card")
+            prompt = gr.Markdown(elem_id="study-prompt")
+            with gr.Row(equal_height=True):
+                with gr.Column(min_width=280, elem_classes="answer"):
+                    gr.Markdown("#### A")
+                    answer_a = gr.Markdown(elem_id="study-a")
+                with gr.Column(min_width=280, elem_classes="answer"):
+                    gr.Markdown("#### B")
+                    answer_b = gr.Markdown(elem_id="study-b")
+            with gr.Row(elem_id="study-votes"):
+                buttons = [gr.Button(label, interactive=False, min_width=140, elem_id=f"study-vote-{v}")
+                           for v, label in VOTE_LABELS]
         reveal = gr.Markdown(elem_id="study-reveal")
         next_pair = gr.Button("Next pair", variant="primary", visible=False, elem_id="study-next")
 
-        shown = [progress, card, prompt, answer_a, answer_b, reveal, *buttons, next_pair, pair]
+        shown = [progress, card, prompt, answer_a, answer_b, reveal, *buttons, next_pair, pair, pair_box]
         private = {"api_visibility": "private"}
         demo.load(for_ui(page.open), None, [header, link], **private).then(for_ui(page.next), link, shown, **private)
         next_pair.click(for_ui(page.next), link, shown, api_name="ui_next_pair", **private)
