@@ -493,7 +493,8 @@ def serve(args, engine, store, read_only):
     gr.mount_gradio_app(app, owner_page, path="", auth=(owner, password) if args.auth else None, **common)
     print(f"app: serving http://{args.host}:{args.port}/ (owner) and {STUDY_PATH} (raters' study links)",
           file=sys.stderr)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    # Browsers and clients hold event streams open; without a bound, SIGTERM would wait for them all.
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=2)
 
 
 if __name__ == "__main__":

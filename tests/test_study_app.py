@@ -59,7 +59,7 @@ def test_a_study_from_a_script_twelve_raters_at_once_while_another_generates(app
     owner = Client(url, verbose=False)
     users = [owner.predict(p, api_name="/load_persona") for p in PERSONAS]
     assert users == PERSONAS
-    study = owner.predict("pilot", users, PROMPTS, SETTINGS, False, RATERS, 0, 6, 16, api_name="/create_study")
+    study = owner.predict("pilot", users, PROMPTS, SETTINGS, False, RATERS, 0, 6, 8, api_name="/create_study")
     assert study["answers_total"] == 3 * 4 * 4 and study["pairs"] == 3 * 4 * 3 and len(study["links"]) == RATERS
     assert study["settings"] == ["unsteered", "strong", "paper", "mild"]
     t0 = time.time()
@@ -257,9 +257,9 @@ def test_sigkill_while_voting_and_generating_loses_no_acknowledged_vote_and_gene
     with running_process(args, url, f"{db}.app.log") as proc:
         owner = Client(url, verbose=False)
         users = [owner.predict(PERSONAS[0], api_name="/load_persona")]
-        study = owner.predict("k", users, PROMPTS, SETTINGS, False, 4, 0, 0, 8, api_name="/create_study")
+        study = owner.predict("k", users, PROMPTS[:3], SETTINGS, False, 4, 0, 0, 8, api_name="/create_study")
         wait_ready(owner, study["study"], 300)
-        later = owner.predict("later", users, PROMPTS, SETTINGS, False, 0, 0, 0, 24, api_name="/create_study")
+        later = owner.predict("later", users, PROMPTS[:2], SETTINGS, False, 0, 0, 0, 24, api_name="/create_study")
         stop = threading.Event()
 
         def rater(link):
@@ -289,12 +289,12 @@ def test_sigkill_while_voting_and_generating_loses_no_acknowledged_vote_and_gene
     assert store.db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     assert set(acked) <= {v["vote"] for v in store.studies.votes(study["study"])}
     done_at_kill = store.studies.progress(later["study"])["answers_done"]
-    assert done_at_kill < 16 and store.studies.study(later["study"])["status"] == "generating"
+    assert done_at_kill < 8 and store.studies.study(later["study"])["status"] == "generating"
     store.close()
 
     with running_process(args, url, f"{db}.restart.log") as proc:  # same port, same file: generation resumes
         owner = Client(url, verbose=False)
         wait_ready(owner, later["study"], 300)
     store = UserStore(db)
-    assert store.studies.progress(later["study"])["answers_done"] == 16 and store.studies.pending(later["study"]) == []
+    assert store.studies.progress(later["study"])["answers_done"] == 8 and store.studies.pending(later["study"]) == []
     assert "resuming the answers of study" in open(f"{db}.restart.log", encoding="utf-8").read()

@@ -121,7 +121,7 @@ class StudyDesk:
     def study_status(self, study) -> dict:
         study = self._study(study)
         out = self.studies.progress(study)
-        out.update({"pairs": self.studies.store.db["study_pairs"].count_where("study_id = ?", [study]),
+        out.update({"pairs": self.studies.count_pairs(study),
                     "raters": len(self.studies.raters(study)),
                     "settings": [s["label"] for s in self.studies.settings(study)]})
         return out

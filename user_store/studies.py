@@ -162,7 +162,7 @@ class StudyStore:
             (mine,) = self._query("""SELECT count(*) FILTER (WHERE attention_of IS NULL) AS voted,
                                             count(*) FILTER (WHERE attention_of IS NOT NULL) AS checks
                                      FROM study_issues WHERE rater_id = ?""", [rater["id"]])
-            target = study["pairs_per_rater"] or self._count_pairs(study["id"])
+            target = study["pairs_per_rater"] or self.count_pairs(study["id"])
             if attention_due(mine["voted"], mine["checks"], study["attention_every"]):
                 repeat = self._query(
                     """SELECT x.id, x.pair_id, x.left_setting, p.setting_a, p.setting_b FROM study_issues x
@@ -199,8 +199,9 @@ class StudyStore:
                                              "attention_of": None, "issued_at": _now()}).last_pk
             return self.issued(rater, iid)
 
-    def _count_pairs(self, study_id: int) -> int:
-        return self.store.db["study_pairs"].count_where("study_id = ?", [study_id])
+    def count_pairs(self, study_id: int) -> int:
+        with self.store._lock:
+            return self.store.db["study_pairs"].count_where("study_id = ?", [study_id])
 
     def issued(self, rater: dict, issue_id: int) -> dict:
         """What the rater sees of an issued pair: no setting names until they have voted."""
@@ -216,7 +217,7 @@ class StudyStore:
         study = self.study(rater["study_id"])
         return {"issue": row["issue"], "persona": row["persona"], "card": row["card"], "prompt": row["prompt"],
                 "A": row["text_a"] if a_left else row["text_b"], "B": row["text_b"] if a_left else row["text_a"],
-                "rated": row["rated"], "target": study["pairs_per_rater"] or self._count_pairs(study["id"])}
+                "rated": row["rated"], "target": study["pairs_per_rater"] or self.count_pairs(study["id"])}
 
     def vote(self, rater: dict, issue_id: int, choice: str) -> dict:
         """Store one vote for a pair issued to this rater; returns the reveal (which setting was A, B)."""
@@ -231,7 +232,7 @@ class StudyStore:
                    FROM study_issues x JOIN study_pairs p ON p.id = x.pair_id WHERE x.id = ?""", [issue_id])
             if not rows or rows[0]["rater_id"] != rater["id"]:
                 raise NotIssued(f"pair #{issue_id} was not issued to this rater link; ask for the next pair")
-            if db["study_votes"].count_where("issue_id = ?", [issue_id]):
+            if db["study_votes"].count_where("issue_id = ?", [issue_id]):  # under the write lock
                 raise AlreadyVoted(f"pair #{issue_id} already has your vote; votes are final")
             vid = db["study_votes"].insert({"issue_id": issue_id, "choice": choice, "created_at": _now()}).last_pk
         return {"vote": vid, "A": rows[0]["label_left"], "B": rows[0]["label_right"]}
