@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import threading
 from pathlib import Path
 
 from costeer.loading import add_model_args, bounded_int
@@ -493,8 +494,17 @@ def serve(args, engine, store, read_only):
     gr.mount_gradio_app(app, owner_page, path="", auth=(owner, password) if args.auth else None, **common)
     print(f"app: serving http://{args.host}:{args.port}/ (owner) and {STUDY_PATH} (raters' study links)",
           file=sys.stderr)
-    # Browsers and clients hold event streams open; without a bound, SIGTERM would wait for them all.
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=2)
+    # The server runs in a thread, as under Gradio's own launch(): SIGTERM and Ctrl-C then end the
+    # process at once instead of waiting for every open event stream. Nothing is lost by that:
+    # each write is its own committed transaction (user_store), and generation resumes at start.
+    server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level="warning"))
+    thread = threading.Thread(target=server.run, name="http", daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(0.5)
+    if not server.started:
+        print(f"app: error: could not serve on {args.host}:{args.port} (see above)", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":
