@@ -303,10 +303,11 @@ class Studio:
         return gr.update(choices=self.store.users(), value=selected)
 
     def page_load(self, request: gr.Request = None):
-        """Every page load (a new tab, a reload) sees the users as they are now."""
+        """Every page load (a new tab, a reload) sees the users as they are now. The selection is
+        left alone: a user picked or loaded before this event's answer arrives stays picked."""
         banner = (f"⚠️ **Read-only database:** {md_text(self.read_only)} Chatting works; nothing you add will be saved."
                   if self.read_only else "")
-        return self.user_choices(), gr.update(value=banner, visible=bool(banner))
+        return gr.update(choices=self.store.users()), gr.update(value=banner, visible=bool(banner))
 
     def examples_for(self, user):
         return gr.update(samples=[[e] for e in persona_examples(user)])
