@@ -37,7 +37,6 @@ class Pregenerator:
         self.engine, self.store, self.context_for = engine, store, context_for
         self.jobs: queue.Queue[int] = queue.Queue()
         self.cancelled: set[int] = set()
-        self.current: int | None = None
         self._lock = threading.Lock()
         self.thread = threading.Thread(target=self._work, name="study-pregeneration", daemon=True)
         self.thread.start()
@@ -57,9 +56,6 @@ class Pregenerator:
             self.cancelled.add(study_id)
         self.store.studies.set_status(study_id, "cancelled")
 
-    def idle(self) -> bool:
-        return self.current is None and self.jobs.empty()
-
     def _is_cancelled(self, study_id: int) -> bool:
         with self._lock:
             return study_id in self.cancelled
@@ -67,7 +63,6 @@ class Pregenerator:
     def _work(self):
         while True:
             sid = self.jobs.get()
-            self.current = sid
             try:
                 if self.store.studies.study(sid)["status"] == "generating":
                     self.generate(sid)
@@ -80,8 +75,6 @@ class Pregenerator:
                     self.store.studies.set_status(sid, "failed", f"{type(exc).__name__}: {exc}")
                 except Exception:  # noqa: BLE001
                     log.exception("study %s: could not record the failure", sid)
-            finally:
-                self.current = None
 
     def generate(self, study_id: int):
         studies = self.store.studies

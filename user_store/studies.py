@@ -99,9 +99,6 @@ class StudyStore:
             r["config"] = json.loads(r["config"])
         return rows
 
-    def items(self, study_id: int) -> list[dict]:
-        return self.store._rows("study_items", "study_id = ?", [study_id], order_by="id")
-
     def raters(self, study_id: int) -> list[dict]:
         return self.store._rows("study_raters", "study_id = ?", [study_id], select="id, name, created_at", order_by="id")
 
@@ -109,11 +106,6 @@ class StudyStore:
         assert status in STATUSES
         with self.store._write() as db:
             db["studies"].update(study_id, {"status": status, "problem": problem})
-
-    def delete(self, study_id: int):
-        self.study(study_id)
-        with self.store._write() as db:
-            db["studies"].delete(study_id)  # everything else goes with it: ON DELETE CASCADE
 
     # -- answers --------------------------------------------------------------------
     def pending(self, study_id: int) -> list[dict]:
