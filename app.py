@@ -39,8 +39,8 @@ def build_app(studio, desk):
     from ui.guard import check_arity, for_api, for_ui
     from ui.handlers import (DEMO_DECODING, KIND_CHOICES, MESSAGE_HINT, PAPER_DECODING, new_conversation, persona_examples,
                              persona_files)
-    from ui.render import TOKENS_EMPTY, privacy_html
-    from ui.studies import LEADERBOARD_HEADERS, StudiesTab
+    from ui.render import TOKENS_EMPTY, lock_js, privacy_html
+    from ui.studies import LEADERBOARD_HEADERS, VOTE_LABELS, StudiesTab
 
     engine = studio.engine
     with gr.Blocks(title="CoSteer Studio") as demo:
@@ -172,9 +172,7 @@ def build_app(studio, desk):
                     answer_a = gr.Textbox(label="A", lines=8, interactive=False, elem_id="answer-a")
                     answer_b = gr.Textbox(label="B", lines=8, interactive=False, elem_id="answer-b")
                 with gr.Row():
-                    vote_buttons = {v: gr.Button(label, interactive=False, elem_id=f"vote-{v}") for v, label in
-                                    (("A", "👈 A is better"), ("B", "👉 B is better"), ("tie", "🤝 Tie"),
-                                     ("both_bad", "👎 Both are bad"))}
+                    vote_buttons = {v: gr.Button(label, interactive=False, elem_id=f"vote-{v}") for v, label in VOTE_LABELS}
                 reveal = gr.Markdown(elem_id="reveal")
 
             with gr.Tab("Studies") as studies_tab:
@@ -307,8 +305,7 @@ def build_app(studio, desk):
             [answer_a, answer_b, trial, reveal, *vote_list], **private)
         results_out = [results_table, results_plot]
         for v, button in vote_buttons.items():
-            button.click(None, None, None, js="() => { document.querySelectorAll('[id^=vote-]').forEach("
-                                              "(b) => { b.disabled = true; }); }", **private).then(
+            button.click(None, None, None, js=lock_js("[id^=vote-]"), **private).then(
                 for_ui(studio.cast_vote), [rater, trial, gr.State(v)], [reveal, trial, answer_a, answer_b, *vote_list],
                 **private).then(for_ui(studio.results), None, results_out, **private)
         user.change(for_ui(desk.card_view), user, ab_card, queue=False, **private)

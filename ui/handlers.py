@@ -30,7 +30,7 @@ from costeer.plots import score_and_strength
 from costeer.policy import SteeringParams, effective_strength
 from costeer.stats import overlap_score, repeated_ngram_share, summarize_votes
 from studies.export import spreadsheet_safe
-from user_store import KINDS, NoUserName, UserStore
+from user_store import KINDS, VOTES, NoUserName, UserStore
 
 from . import fields as F
 from .fields import Refused
@@ -438,7 +438,7 @@ class Studio:
                 else (out["texts"]["unsteered"], out["texts"]["steered"]))
         trial = {"user": user, "message": message, "a": a, "b": b, "steered_side": steered_side,
                  "params": {**params.as_dict(), **sampling.as_dict()}}
-        unlocked = [gr.update(interactive=True)] * len(VOTE_CHOICES)
+        unlocked = [gr.update(interactive=True)] * len(VOTES)
         return (gr.update(value=a, label="A"), gr.update(value=b, label="B"), trial,
                 "Read both answers, then vote. The sides are revealed after your vote.", *unlocked)
 
@@ -456,7 +456,7 @@ class Studio:
         names = {steered: "steered (CoSteer)", other: "cloud model alone"}
         return (f"Vote #{vid} saved. **{steered} was steered (CoSteer)**, {other} was the cloud model alone.", None,
                 gr.update(label=f"A: {names['A']}"), gr.update(label=f"B: {names['B']}"),
-                *[gr.update(interactive=False)] * len(VOTE_CHOICES))
+                *[gr.update(interactive=False)] * len(VOTES))
 
     # -- the named API -------------------------------------------------------------------
     def generate_pair(self, user, message, T=20, eta=10.0, lam=2.0, max_new_tokens=128,
@@ -589,4 +589,3 @@ def _pct(x) -> str:
 
 
 KIND_CHOICES = list(KINDS)
-VOTE_CHOICES = ("A", "B", "tie", "both_bad")

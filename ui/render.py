@@ -12,6 +12,11 @@ def esc(text: str) -> str:
     return html.escape(text, quote=False)
 
 
+def lock_js(selector: str) -> str:
+    """Browser-side: disable the buttons matching `selector` at once (a double tap sends one vote)."""
+    return f"() => {{ document.querySelectorAll({selector!r}).forEach((b) => {{ b.disabled = true; }}); }}"
+
+
 def md_text(text: str) -> str:
     """Text shown inside Markdown: HTML escaped and Markdown syntax neutralised."""
     return re.sub(r"([\\`*_{}\[\]()#+\-.!|>~])", r"\\\1", esc(text))

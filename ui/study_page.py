@@ -7,10 +7,8 @@ from __future__ import annotations
 import gradio as gr
 
 from .guard import check_arity, for_api, for_ui
+from .render import lock_js
 from .studies import VOTE_LABELS, RaterPage, StudyDesk
-
-
-LOCK_JS = "() => { document.querySelectorAll('#study-votes button').forEach((b) => { b.disabled = true; }); }"
 
 
 def build_study_page(desk: StudyDesk) -> gr.Blocks:
@@ -43,7 +41,7 @@ def build_study_page(desk: StudyDesk) -> gr.Blocks:
         next_pair.click(for_ui(page.next), link, shown, api_name="ui_next_pair", **private)
         for (v, _), button in zip(VOTE_LABELS, buttons):
             # locked at once in the browser, so a double tap cannot send two votes
-            button.click(None, None, None, js=LOCK_JS, **private).then(
+            button.click(None, None, None, js=lock_js("#study-votes button"), **private).then(
                 for_ui(page.vote), [link, pair, gr.State(v)], [reveal, *buttons, next_pair, pair],
                 api_name=f"ui_vote_{v}", **private)  # not "vote": that name is the API's
 
