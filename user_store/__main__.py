@@ -21,6 +21,7 @@ def build_parser():
     c.add_argument("--kind", default="note", choices=KINDS)
     c.add_argument("--title")
     c.add_argument("--pinned", action="store_true")
+    c.add_argument("--sensitive", action="store_true", help="put the entry's rare words on the steering deny-list")
     c = sub.add_parser("entries", help="list a user's entries as JSON lines")
     c.add_argument("name")
     c = sub.add_parser("search", help="BM25 search of one user's entries")
@@ -62,7 +63,8 @@ def main(argv=None):
         elif cmd == "add-user":
             print(store.add_user(args.name))
         elif cmd == "add":
-            print(store.add_entry(args.name, args.text, kind=args.kind, title=args.title, pinned=args.pinned))
+            print(store.add_entry(args.name, args.text, kind=args.kind, title=args.title, pinned=args.pinned,
+                                  sensitive=args.sensitive))
         elif cmd == "entries":
             for e in store.entries(args.name):
                 print(json.dumps(e, ensure_ascii=False))

@@ -106,7 +106,12 @@ def _v3(db: sqlite_utils.Database):
         created_at TEXT NOT NULL)""")
 
 
-MIGRATIONS = [_v1, _v2, _v3]
+def _v4(db: sqlite_utils.Database):
+    """The privacy deny-list: an entry marked sensitive never makes its words likelier."""
+    db["entries"].add_column("sensitive", int, not_null_default=0)
+
+
+MIGRATIONS = [_v1, _v2, _v3, _v4]
 LATEST = len(MIGRATIONS)
 
 

@@ -179,20 +179,22 @@ class UserStore:
         return rows[0]["id"]
 
     # -- entries --------------------------------------------------------------------
-    def add_entry(self, user: str, text: str, kind: str = "note", title: str | None = None, pinned: bool = False) -> int:
-        fields = _check_entry({"text": text, "kind": kind, "title": title, "pinned": pinned})
+    def add_entry(self, user: str, text: str, kind: str = "note", title: str | None = None, pinned: bool = False,
+                  sensitive: bool = False) -> int:
+        """`sensitive` puts the entry's distinctive words on the steering deny-list (costeer/defences.py)."""
+        fields = _check_entry({"text": text, "kind": kind, "title": title, "pinned": pinned, "sensitive": sensitive})
         with self._write() as db:
             now = _now()
             return db["entries"].insert({"user_id": self._user_id(user), **fields,
                                          "created_at": now, "updated_at": now}).last_pk
 
     def update_entry(self, entry_id: int, **fields):
-        unknown = set(fields) - {"text", "kind", "title", "pinned"}
+        unknown = set(fields) - set(_EDITABLE)
         if unknown:
-            raise StoreError(f"update_entry: unknown field(s) {sorted(unknown)}; allowed: text, kind, title, pinned")
+            raise StoreError(f"update_entry: unknown field(s) {sorted(unknown)}; allowed: {', '.join(_EDITABLE)}")
         with self._write() as db:
             current = self.entry(entry_id)
-            merged = _check_entry({k: fields.get(k, current[k]) for k in ("text", "kind", "title", "pinned")})
+            merged = _check_entry({k: fields.get(k, current[k]) for k in _EDITABLE})
             db["entries"].update(entry_id, {**merged, "updated_at": _now()})
 
     def delete_entry(self, entry_id: int):
@@ -268,10 +270,10 @@ class UserStore:
 
     # -- import / export ------------------------------------------------------------
     def export_user(self, user: str) -> dict:
-        entries = [{k: e[k] for k in ("kind", "title", "text", "pinned", "created_at", "updated_at")}
+        entries = [{k: e[k] for k in ("kind", "title", "text", "pinned", "sensitive", "created_at", "updated_at")}
                    for e in self.entries(user)]
         for e in entries:
-            e["pinned"] = bool(e["pinned"])
+            e["pinned"], e["sensitive"] = bool(e["pinned"]), bool(e["sensitive"])
         return {"format": EXPORT_FORMAT, "version": 1, "user": user, "entries": entries}
 
     def import_user(self, data, mode: str = "merge", user: str | None = None) -> dict:
@@ -290,16 +292,19 @@ class UserStore:
             uid = self.add_user(name)
             if mode == "replace":
                 db["entries"].delete_where("user_id = ?", [uid])
-            existing = {(r["kind"], r["title"] or "", r["text"])
-                        for r in db["entries"].rows_where("user_id = ?", [uid], select="kind, title, text")}
+            existing = {(r["kind"], r["title"] or "", r["text"]): r for r in db["entries"].rows_where(
+                "user_id = ?", [uid], select="id, kind, title, text, sensitive")}
             added = skipped = 0
             now = _now()
             for item in items:
                 key = (item["kind"], item["title"] or "", item["text"])
                 if key in existing:
                     skipped += 1
+                    if item["sensitive"] and not existing[key]["sensitive"]:  # a protection is never dropped
+                        db["entries"].update(existing[key]["id"], {"sensitive": 1, "updated_at": now})
+                        existing[key]["sensitive"] = 1
                     continue
-                existing.add(key)
+                existing[key] = {**item, "id": None}
                 db["entries"].insert({"created_at": now, "updated_at": now, **item, "user_id": uid})
                 added += 1
         return {"user": name, "added": added, "skipped": skipped}
@@ -354,7 +359,8 @@ class UserStore:
         return rows
 
 
-_ENTRY_FIELDS = ("id", "kind", "title", "text", "pinned", "created_at", "updated_at")
+_ENTRY_FIELDS = ("id", "kind", "title", "text", "pinned", "sensitive", "created_at", "updated_at")
+_EDITABLE = ("text", "kind", "title", "pinned", "sensitive")
 _ENTRY_COLUMNS = ", ".join(_ENTRY_FIELDS)
 _CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uff66-\uff9f]")
 
@@ -396,6 +402,7 @@ def _check_name(name, field: str = "user name") -> str:
 
 def _check_entry(fields: dict) -> dict:
     text, kind, title, pinned = fields["text"], fields["kind"], fields["title"], fields["pinned"]
+    sensitive = fields.get("sensitive", False)
     if not isinstance(text, str) or not text.strip():
         raise StoreError("text must be non-empty (not only whitespace)")
     _check_text(text, "text")
@@ -412,7 +419,9 @@ def _check_entry(fields: dict) -> dict:
             raise StoreError(f"title must be at most {MAX_TITLE_CHARS} characters, got {len(title)}")
     if not isinstance(pinned, (bool, int)) or pinned not in (0, 1):
         raise StoreError(f"pinned must be true or false, got {pinned!r}")
-    return {"text": text, "kind": kind, "title": title, "pinned": int(bool(pinned))}
+    if not isinstance(sensitive, (bool, int)) or sensitive not in (0, 1):
+        raise StoreError(f"sensitive must be true or false, got {sensitive!r}")
+    return {"text": text, "kind": kind, "title": title, "pinned": int(bool(pinned)), "sensitive": int(bool(sensitive))}
 
 
 def _parse_import(data, user: str | None) -> tuple[str, list[dict]]:
@@ -444,7 +453,8 @@ def _parse_import(data, user: str | None) -> tuple[str, list[dict]]:
             raise StoreError(f"import: entry {i} has no text (expected one of: {', '.join(TEXT_FIELDS)})")
         kind = item.get("kind") or ("writing" if is_writing(item) else default_kind)
         try:
-            fields = _check_entry({"text": text, "kind": kind, "title": item.get("title"), "pinned": item.get("pinned", False)})
+            fields = _check_entry({"text": text, "kind": kind, "title": item.get("title"), "pinned": item.get("pinned", False),
+                                   "sensitive": item.get("sensitive", False)})
         except StoreError as exc:
             raise StoreError(f"import: entry {i}: {exc}") from None
         for stamp in ("created_at", "updated_at"):
