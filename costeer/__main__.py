@@ -30,9 +30,10 @@ def decoding(args, max_new_tokens: int):
 
 
 def cmd_generate(args, parser):
-    from .decoding import CloudTranscript, ConfidenceGate, Sampling
+    from .decoding import CloudTranscript, ConfidenceGate, Defences, Sampling
 
     try:
+        noise = Defences(tau=args.tau, sigma=args.sigma, seed=args.seed)  # the deny-list's ids need the tokenizer
         gate = ConfidenceGate(args.gate, args.gate_patience, args.gate_mode) if args.gate is not None else None
         params = SteeringParams(T=args.T, eta=args.eta, lam=args.lam, alpha=args.alpha, beta=args.beta)
         sampling = Sampling(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
@@ -53,17 +54,26 @@ def cmd_generate(args, parser):
     from .latency import Latency
 
     engine = load_engine_or_exit(args)
+    defences = noise
+    if args.deny:
+        from .privacy import deny_token_ids
+
+        defences = Defences(deny_token_ids(engine.cloud.tokenizer, args.deny), noise.tau, noise.sigma, noise.seed)
     messages = [{"role": "user", "content": args.prompt}]
     texts = {"unsteered": "", "steered": ""}
     transcript = CloudTranscript()
     skipped = steps = 0
     latency = Latency()
     try:
-        for ev in engine.stream(messages, context, "side_by_side", params, sampling, transcript, gate=gate):
+        margin = None
+        for ev in engine.stream(messages, context, "side_by_side", params, sampling, transcript, gate=gate,
+                                defences=defences):
             latency.add(ev)
             texts[ev.stream] += ev.text
             if ev.stream == "steered":
                 skipped, steps = skipped + ev.device_skipped, steps + 1
+                if defences.deny_ids:
+                    margin = ev.deny_margin if margin is None else max(margin, ev.deny_margin)
     except ValueError as exc:  # the request does not fit a model's context
         parser.error(str(exc))
     except CloudError as exc:
@@ -76,7 +86,9 @@ def cmd_generate(args, parser):
                           "params": params.as_dict(), "sampling": sampling.as_dict(), "latency": latency.summary(),
                           "cloud_model": engine.cloud.name,
                           "local_model": engine.device.name, "same_model": engine.same_model,
-                          "seed": sampling.seed, "device_skipped": skipped, "steered_steps": steps},
+                          "seed": sampling.seed, "device_skipped": skipped, "steered_steps": steps,
+                          "defences": {"sigma": defences.sigma, "tau": defences.tau, "deny_ids": len(defences.deny_ids),
+                                       "deny_margin_max": margin}},
                          ensure_ascii=False))
     else:
         print(f"== unsteered (cloud model alone, no personal context) ==\n{texts['unsteered']}\n")
@@ -113,13 +125,16 @@ def cmd_bench(args, parser):
 
 
 def cmd_eval(args, parser):
-    from .eval import BASE_METHODS, evaluate, load_rows, method_spec, plot_sweep, sweep_methods, table
+    from .eval import BASE_METHODS, PRIVACY_SWEEPS, evaluate, load_rows, method_spec, plot_sweep, sweep_methods, table
 
     try:
         rows = load_rows(args.data, args.limit)
         methods = list(args.methods or [])
         sweep = sweep_methods(args.sweep) if args.sweep else None
+        privacy = args.privacy or bool(sweep and sweep[0] in PRIVACY_SWEEPS)
         if sweep:
+            if sweep[0] in PRIVACY_SWEEPS and not methods:
+                methods = ["llm", "costeer"]  # the curve's two ends: the cloud alone, and no noise
             methods += [m for m in sweep[2] if m not in methods]
         methods = methods or list(BASE_METHODS)
         for m in methods:
@@ -133,17 +148,30 @@ def cmd_eval(args, parser):
         parser.error("the llm_ctx baseline gives the cloud model the personal context itself, and with --cloud-url "
                      "that sends personal data to the cloud server; drop llm_ctx from --methods, or pass "
                      "--allow-context-to-cloud if the data may go there")
-    for option, path in (("--out", args.out), ("--plot", (args.plot or f"sweep_{sweep[0]}.png") if sweep else None)):
+    plot = args.plot or (f"privacy_{sweep[0]}.png" if sweep and privacy and sweep[0] in PRIVACY_SWEEPS
+                         else f"sweep_{sweep[0]}.png" if sweep else None)
+    for option, path in (("--out", args.out), ("--plot", plot)):
         problem = writable_file_problem(path)
         if problem:  # checked before the work, not after an hour of it
             parser.error(f"{option}: {problem}")
     engine = load_engine_or_exit(args)
-    summary, _ = evaluate(engine, rows, methods, args.max_new_tokens, args.out, progress=not args.no_progress,
-                          sampling=sampling)
+    summary, results = evaluate(engine, rows, methods, args.max_new_tokens, args.out, progress=not args.no_progress,
+                                sampling=sampling, privacy=privacy)
     result = {"methods": summary, "rows": len(rows), "cloud_model": engine.cloud.name,
               "local_model": engine.device.name, "meteor": "not computed: needs WordNet data, not available offline"}
-    if sweep:
-        plot = args.plot or f"sweep_{sweep[0]}.png"
+    if privacy:
+        from .audit import attacker_model, plot_privacy, privacy_table, summarize_privacy
+
+        result["privacy"] = summarize_privacy(results, methods)
+        result["attacker_model"] = attacker_model(engine)[1]
+        from .privacy import ZIPF_BELOW
+
+        result["zipf_below"] = ZIPF_BELOW
+    if plot and privacy and (not sweep or sweep[0] in PRIVACY_SWEEPS):
+        plot_privacy(result["privacy"], summary, plot)
+        result["privacy_plot"] = plot
+        print(f"costeer: privacy-utility plot written to {plot}", file=sys.stderr)
+    elif sweep:
         plot_sweep(summary, sweep[0], sweep[1], sweep[2], plot)
         result["sweep_plot"] = plot
         print(f"costeer: sweep plot written to {plot}", file=sys.stderr)
@@ -151,6 +179,10 @@ def cmd_eval(args, parser):
         print(json.dumps(result))
     else:
         print(table(summary))
+        if privacy:
+            print()
+            print(privacy_table(result["privacy"], summary))
+            print(f"attacker: {result['attacker_model']}")
 
 
 def cmd_serve_cloud(args, parser):
@@ -191,6 +223,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--top-p", type=float, default=1.0)
     g.add_argument("--seed", type=int, default=None)
     g.add_argument("--stop", action="append", type=text_arg("--stop"), help="stop string (repeatable)")
+    g.add_argument("--sigma", type=float, default=0.0,
+                   help="noise: Gaussian noise of this scale added to the delta per step (seeded by --seed; not DP)")
+    g.add_argument("--tau", type=float, default=None, help="noise: clip the delta to [-tau, tau] first")
+    g.add_argument("--deny", action="append", type=text_arg("--deny"), metavar="WORDS",
+                   help="deny-list: steering never makes these words' tokens likelier than the cloud alone (repeatable)")
     g.add_argument("--gate", type=float, default=None, metavar="THRESHOLD",
                    help="confidence gate: skip the device passes while the cloud's top probability >= 1 - THRESHOLD")
     g.add_argument("--gate-patience", type=_positive_int("--gate-patience", 1, 100), default=3,
@@ -218,8 +255,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--limit", type=_positive_int("limit", 1, 10**9))
     e.add_argument("--methods", nargs="+", help="llm slm_ctx llm_ctx costeer costeer:T=..,eta=..,lam=.. (default: the four)")
     e.add_argument("--max-new-tokens", type=_positive_int("max-new-tokens", 1, 4096), default=128)
-    e.add_argument("--sweep", help="run CoSteer over values of one parameter, e.g. lam=0.5,1,2,4; writes a plot")
-    e.add_argument("--plot", help="where the sweep plot goes (default sweep_<param>.png)")
+    e.add_argument("--sweep", help="run CoSteer over values of one parameter, e.g. lam=0.5,1,2,4 (T, eta, lam) or "
+                   "sigma=0.1,0.3,1 / tau=1,2,4 (the noise defence: implies --privacy); writes a plot")
+    e.add_argument("--privacy", action="store_true",
+                   help="also measure what the cloud could learn: exposure of personal terms, and a persona-guessing "
+                        "attacker (needs rows with a `user` field, two users or more)")
+    e.add_argument("--plot", help="where the plot goes (default sweep_<param>.png, privacy_<param>.png for sigma/tau)")
     e.add_argument("--out", help="per-row results JSONL; a rerun resumes, skipping (id, method) pairs already there")
     add_decoding_args(e)
     e.add_argument("--json", action="store_true")

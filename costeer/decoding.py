@@ -20,6 +20,7 @@ import torch
 
 from .arrangements import OneModel, Split
 from .cloud import CloudLM
+from .defences import Defences, deny_margin
 from .device import DeviceLM
 from .models import LoadedModel
 from .policy import SteeringParams, effective_strength
@@ -51,6 +52,7 @@ class TokenEvent:
     device_ms: float = 0.0  # the device passes that produced this step's d (0 when shared or skipped)
     steer_ms: float = 0.0  # the steering update, repetition control and the choice, for this stream
     base_logprob: float = 0.0  # log b[token]: how likely the cloud alone found the chosen token (fluency)
+    deny_margin: float = 0.0  # max log p - log b over the deny-listed ids (<= 0: none made likelier)
 
 
 @dataclass
@@ -95,14 +97,17 @@ class CoSteerEngine:
     def stream(self, messages: list[dict], context: str = "", mode: str = "steered",
                params: SteeringParams = SteeringParams(), sampling: Sampling = Sampling(),
                transcript: CloudTranscript | None = None, unsteered_messages: list[dict] | None = None,
-               gate: ConfidenceGate | None = None, reference: bool = False) -> Iterator[TokenEvent]:
+               gate: ConfidenceGate | None = None, reference: bool = False,
+               defences: Defences | None = None) -> Iterator[TokenEvent]:
         """Yield TokenEvents until every stream of `mode` has finished. `unsteered_messages` lets
         the unsteered stream continue its own conversation in a multi-turn side-by-side chat;
-        `reference` steers with the paper's explicit T-step loop instead of the closed form."""
+        `reference` steers with the paper's explicit T-step loop instead of the closed form;
+        `defences` (the deny-list, noise) act on d on the device, before it steers."""
         prompts = self._cloud_prompts(messages, unsteered_messages or messages, context, mode, sampling)
         plan = self.arrangement.open(prompts, messages, context, gate is not None, sampling.max_new_tokens)
-        steer = processor(params, gate, reference)
         seed = resolve_seed(sampling)
+        steer = processor(params, gate, reference, defences, seed)
+        deny = torch.tensor(defences.deny_ids, dtype=torch.long) if defences and defences.deny_ids else None
         choose = {s: Chooser(sampling, seed, ids) for s, ids in prompts.items()}  # same seed: the streams draw alike
         texts = {s: TextStream(self.cloud.tokenizer, sampling.stop) for s in prompts}
         self._record(transcript, prompts)
@@ -121,6 +126,8 @@ class CoSteerEngine:
                 token = choose[s](p)
                 ev = self._event(s, step, token, b, p, s == "steered" and d is None, plan.cloud_ms, device_ms)
                 ev.steer_ms = (time.perf_counter() - start) * 1000
+                if deny is not None and s == "steered":
+                    ev.deny_margin = deny_margin(p, b, deny)
                 events.append(ev)
             for ev in events:
                 self._finish(ev, texts[ev.stream], last=step == sampling.max_new_tokens - 1)
@@ -189,12 +196,12 @@ class CoSteerEngine:
 
     def generate(self, messages, context="", mode="side_by_side", params=SteeringParams(),
                  sampling=Sampling(), transcript: CloudTranscript | None = None,
-                 gate: ConfidenceGate | None = None) -> dict:
+                 gate: ConfidenceGate | None = None, defences: Defences | None = None) -> dict:
         """Run `stream` to the end; return the texts per stream, how many tokens steering changed
         and how many device passes the gate skipped."""
         out = {}
         changed = skipped = steps = 0
-        for ev in self.stream(messages, context, mode, params, sampling, transcript, gate=gate):
+        for ev in self.stream(messages, context, mode, params, sampling, transcript, gate=gate, defences=defences):
             out[ev.stream] = out.get(ev.stream, "") + ev.text
             if ev.stream == "steered":
                 changed += int(ev.changed)
@@ -214,5 +221,5 @@ def build_engine(cloud_lm: LoadedModel, device_lm: LoadedModel | None = None) ->
     return CoSteerEngine(InProcessCloud(cloud_lm), DeviceLM(device_lm, cloud_lm.tokenizer, cloud_lm.vocab_size))
 
 
-__all__ = ["CoSteerEngine", "TokenEvent", "CloudTranscript", "Sampling", "ConfidenceGate", "build_engine",
+__all__ = ["CoSteerEngine", "TokenEvent", "CloudTranscript", "Sampling", "ConfidenceGate", "Defences", "build_engine",
            "build_prompts", "system_with_context", "MODES"]

@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .audit import row_defences
 from .decoding import CoSteerEngine, ConfidenceGate, Sampling, system_with_context
 from .policy import SteeringParams, effective_strength
 from .stats import bootstrap_ci, repeated_ngram_share
@@ -33,6 +34,7 @@ class Row:
     query: str
     profile: list[dict]
     reference: str
+    user: str | None = None  # whose row: the privacy audit's attacker guesses it
 
 
 def load_rows(path, limit: int | None = None) -> list[Row]:
@@ -52,15 +54,30 @@ def load_rows(path, limit: int | None = None) -> list[Row]:
                                  "profile/top_5 (a list)")
             query, reference, profile = parsed
             items = [{"title": item.get("title"), "text": text} for item in profile if (text := item_text(item))]
-            rows.append(Row(str(d.get("id", n)), query, items, reference))
+            user = d.get("user")
+            rows.append(Row(str(d.get("id", n)), query, items, reference, str(user) if user is not None else None))
             if limit and len(rows) >= limit:
                 break
     return rows
 
 
+METHOD_KEYS = ("T", "eta", "lam", "alpha", "beta", "gate", "patience", "mode", "sigma", "tau", "deny")
+
+
+def _method_parts(name: str) -> dict[str, str]:
+    parts = {}
+    for part in name.split(":", 1)[1].split(","):
+        key, _, value = part.partition("=")
+        if key not in METHOD_KEYS or not value:
+            raise ValueError(f"method {name!r}: expected key=value with key in {', '.join(METHOD_KEYS)}")
+        parts[key] = value
+    return parts
+
+
 def method_spec(name: str) -> tuple[SteeringParams | None, ConfidenceGate | None]:
     """(None, None) for a baseline; params and optional gate for `costeer` or
-    `costeer:T=5,lam=1` or `costeer:gate=0.1,patience=2`."""
+    `costeer:T=5,lam=1` or `costeer:gate=0.1,patience=2`. The defences' keys (sigma, tau,
+    deny) are read by `method_defences`."""
     if name in ("llm", "slm_ctx", "llm_ctx"):
         return None, None
     if name == "costeer":
@@ -68,11 +85,9 @@ def method_spec(name: str) -> tuple[SteeringParams | None, ConfidenceGate | None
     if not name.startswith("costeer:"):
         raise ValueError(f"unknown method {name!r}; choose from {', '.join(BASE_METHODS)} or costeer:T=..,eta=..,lam=..")
     kwargs, gate = {}, {}
-    for part in name.split(":", 1)[1].split(","):
-        key, _, value = part.partition("=")
-        if key not in ("T", "eta", "lam", "alpha", "beta", "gate", "patience", "mode") or not value:
-            raise ValueError(f"method {name!r}: expected key=value with key in T, eta, lam, alpha, beta, gate, "
-                             "patience, mode")
+    for key, value in _method_parts(name).items():
+        if key in ("sigma", "tau", "deny"):
+            continue
         if key == "mode":
             gate["mode"] = value  # paper | reopen, checked by ConfidenceGate
             continue
@@ -88,7 +103,34 @@ def method_spec(name: str) -> tuple[SteeringParams | None, ConfidenceGate | None
             kwargs[key] = number
     if gate and "threshold" not in gate:
         raise ValueError(f"method {name!r}: patience and mode need gate=THRESHOLD too")
+    method_defences(name)
     return SteeringParams(**kwargs), (ConfidenceGate(**gate) if gate else None)
+
+
+def method_defences(name: str) -> dict:
+    """{"sigma", "tau", "deny"} of a CoSteer variant: `costeer:sigma=0.3,tau=2` adds noise,
+    `costeer:deny=all` marks every history entry of the row sensitive (the deny-list)."""
+    out = {"sigma": 0.0, "tau": None, "deny": False}
+    if not name.startswith("costeer:"):
+        return out
+    parts = _method_parts(name)
+    for key in ("sigma", "tau"):
+        if key in parts:
+            try:
+                out[key] = float(parts[key])
+            except ValueError:
+                raise ValueError(f"method {name!r}: {key} must be a number, got {parts[key]!r}") from None
+    if "deny" in parts:
+        if parts["deny"] != "all":
+            raise ValueError(f"method {name!r}: deny must be 'all' (every history entry sensitive), got {parts['deny']!r}")
+        out["deny"] = True
+    from .defences import Defences
+
+    try:
+        Defences(tau=out["tau"], sigma=out["sigma"])  # the ranges, checked before any work
+    except ValueError as exc:
+        raise ValueError(f"method {name!r}: {exc}") from None
+    return out
 
 
 def parse_method(name: str) -> SteeringParams | None:
@@ -165,20 +207,28 @@ class Evaluator:
         self.sampling = sampling or Sampling(max_new_tokens=max_new_tokens)
         self._tmp = tempfile.TemporaryDirectory(prefix="costeer-eval-")
         self.store = UserStore(Path(self._tmp.name) / "eval.db")
+        self._users: set[str] = set()
         self.sc = scorer()
 
-    def context(self, row: Row) -> str:
+    def context(self, row: Row, query: str | None = None) -> str:
+        """The row's profile as the device reads it for `query` (the row's own by default)."""
         user = f"eval:{row.id}"
-        if row.profile:
-            self.store.import_user(row.profile, mode="replace", user=user)
-        else:
-            self.store.add_user(user)
+        if user not in self._users:
+            if row.profile:
+                self.store.import_user(row.profile, mode="replace", user=user)
+            else:
+                self.store.add_user(user)
+            self._users.add(user)
         tok = self.engine.device.tokenizer
-        return self.store.build_context(user, row.query, max_tokens=CONTEXT_TOKENS,
+        return self.store.build_context(user, query or row.query, max_tokens=CONTEXT_TOKENS,
                                         count_tokens=lambda s: len(tok(s, add_special_tokens=False)["input_ids"]))
 
-    def run(self, row: Row, method: str, context: str) -> dict:
+    def run(self, row: Row, method: str, context: str, audit=None) -> dict:
+        """One answer; with `audit` (audit.PrivacyAudit), also what the cloud could learn from it."""
+        from .decoding import CloudTranscript
+
         params, gate = method_spec(method)
+        defences = row_defences(self.engine.cloud.tokenizer, row, method)
         question = [{"role": "user", "content": row.query}]
         with_context = [{"role": "system", "content": system_with_context(context)}] + question
         if method == "llm":
@@ -189,21 +239,30 @@ class Evaluator:
             engine, messages, mode, ctx = self.device_alone, with_context, "unsteered", ""
         else:
             engine, messages, mode, ctx = self.engine, question, "steered", context
+        transcript = CloudTranscript()
         start = time.perf_counter()
-        text, tokens, skipped = "", 0, 0
-        for ev in engine.stream(messages, ctx, mode, params or SteeringParams(), self.sampling, gate=gate):
+        text, tokens, skipped, margin = "", 0, 0, None
+        for ev in engine.stream(messages, ctx, mode, params or SteeringParams(), self.sampling, transcript,
+                                gate=gate, defences=defences):
             text += ev.text
             tokens += 1
             skipped += int(ev.device_skipped)
+            if defences is not None and defences.deny_ids:
+                margin = ev.deny_margin if margin is None else max(margin, ev.deny_margin)
         seconds = time.perf_counter() - start
-        return {"id": row.id, "method": method, "text": text, "tokens": tokens, "seconds": seconds,
-                "device_skipped": skipped, "repeated_4grams": repeated_ngram_share(text),
-                **score(self.sc, text, row.reference)}
+        out = {"id": row.id, "method": method, "text": text, "tokens": tokens, "seconds": seconds,
+               "device_skipped": skipped, "repeated_4grams": repeated_ngram_share(text), "deny_margin": margin,
+               **score(self.sc, text, row.reference)}
+        if audit is not None:
+            out.update(audit.measure(row, method, transcript, None if method == "slm_ctx" else mode))
+        return out
 
 
 def evaluate(engine, rows: list[Row], methods: list[str], max_new_tokens: int = 128, out: str | None = None,
-             progress: bool = True, sampling: Sampling | None = None) -> tuple[dict, list[dict]]:
-    """Run every (row, method) not already in `out` (resume by id), append to `out`, summarize all."""
+             progress: bool = True, sampling: Sampling | None = None, privacy: bool = False) -> tuple[dict, list[dict]]:
+    """Run every (row, method) not already in `out` (resume by id), append to `out`, summarize all.
+    With `privacy`, each result also carries the audit's figures (a stored result without them
+    is run again)."""
     from tqdm import tqdm
 
     for m in methods:
@@ -212,10 +271,17 @@ def evaluate(engine, rows: list[Row], methods: list[str], max_new_tokens: int = 
     if out and Path(out).exists():
         with open(out, encoding="utf-8") as f:
             done = [json.loads(line) for line in f if line.strip()]
+    if privacy:
+        done = [r for r in done if "exposure" in r]
     have = {(r["id"], r["method"]) for r in done}
     ids = {r.id for r in rows}
     todo = [(row, m) for row in rows for m in methods if (row.id, m) not in have]
     ev = Evaluator(engine, max_new_tokens, sampling)
+    audit = None
+    if privacy:
+        from .audit import PrivacyAudit
+
+        audit = PrivacyAudit(engine, ev, rows)
     results = [r for r in done if r["id"] in ids and r["method"] in methods]
     contexts: dict[str, str] = {}
     sink = open(out, "a", encoding="utf-8") if out else None
@@ -223,7 +289,7 @@ def evaluate(engine, rows: list[Row], methods: list[str], max_new_tokens: int = 
         for row, m in tqdm(todo, desc="eval", disable=not progress, file=sys.stderr):
             if row.id not in contexts:
                 contexts[row.id] = ev.context(row)
-            r = ev.run(row, m, contexts[row.id])
+            r = ev.run(row, m, contexts[row.id], audit)
             results.append(r)
             if sink:
                 sink.write(json.dumps(r, ensure_ascii=False) + "\n")
@@ -234,11 +300,15 @@ def evaluate(engine, rows: list[Row], methods: list[str], max_new_tokens: int = 
     return summarize(results, methods), results
 
 
+SWEEP_KEYS = ("T", "eta", "lam", "sigma", "tau")
+PRIVACY_SWEEPS = ("sigma", "tau")  # their plot is the privacy-utility curve
+
+
 def sweep_methods(spec: str) -> tuple[str, list[float], list[str]]:
     """'lam=0.5,1,2,4' -> ('lam', [0.5, 1, 2, 4], ['costeer:lam=0.5', ...])."""
     key, _, values = spec.partition("=")
-    if key not in ("T", "eta", "lam") or not values:
-        raise ValueError(f"--sweep must look like lam=0.5,1,2 (key T, eta or lam), got {spec!r}")
+    if key not in SWEEP_KEYS or not values:
+        raise ValueError(f"--sweep must look like lam=0.5,1,2 (key {', '.join(SWEEP_KEYS)}), got {spec!r}")
     try:
         nums = [float(v) for v in values.split(",") if v.strip()]
     except ValueError:

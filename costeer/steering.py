@@ -9,6 +9,7 @@ it renormalized. Processors are made per answer (`start()`), since a gate rememb
     ClosedForm      p = log_softmax(b + C*d): what the engine runs, O(V) per token
     FTRLReference   the paper's T explicit FTRL steps: what tests and the naive benchmark hold it to
     Gate            wraps either: d = 0 (p = b) while the cloud is confident
+    Defended        the deny-list and the noise (defences.py) around either
 """
 from __future__ import annotations
 
@@ -84,9 +85,15 @@ class Gate:
         return self.inner(b, d)
 
 
-def processor(params: SteeringParams, gate: ConfidenceGate | None = None, reference: bool = False):
-    """A fresh processor for one answer."""
+def processor(params: SteeringParams, gate: ConfidenceGate | None = None, reference: bool = False,
+              defences=None, seed: int = 0):
+    """A fresh processor for one answer: the policy, the defences around it (defences.py), the
+    gate outermost (it decides whether d is computed at all)."""
     inner = (FTRLReference if reference else ClosedForm)(params)
+    if defences is not None and defences.active:
+        from .defences import Defended
+
+        inner = Defended(inner, defences, seed)
     return inner if gate is None else Gate(inner, gate)
 
 

@@ -1,0 +1,157 @@
+"""`python -m costeer eval --privacy`: what the cloud learns under each method, beside ROUGE.
+
+Per (row, method), on what the cloud received (its prompt + the chosen tokens, decoded):
+    exposure    share of the row user's distinctive terms (privacy.py) in it
+    attacker    the persona the cloud's own model finds likeliest for the reply, among the
+                set's personas; right or wrong
+Summaries carry 95% bootstrap intervals over rows, the exposure steering adds over the
+unsteered `llm` answer to the same message (paired), and the attacker's chance level 1/N.
+`slm_ctx` sends nothing to the cloud, so it has no privacy figures.
+"""
+from __future__ import annotations
+
+import statistics
+import zlib
+from collections import Counter
+
+from .privacy import PersonaAttacker, deny_token_ids, distinctive_terms, exposure
+from .stats import bootstrap_ci
+
+
+def attacker_model(engine):
+    """The cloud's model when it runs in this process; else the device's, standing in for it."""
+    lm = getattr(engine.cloud, "lm", None)
+    return (lm, "the cloud model") if lm is not None else (engine.device.lm, "the device model, standing in for the cloud")
+
+
+def row_defences(tokenizer, row, method: str):
+    """The Defences a CoSteer variant runs with on this row (None for none): `deny=all` puts
+    the words of every history entry's distinctive terms on the deny-list; the noise is seeded
+    by the row's id, so a rerun gives the same answers."""
+    from .defences import Defences
+    from .eval import method_defences
+
+    spec = method_defences(method)
+    if not (spec["deny"] or spec["sigma"] or spec["tau"] is not None):
+        return None
+    deny = deny_token_ids(tokenizer, distinctive_terms(row.profile).values()) if spec["deny"] else ()
+    return Defences(deny_ids=deny, tau=spec["tau"], sigma=spec["sigma"], seed=zlib.crc32(row.id.encode()))
+
+
+class PrivacyAudit:
+    def __init__(self, engine, evaluator, rows):
+        lm, self.attacker_is = attacker_model(engine)
+        self.attacker = PersonaAttacker(lm)
+        self.engine, self.ev = engine, evaluator
+        self.profiles: dict[str, str] = {}
+        self.personas = {}  # user -> one row of theirs (a user's profile is the same on all rows)
+        for row in rows:
+            if row.user is not None:
+                self.personas.setdefault(row.user, row)
+
+    @property
+    def can_attack(self) -> bool:
+        return len(self.personas) >= 2
+
+    def measure(self, row, method: str, transcript, stream: str | None) -> dict:
+        if stream is None:  # slm_ctx: the device alone, nothing sent
+            return {"exposure": None}
+        tok = self.engine.cloud.tokenizer
+        reply = transcript.token_ids[stream]
+        cloud_text = transcript.prompt_text[stream] + tok.decode(reply, skip_special_tokens=True)
+        terms = distinctive_terms(row.profile, [row.query])
+        found = exposure(terms, cloud_text)
+        out = {"exposure": found.share, "exposed": [t.text for t in found.exposed], "terms": found.terms,
+               "user": row.user}
+        if self.can_attack and row.user is not None:
+            profiles = {u: self.profiles.setdefault(u, self.attacker.profile(r.profile)) for u, r in self.personas.items()}
+            guess = self.attacker.guess([{"role": "user", "content": row.query}], reply, profiles)
+            out.update(attacker_guess=guess.name, attacker_correct=guess.name == row.user,
+                       attacker_posterior=guess.posterior[row.user], candidates=len(profiles))
+        return out
+
+
+def summarize_privacy(results: list[dict], methods: list[str], baseline: str = "llm") -> dict:
+    by = {m: {r["id"]: r for r in results if r["method"] == m and r.get("exposure") is not None} for m in methods}
+    out = {}
+    for m in methods:
+        rs = list(by[m].values())
+        if not rs:
+            continue
+        shares = [r["exposure"] for r in rs]
+        entry = {"n": len(rs), "exposure": statistics.fmean(shares), "exposure_ci": list(bootstrap_ci(shares)),
+                 "exposed_terms": statistics.fmean(len(r["exposed"]) for r in rs)}
+        hits = [float(r["attacker_correct"]) for r in rs if "attacker_correct" in r]
+        if hits:
+            entry.update(attacker_accuracy=statistics.fmean(hits), attacker_ci=list(bootstrap_ci(hits)),
+                         attacker_chance=statistics.fmean(1 / r["candidates"] for r in rs if "candidates" in r),
+                         attacker_posterior=statistics.fmean(r["attacker_posterior"] for r in rs if "attacker_posterior" in r),
+                         attacker_guesses=dict(Counter(r["attacker_guess"] for r in rs if "attacker_guess" in r)))
+        margins = [r["deny_margin"] for r in rs if r.get("deny_margin") is not None]
+        if margins:
+            entry["deny_margin_max"] = max(margins)
+        if m != baseline and by.get(baseline):
+            common = [i for i in by[m] if i in by[baseline]]
+            if common:
+                diffs = [by[m][i]["exposure"] - by[baseline][i]["exposure"] for i in common]
+                entry["exposure_vs_llm"] = statistics.fmean(diffs)
+                entry["exposure_vs_llm_ci"] = list(bootstrap_ci(diffs))
+        out[m] = entry
+    return out
+
+
+def privacy_table(summary: dict, quality: dict) -> str:
+    def iv(v, ci, pct=True):
+        f = (lambda x: f"{100 * x:.1f}%") if pct else (lambda x: f"{x:.3f}")
+        return f"{f(v)} [{f(ci[0])}, {f(ci[1])}]"
+
+    lines = [f"{'method':28s} {'exposure':>22s} {'added by steering':>24s} {'attacker top-1':>24s} {'ROUGE-L':>22s}"]
+    for m, e in summary.items():
+        added = iv(e["exposure_vs_llm"], e["exposure_vs_llm_ci"]) if "exposure_vs_llm" in e else "–"
+        attack = iv(e["attacker_accuracy"], e["attacker_ci"]) if "attacker_accuracy" in e else "–"
+        q = quality.get(m, {})
+        rouge = iv(q["rougeL"], q["rougeL_ci"], pct=False) if q else "–"
+        lines.append(f"{m:28s} {iv(e['exposure'], e['exposure_ci']):>22s} {added:>24s} {attack:>24s} {rouge:>22s}")
+    chance = next((e["attacker_chance"] for e in summary.values() if "attacker_chance" in e), None)
+    lines.append("exposure: share of the user's distinctive terms (rare 1-3-grams of their history, not typed by "
+                 "them) in what the cloud received; added by steering: paired difference to llm on the same rows.")
+    if chance is not None:
+        lines.append(f"attacker: the cloud's model scores the reply under each persona's profile; chance = {100 * chance:.1f}%.")
+    for m, e in summary.items():
+        if "deny_margin_max" in e:
+            lines.append(f"{m}: max log p - log b on deny-listed tokens over all steps = {e['deny_margin_max']:.2e} "
+                         "(<= 0: never likelier than the cloud alone)")
+    lines.append("slm_ctx sends nothing to the cloud: no privacy figures.")
+    return "\n".join(lines)
+
+
+def plot_privacy(summary: dict, quality: dict, path: str):
+    """The privacy-utility picture: attacker accuracy and exposure against ROUGE-L, one point per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    methods = [m for m in summary if m in quality]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for ax, key, label in ((axes[0], "attacker_accuracy", "attacker top-1 accuracy"),
+                           (axes[1], "exposure", "exposure (share of distinctive terms)")):
+        ci = "attacker_ci" if key == "attacker_accuracy" else "exposure_ci"
+        for m in methods:
+            e, q = summary[m], quality[m]
+            if key not in e:
+                continue
+            ax.errorbar(q["rougeL"], e[key], xerr=[[q["rougeL"] - q["rougeL_ci"][0]], [q["rougeL_ci"][1] - q["rougeL"]]],
+                        yerr=[[e[key] - e[ci][0]], [e[ci][1] - e[key]]], fmt="o", capsize=3)
+            ax.annotate(m.replace("costeer:", ""), (q["rougeL"], e[key]), textcoords="offset points", xytext=(4, 4),
+                        fontsize=8)
+        if key == "attacker_accuracy":
+            chance = next((e["attacker_chance"] for e in summary.values() if "attacker_chance" in e), None)
+            if chance is not None:
+                ax.axhline(chance, ls="--", color="grey", lw=1)
+                ax.annotate("chance", (ax.get_xlim()[0], chance), fontsize=8, color="grey")
+        ax.set_xlabel("ROUGE-L (utility)")
+        ax.set_ylabel(label)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,101 @@
+"""Two device-side defences on the delta d, before it steers: a deny-list and noise.
+
+    deny-list   token ids of the words of history entries marked *sensitive*. d is clamped to
+                <= 0 on them, and after steering p is capped at b on them, so for every step
+                p(token) <= b(token): steering never makes them likelier than the cloud alone.
+                The cap is needed as well as the clamp: log_softmax renormalizes, and when other
+                tokens lose mass a token with d = 0 can still gain some. The cap moves the excess
+                onto the other tokens in proportion, which leaves the deny-listed ones where
+                they are. Sensitive entries still shape tone and every other token.
+    noise       d clipped to [-tau, tau], then Gaussian noise of scale sigma added per step,
+                from a seeded generator (the same seed gives the same answer). This is *noise*,
+                not differential privacy: no (epsilon, delta) is computed for the chosen
+                tokens, so the measured privacy-utility curve (`eval --privacy`) is the claim.
+
+Everything here runs on the device, next to the steering processor; the cloud never sees the
+deny-list, the noise or d.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+SIGMA_MAX = 10.0
+TAU_MAX = 100.0
+
+
+@dataclass(frozen=True)
+class Defences:
+    deny_ids: tuple[int, ...] = ()
+    tau: float | None = None  # None: no clipping
+    sigma: float = 0.0  # 0: no noise
+    seed: int | None = None  # None: the answer's sampling seed
+
+    def __post_init__(self):
+        object.__setattr__(self, "deny_ids", tuple(sorted(set(int(i) for i in self.deny_ids))))
+        if self.tau is not None and (isinstance(self.tau, bool) or not isinstance(self.tau, (int, float))
+                                     or not math.isfinite(self.tau) or not 0 < self.tau <= TAU_MAX):
+            raise ValueError(f"tau must be a number in (0, {TAU_MAX:g}] (or off), got {self.tau!r}")
+        if isinstance(self.sigma, bool) or not isinstance(self.sigma, (int, float)) or \
+                not math.isfinite(self.sigma) or not 0 <= self.sigma <= SIGMA_MAX:
+            raise ValueError(f"sigma must be a number in [0, {SIGMA_MAX:g}], got {self.sigma!r}")
+
+    @property
+    def active(self) -> bool:
+        return bool(self.deny_ids) or self.tau is not None or self.sigma > 0
+
+
+def cap_at_base(p: torch.Tensor, b: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """p with p[ids] <= b[ids]: capped tokens give their excess to the tokens outside `ids`, in
+    proportion to p (so those only gain, and no token in `ids` moves up)."""
+    capped = torch.minimum(p[ids], b[ids])
+    if torch.equal(capped, p[ids]):
+        return p
+    outside = torch.ones_like(p, dtype=torch.bool)
+    outside[ids] = False
+    rest = torch.logsumexp(p[outside], 0)  # log of the mass outside ids
+    kept = torch.logsumexp(capped, 0)  # log of the mass left on ids
+    q = p + (torch.log1p(-kept.exp()) - rest)  # the outside tokens scaled to fill 1 - kept
+    q[ids] = capped
+    return q
+
+
+def deny_margin(p: torch.Tensor, b: torch.Tensor, ids: torch.Tensor) -> float:
+    """max over the deny-listed ids of log p - log b (<= 0 when the guarantee holds); tokens the
+    cloud gave no probability are left out (both are -inf there)."""
+    live = torch.isfinite(b[ids])
+    if not bool(live.any()):
+        return 0.0
+    return float((p[ids][live] - b[ids][live]).max())
+
+
+class Defended:
+    """A steering processor with the defences around it (same contract as steering.py's)."""
+
+    def __init__(self, inner, defences: Defences, seed: int):
+        self.inner, self.defences = inner, defences
+        self.ids = torch.tensor(defences.deny_ids, dtype=torch.long)
+        self.noise = torch.Generator().manual_seed(defences.seed if defences.seed is not None else seed)
+
+    def wants_delta(self, b_cloud: torch.Tensor) -> bool:
+        return self.inner.wants_delta(b_cloud)
+
+    def delta(self, d: torch.Tensor) -> torch.Tensor:
+        """d as the defences let it steer."""
+        D = self.defences
+        if D.tau is not None:
+            d = d.clamp(-D.tau, D.tau)
+        if D.sigma > 0:
+            d = d + D.sigma * torch.randn(d.shape, generator=self.noise, dtype=d.dtype)
+        if len(self.ids):
+            d = d.clone()
+            d[self.ids] = d[self.ids].clamp(max=0.0)
+        return d
+
+    def __call__(self, b: torch.Tensor, d: torch.Tensor | None) -> torch.Tensor:
+        if d is None:
+            return self.inner(b, None)
+        p = self.inner(b, self.delta(d))
+        return cap_at_base(p, b, self.ids) if len(self.ids) else p
