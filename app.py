@@ -118,6 +118,9 @@ def build_app(studio, desk):
                         gate_mode = gr.Radio([("off for the rest of the answer (AdaCoSteer)", "paper"),
                                               ("back on when the cloud is unsure", "reopen")], value="paper",
                                              label="once the gate closes")
+                    with gr.Row():
+                        sigma = slider(F.SIGMA, 0, 0.05, "noise σ on the delta (0 = off; seeded by the seed above; "
+                                       "noise, not differential privacy)", elem_id="sigma")
                 with gr.Row():
                     with gr.Column():
                         gr.Markdown("### Steered answer, token by token")
@@ -127,7 +130,7 @@ def build_app(studio, desk):
                         privacy = gr.HTML(privacy_html(None, "", False), elem_id="privacy")
 
             with gr.Tab("History") as history_tab:
-                table = gr.Dataframe(headers=["id", "kind", "title", "text", "pinned"], interactive=False,
+                table = gr.Dataframe(headers=["id", "kind", "title", "text", "pinned", "sensitive"], interactive=False,
                                      wrap=True, elem_id="history-table")
                 with gr.Row():
                     entry_id = gr.Number(None, label="entry id (click a row)", precision=0, interactive=False,
@@ -135,6 +138,8 @@ def build_app(studio, desk):
                     kind = gr.Dropdown(KIND_CHOICES, value="note", label="kind", elem_id="entry-kind")
                     title = gr.Textbox(label="title (optional)", elem_id="entry-title")
                     pinned = gr.Checkbox(False, label="pinned (always in the context)", elem_id="entry-pinned")
+                    sensitive = gr.Checkbox(False, label="sensitive (deny-list: steering never makes its rare words "
+                                                         "likelier than the cloud alone would)", elem_id="entry-sensitive")
                 text = gr.Textbox(label="text", lines=3, elem_id="entry-text")
                 with gr.Row():
                     add = gr.Button("Add as new entry", variant="primary", elem_id="add-entry")
@@ -254,7 +259,8 @@ def build_app(studio, desk):
         for s in sliders:
             s.change(studio.strength, sliders, strength, show_progress="hidden", concurrency_limit=None, **private)
         decoding = [temperature, top_p, seed, max_new, rep, ngram]
-        chat_in = [user, message, side, *sliders, *decoding, gate_on, gate_threshold, gate_patience, gate_mode, conv]
+        chat_in = [user, message, side, *sliders, *decoding, gate_on, gate_threshold, gate_patience, gate_mode, sigma,
+                   conv]
         chat_out = [unsteered_chat, steered_chat, tokens, privacy, latency, status, conv, message, send, stop]
         gr.on([send.click, message.submit], for_ui(studio.chat), chat_in, chat_out, show_progress="hidden",
                      **private)
@@ -283,14 +289,15 @@ def build_app(studio, desk):
         create.click(for_ui(studio.create_user), new_name, [user, new_name], api_name="ui_create_user", **private)
         load.click(for_ui(studio.load_persona), persona, user, api_name="ui_load_persona", **private)
 
-        add.click(for_ui(studio.add_entry), [user, text, kind, title, pinned], [table, text], **private)
-        save.click(for_ui(studio.update_entry), [user, entry_id, text, kind, title, pinned], table, **private)
+        add.click(for_ui(studio.add_entry), [user, text, kind, title, pinned, sensitive], [table, text], **private)
+        save.click(for_ui(studio.update_entry), [user, entry_id, text, kind, title, pinned, sensitive], table, **private)
         delete.click(for_ui(studio.ask_delete), [user, entry_id], [confirm_row, confirm_text, pending_delete], **private)
         confirm_yes.click(for_ui(studio.confirm_delete), pending_delete,
                           [table, confirm_row, pending_delete, entry_id, text], **private)
         confirm_no.click(lambda: (gr.update(visible=False), None), None, [confirm_row, pending_delete], queue=False,
                          **private)
-        table.select(for_ui(studio.select_entry), user, [entry_id, text, kind, title, pinned, table], **private)
+        table.select(for_ui(studio.select_entry), user, [entry_id, text, kind, title, pinned, sensitive, table],
+                     **private)
         do_import.click(for_ui(studio.import_history), [user, upload, mode, into_selected], [user, table, upload],
                         **private)
         download = "(f) => { setTimeout(() => document.querySelector('#{id}')?.click(), 50); }"
@@ -345,12 +352,12 @@ def build_app(studio, desk):
                                         no_repeat_ngram_size)
 
         def history(user: str) -> list:
-            """One user's history entries (id, kind, title, text, pinned)."""
+            """One user's history entries (id, kind, title, text, pinned, sensitive)."""
             return studio.history(user)
 
-        def add_history(user: str, text: str, kind: str = "note") -> int:
-            """Add a history entry; returns its id."""
-            return studio.add_history(user, text, kind)
+        def add_history(user: str, text: str, kind: str = "note", sensitive: bool = False) -> int:
+            """Add a history entry; returns its id. `sensitive` puts its rare words on the steering deny-list."""
+            return studio.add_history(user, text, kind, sensitive)
 
         def create_user(name: str) -> str:
             """Create a user (no history yet); returns the name."""

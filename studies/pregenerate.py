@@ -15,7 +15,8 @@ import threading
 from itertools import groupby
 from typing import Callable
 
-from costeer.decoding import CoSteerEngine
+from costeer.decoding import CoSteerEngine, Defences
+from costeer.privacy import deny_list
 from user_store import UserStore
 
 from .design import Setting
@@ -84,6 +85,8 @@ class Pregenerator:
             todo = [r["setting_id"] for r in rows]
             messages = [{"role": "user", "content": prompt}]
             context = self.context_for(persona, prompt)
+            deny = deny_list(self.store.entries(persona), self.engine.cloud.tokenizer) if persona in self.store.users() else []
+            defences = Defences(deny_ids=deny) if deny else None  # the persona's sensitive entries stay protected
             base_id = next((i for i in todo if settings[i].baseline), None)
             steered: dict = {}
             for i in todo:
@@ -92,7 +95,7 @@ class Pregenerator:
             for ids in steered.values():
                 s = settings[ids[0]]
                 with_base = base_id is not None and settings[base_id].sampling == s.sampling
-                texts = self._answer(study_id, messages, context, "side_by_side" if with_base else "steered", s)
+                texts = self._answer(study_id, messages, context, "side_by_side" if with_base else "steered", s, defences)
                 for i in ids:
                     studies.add_answer(item_id, i, *texts["steered"])
                 if with_base:
@@ -102,10 +105,10 @@ class Pregenerator:
                 b = settings[base_id]
                 studies.add_answer(item_id, base_id, *self._answer(study_id, messages, "", "unsteered", b)["unsteered"])
 
-    def _answer(self, study_id: int, messages, context, mode, s: Setting) -> dict[str, tuple[str, int]]:
+    def _answer(self, study_id: int, messages, context, mode, s: Setting, defences=None) -> dict[str, tuple[str, int]]:
         text: dict[str, str] = {}
         tokens: dict[str, int] = {}
-        for ev in self.engine.stream(messages, context, mode, s.params, s.sampling, gate=s.gate):
+        for ev in self.engine.stream(messages, context, mode, s.params, s.sampling, gate=s.gate, defences=defences):
             if self._is_cancelled(study_id):
                 raise Cancelled
             text[ev.stream] = text.get(ev.stream, "") + ev.text

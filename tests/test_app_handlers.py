@@ -1,6 +1,7 @@
 """The app's handlers with the real engine and a real SQLite file (no server needed)."""
 import csv
 import json
+import html
 import random
 from types import SimpleNamespace
 
@@ -24,7 +25,7 @@ def studio(engine, tmp_path):
 def _args(**kw):
     args = dict(T=20, eta=10, lam=2, alpha=2, beta=1, temperature=0, top_p=1, seed=None, max_new_tokens=16,
                 repetition_penalty=1.1, no_repeat_ngram_size=4, gate_on=False, gate_threshold=0.1, gate_patience=3,
-                gate_mode="paper")
+                gate_mode="paper", sigma=0)
     args.update(kw)
     return list(args.values())
 
@@ -49,7 +50,11 @@ def test_chat_echoes_at_once_streams_and_keeps_two_conversations(studio):
     assert "C=1.783" in s_chat[-1]["content"] and "repetition penalty 1.1" in s_chat[-1]["content"]  # its settings
     assert "cloud model alone" in u_chat[-1]["content"]
     assert "Sent to the cloud" in privacy and "Strict vegetarian" in privacy
-    assert "Strict vegetarian" not in privacy.split("Stayed on your device")[0]  # not on the cloud side
+    prompt_sent = privacy.split("Sent to the cloud")[1].split("Then only the chosen tokens")[0]
+    assert "Strict vegetarian" not in prompt_sent  # the context is not in the prompt the cloud got
+    reply_sent = privacy.split("They spell the reply")[1].split("Stayed on your device")[0]
+    assert conv["steered"][-1]["content"].split("\n")[0] in html.unescape(reply_sent)  # the reply is: it did reach it
+    assert "chosen tokens can carry personal information" in privacy
     assert "No earlier steered answers" in privacy
     assert "first token after" in latency and "device (small model passes)" in latency and "T costs nothing" in latency
     assert "steered</b>: done · " in status and "class='tok" in tokens
@@ -151,12 +156,12 @@ def test_strength_text_warns_when_extreme():
 def test_history_editing_by_id(studio):
     rows = studio.history_rows(KENJI)
     assert len(rows) == 10 and rows[0][4] is True  # pinned first
-    rows, box = studio.add_entry(KENJI, "Allergic to peanuts", "profile", "Allergy", True)
+    rows, box = studio.add_entry(KENJI, "Allergic to peanuts", "profile", "Allergy", True, False)
     new = [r for r in rows if r[3] == "Allergic to peanuts"][0]
-    rows = studio.update_entry(KENJI, new[0], "Allergic to peanuts and cashews", "profile", "Allergy", False)
-    assert [r for r in rows if r[0] == new[0]][0][3].endswith("cashews")
+    rows = studio.update_entry(KENJI, new[0], "Allergic to peanuts and cashews", "profile", "Allergy", False, True)
+    assert [r for r in rows if r[0] == new[0]][0][3].endswith("cashews") and [r for r in rows if r[0] == new[0]][0][5] is True
     with pytest.raises(Refused, match="text: empty"):
-        studio.update_entry(KENJI, new[0], " ", "profile", "", False)
+        studio.update_entry(KENJI, new[0], " ", "profile", "", False, False)
     visible, question, pending = studio.ask_delete(KENJI, new[0])
     assert f"#{new[0]}" in question and pending == {"user": KENJI, "id": new[0]}
     assert any(r[0] == new[0] for r in studio.history_rows(KENJI))  # asking deletes nothing
@@ -176,7 +181,7 @@ def test_select_uses_the_rows_id_not_its_position(studio):
     picked = studio.select_entry(KENJI, SimpleNamespace(row_value=third, index=[2, 0]))
     assert picked[0] == third[0] and picked[1] == third[3]
     gone = studio.select_entry(KENJI, SimpleNamespace(row_value=rows[0], index=[0, 0]))
-    assert gone[0] is None and all(r[0] != rows[0][0] for r in gone[5])  # refused, table refreshed
+    assert gone[0] is None and all(r[0] != rows[0][0] for r in gone[6])  # refused, table refreshed
 
 
 def test_create_user_twice_is_refused(studio):
@@ -220,7 +225,7 @@ def test_full_disk_and_read_only_database_are_messages(studio, tmp_path):
     before = len(studio.history_rows(KENJI))
     with pytest.raises(StoreError, match="the disk .* is full. Nothing was changed"):
         for _ in range(200):
-            studio.add_entry(KENJI, "x" * 4000, "note", "", False)
+            studio.add_entry(KENJI, "x" * 4000, "note", "", False, False)
     assert len(studio.history_rows(KENJI)) >= before
     db.execute("PRAGMA max_page_count = 1073741823")
     db.execute("PRAGMA query_only = ON")  # SQLite refuses every write, as for a read-only file

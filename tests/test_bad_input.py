@@ -25,7 +25,8 @@ ENDPOINTS = {
     "generate_pair": [("user", "text", KENJI), ("message", "text", "hi"), ("T", "int", 20), ("eta", "number", 10),
                       ("lam", "number", 2), ("max_new_tokens", "int", 8), ("repetition_penalty", "number", 1.1),
                       ("no_repeat_ngram_size", "int", 4)],
-    "add_history": [("user", "text", KENJI), ("text", "text", "a note"), ("kind", "choice", "note")],
+    "add_history": [("user", "text", KENJI), ("text", "text", "a note"), ("kind", "choice", "note"),
+                    ("sensitive", "flag", False)],
     "history": [("user", "text", KENJI)],
     "create_user": [("name", "text", "Zed")],
     "load_persona": [("persona", "text", KENJI)],
@@ -41,7 +42,7 @@ ENDPOINTS = {
     "study/vote": [("study", "int", 1), ("rater", "text", "not-a-link"), ("pair", "int", 1), ("vote", "choice", "A")],
 }
 OPTIONAL = {"generate_pair": ("T", "eta", "lam", "max_new_tokens", "repetition_penalty", "no_repeat_ngram_size"),
-            "add_history": ("kind",), "create_study": ("all_pairs", "raters", "pairs_per_rater", "attention_every",
+            "add_history": ("kind", "sensitive"), "create_study": ("all_pairs", "raters", "pairs_per_rater", "attention_every",
                                                    "max_new_tokens"), "leaderboard": ("exclude_flagged",),
             "add_raters": ("raters",)}  # parameters with defaults, filled in when left out
 BAD = {"text": TEXTS, "answer": [None, 5, True, [], {}, "a\ud800b", "a\x00b", "x" * 100_001],
@@ -137,7 +138,8 @@ CHAT = [("user", "text", KENJI), ("message", "text", "hi"), ("side by side", "fl
         ("eta", "number", 10), ("lam", "number", 2), ("alpha", "number", 2), ("beta", "number", 1),
         ("temperature", "number", 0), ("top_p", "number", 1), ("seed", "seed", None), ("max_new_tokens", "int", 8),
         ("repetition_penalty", "number", 1.1), ("no_repeat_ngram_size", "int", 4), ("confidence gate", "flag", False),
-        ("gate_threshold", "number", 0.1), ("gate_patience", "int", 3), ("gate mode", "choice", "paper")]
+        ("gate_threshold", "number", 0.1), ("gate_patience", "int", 3), ("gate mode", "choice", "paper"),
+        ("noise sigma", "number", 0)]
 HANDLER_BAD = {**BAD, "flag": [None, 1, "yes", []], "seed": ["x", True, -1, 2.5, math.inf, 2**40]}
 
 
@@ -149,18 +151,18 @@ def handler_cases():
             yield "chat", field, lambda s, a=args: list(s.chat(*a, new_conversation(), request=SimpleNamespace(session_hash="c")))
     for bad in TEXTS:
         yield "create_user", "new user name", lambda s, b=bad: s.create_user(b)
-        yield "add_entry", "text", lambda s, b=bad: s.add_entry(KENJI, b, "note", "", False)
+        yield "add_entry", "text", lambda s, b=bad: s.add_entry(KENJI, b, "note", "", False, False)
         yield "preview_context", "message", lambda s, b=bad: s.preview_context(KENJI, b)
         yield "cast_vote", "rater", lambda s, b=bad: s.cast_vote(b, {"user": KENJI, "message": "m", "a": "a", "b": "b",
                                                                    "steered_side": "A", "params": {}}, "A")
         yield "explore", "values", lambda s, b=bad: s.explore(KENJI, "hi", "lam", b, 20, 10, 2, 2, 1, 8,
                                                              progress=lambda *a, **k: None)
     for bad in NUMBERS:
-        yield "update_entry", "entry id", lambda s, b=bad: s.update_entry(KENJI, b, "t", "note", "", False)
+        yield "update_entry", "entry id", lambda s, b=bad: s.update_entry(KENJI, b, "t", "note", "", False, False)
         yield "ask_delete", "entry id", lambda s, b=bad: s.ask_delete(KENJI, b)
         yield "ab_generate", "T", lambda s, b=bad: s.ab_generate(KENJI, "hi", b, 10, 2, 2, 1, 0, 1, None, 8)
     for bad in CHOICES:
-        yield "add_entry", "kind", lambda s, b=bad: s.add_entry(KENJI, "ok", b, "", False)
+        yield "add_entry", "kind", lambda s, b=bad: s.add_entry(KENJI, "ok", b, "", False, False)
         yield "import_history", "import mode", lambda s, b=bad: s.import_history(KENJI, "x.json", b, False)
         yield "explore", "sweep", lambda s, b=bad: s.explore(KENJI, "hi", b, "1", 20, 10, 2, 2, 1, 8,
                                                             progress=lambda *a, **k: None)

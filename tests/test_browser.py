@@ -368,6 +368,49 @@ def test_the_studies_tab_creates_a_study_hands_out_links_and_shows_results(new_p
         "paper", "unsteered"}
 
 
+def test_privacy_panel_marks_the_exposed_terms_and_a_sensitive_entry_goes_on_the_deny_list(new_page, app):
+    import re
+
+    from playwright.sync_api import expect
+
+    from costeer.privacy import distinctive_terms, exposure
+
+    page = new_page()
+    pick_user(page, KENJI)
+    message = "Suggest a plan for my Friday evening."
+    send(page, message, max_new=48)
+    wait_done(page)
+    cloud = page.locator("#privacy .cloud")
+    expect(cloud).to_contain_text("guesses", timeout=60_000)  # the attacker: the store holds two users
+    expect(cloud).to_contain_text("chosen tokens can carry personal information")
+    expect(cloud).to_contain_text("steering adds")
+    store = UserStore(app[1])
+    shown = " ".join(cloud.locator("pre").all_inner_texts())  # the prompt and the reply, as the cloud got them
+    expected = {t.text for t in exposure(distinctive_terms(store.entries(KENJI), [message]), shown).exposed}
+    assert expected, shown  # this reply does carry Kenji's personal terms
+    listed = {m.lower() for m in cloud.locator("ul.exposed-terms mark.exposed").all_inner_texts()}
+    assert listed == expected
+    in_text = {re.sub(r"\W+", " ", m.lower()).strip() for m in cloud.locator("pre mark.exposed").all_inner_texts()}
+    assert expected <= in_text  # and marked where they stand
+    assert cloud.locator("pre mark.exposed").first.get_attribute("title").startswith("from your history: ")
+
+    page.get_by_role("tab", name="History").click()
+    rows = store.entries(KENJI)
+    row = next(i for i, e in enumerate(rows) if "Nakazakicho" in e["text"])
+    expect(cell(page, row, 3)).to_be_visible(timeout=30_000)
+    cell(page, row, 3).click()
+    expect(page.locator("#entry-id input")).to_have_value(str(rows[row]["id"]))
+    page.locator("#entry-sensitive input").check()
+    page.locator("#save-entry").click()
+    expect(cell(page, row, 5)).to_contain_text("true", timeout=30_000)
+    assert store.entry(rows[row]["id"])["sensitive"] == 1
+    page.get_by_role("tab", name="Chat").click()
+    send(page, "And what about Saturday?")
+    expect(cloud).to_contain_text("Deny-list:", timeout=LONG)
+    margin = float(re.search(r"max log p − log b = (\S+)\)", cloud.inner_text()).group(1))
+    assert margin <= 1e-6
+
+
 def test_browser_time_against_the_engines_for_the_same_request(new_page, app):
     """Reports (does not assert) the browser's time for a 128-token side-by-side answer against
     the same request through /generate_pair, measured one after the other in this run."""

@@ -24,7 +24,9 @@ from pathlib import Path
 
 import gradio as gr
 
-from costeer.decoding import CloudTranscript, ConfidenceGate, CoSteerEngine, Sampling
+from costeer.decoding import CloudTranscript, ConfidenceGate, CoSteerEngine, Defences, Sampling
+from costeer.audit import attacker_model
+from costeer.privacy import PersonaAttacker, audit_reply, cloud_view, deny_list
 from costeer.latency import Latency
 from costeer.plots import score_and_strength
 from costeer.policy import SteeringParams, effective_strength
@@ -53,6 +55,8 @@ PAPER_DECODING = {"repetition_penalty": 1.0, "no_repeat_ngram_size": 0}
 FLUENCY_MARGIN = 5.0  # nats per token below the cloud's own answer: flagged as not fluent
 MAX_REPEATED = 0.2  # share of repeated token 4-grams above which an answer is flagged as looping
 
+
+MAX_CANDIDATES = 12  # the privacy panel's attacker scores at most this many users' profiles
 
 MESSAGE_HINT = "Ask something…"
 MESSAGE_BUSY = "A reply is running: wait for it, or press Stop to end it"
@@ -143,6 +147,7 @@ class Studio:
     rng: random.Random = field(default_factory=random.Random)
     sessions: dict[str, Session] = field(default_factory=dict)
     read_only: str | None = None  # why the database cannot be written, found at start-up
+    _attacker: PersonaAttacker | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def session(self, request: gr.Request | None) -> Session:
@@ -161,6 +166,13 @@ class Studio:
 
     def context_for(self, user: str, message: str) -> str:
         return self.store.build_context(user, message, max_tokens=self.context_tokens, count_tokens=self.count_tokens)
+
+    def defences_for(self, user: str, sigma: float = 0.0) -> Defences | None:
+        """The user's deny-list (entries marked sensitive) and the noise; None when neither is on.
+        The noise is seeded by the answer's sampling seed."""
+        deny = deny_list(self.store.entries(user), self.engine.cloud.tokenizer)
+        defences = Defences(deny_ids=deny, sigma=sigma)
+        return defences if defences.active else None
 
     def check_user(self, user) -> str:
         user = F.USER.check(user)
@@ -188,7 +200,7 @@ class Studio:
     # -- chat ---------------------------------------------------------------------------
     def chat(self, user, message, side_by_side, T, eta, lam, alpha, beta, temperature, top_p, seed,
              max_new_tokens, repetition_penalty, no_repeat_ngram_size, gate_on, gate_threshold, gate_patience,
-             gate_mode, conv, request: gr.Request = None):
+             gate_mode, sigma, conv, request: gr.Request = None):
         """Stream one turn. Yields (unsteered chat, steered chat, token view, privacy, latency, status,
         conv, message box, Send, Stop)."""
         user = self.check_user(user)
@@ -197,16 +209,17 @@ class Studio:
         params = make_params(T, eta, lam, alpha, beta)
         sampling = make_sampling(temperature, top_p, seed, max_new_tokens, repetition_penalty, no_repeat_ngram_size)
         gate = make_gate(gate_on, gate_threshold, gate_patience, gate_mode)
+        defences = self.defences_for(user, F.SIGMA.check(sigma))
         conv = conv or new_conversation()
         session = self.session(request)
         run = session.start()
         try:
-            yield from self._turn(session, run, user, message, side, params, sampling, gate, conv)
+            yield from self._turn(session, run, user, message, side, params, sampling, gate, defences, conv)
         finally:
             session.end(run=run)
             session.endings.pop(run, None)
 
-    def _turn(self, session, run, user, message, side, params, sampling, gate, conv):
+    def _turn(self, session, run, user, message, side, params, sampling, gate, defences, conv):
         skip = gr.skip()
         streams = ["unsteered", "steered"] if side else ["steered"]
         texts = {s: "" for s in streams}
@@ -235,7 +248,8 @@ class Studio:
         transcript, events, token_view = CloudTranscript(), [], TOKENS_OPEN
         last = time.perf_counter()
         stream = self.engine.stream(conv["steered"] + [turn], context, "side_by_side" if side else "steered", params,
-                                    sampling, transcript, unsteered_messages=conv["unsteered"] + [turn], gate=gate)
+                                    sampling, transcript, unsteered_messages=conv["unsteered"] + [turn], gate=gate,
+                                    defences=defences)
         try:
             for ev in stream:
                 if not session.current(run):  # ended by Stop, a new conversation or another user
@@ -276,10 +290,33 @@ class Studio:
             new.update(unsteered=conv["unsteered"] + [turn, {"role": "assistant", "content": texts["unsteered"]}],
                        unsteered_view=v["unsteered"])
         echoes = [m["content"] for m in conv["steered"] if m["role"] == "assistant"]
-        yield (v["unsteered"], v["steered"], tokens_html(events),
-               privacy_html(transcript, context, self.engine.same_model, echoes),
+        audit = audit_reply(self.store.entries(user), conv["steered"] + [turn], transcript, self.engine.cloud.tokenizer)
+        deny = (len(defences.deny_ids), max((ev.deny_margin for ev in events), default=0.0)) \
+            if defences is not None and defences.deny_ids else None
+        reply = cloud_view(transcript, "steered", self.engine.cloud.tokenizer)[1]
+
+        def panel():
+            return privacy_html(transcript, context, self.engine.same_model, echoes, audit, deny, reply)
+        yield (v["unsteered"], v["steered"], tokens_html(events), panel(),
                latency_html(latency.summary(), self.remote(), self.engine.same_model), status_html(states), new,
                message_box(), gr.update(interactive=True), gr.update(visible=False))
+        users = self.store.users()
+        if len(users) >= 2 and session.current(run):  # the attacker needs someone to tell the user from
+            self.guess(audit, user, users, transcript, conv["steered"] + [turn],
+                       conv["unsteered"] + [turn] if side else None)
+            if session.current(run):
+                yield skip, skip, skip, panel(), skip, skip, skip, skip, skip, skip
+
+    def guess(self, audit, user, users, transcript, messages, unsteered_messages=None):
+        """The simulated cloud attacker's guess among the store's users (the first MAX_CANDIDATES)."""
+        if self._attacker is None:
+            self._attacker = PersonaAttacker(attacker_model(self.engine)[0])
+        profiles = {u: self._attacker.profile(self.store.entries(u)) for u in users[:MAX_CANDIDATES]}
+        profiles.setdefault(user, self._attacker.profile(self.store.entries(user)))
+        audit.truth = user
+        audit.guess = self._attacker.guess(messages, transcript.token_ids["steered"], profiles)
+        if unsteered_messages is not None:
+            audit.unsteered_guess = self._attacker.guess(unsteered_messages, transcript.token_ids["unsteered"], profiles)
 
     def stop(self, conv, request: gr.Request = None):
         """Stop the running reply: the panes go back to the conversation as it was before it."""
@@ -345,15 +382,16 @@ class Studio:
     def history_rows(self, user):
         if not isinstance(user, str) or user not in self.store.users():
             return []
-        return [[e["id"], e["kind"], e["title"] or "", e["text"], bool(e["pinned"])] for e in self.store.entries(user)]
+        return [[e["id"], e["kind"], e["title"] or "", e["text"], bool(e["pinned"]), bool(e["sensitive"])]
+                for e in self.store.entries(user)]
 
-    def _entry_fields(self, text, kind, title, pinned) -> dict:
-        return {"text": F.ENTRY_TEXT.check(text), "kind": F.KIND.check(kind),
-                "title": F.TITLE.check(title) or None, "pinned": F.PINNED.check(pinned)}
+    def _entry_fields(self, text, kind, title, pinned, sensitive) -> dict:
+        return {"text": F.ENTRY_TEXT.check(text), "kind": F.KIND.check(kind), "title": F.TITLE.check(title) or None,
+                "pinned": F.PINNED.check(pinned), "sensitive": F.SENSITIVE.check(sensitive)}
 
-    def add_entry(self, user, text, kind, title, pinned):
+    def add_entry(self, user, text, kind, title, pinned, sensitive):
         user = self.check_user(user)
-        self.store.add_entry(user, **self._entry_fields(text, kind, title, pinned))
+        self.store.add_entry(user, **self._entry_fields(text, kind, title, pinned, sensitive))
         return self.history_rows(user), ""
 
     def _entry_of(self, user, entry_id) -> tuple[str, dict]:
@@ -375,12 +413,12 @@ class Studio:
             _, e = self._entry_of(user, row[0])
         except Refused as exc:
             warn(refusal("select_entry", exc))
-            return None, "", "note", "", False, self.history_rows(user)
-        return e["id"], e["text"], e["kind"], e["title"] or "", bool(e["pinned"]), gr.skip()
+            return None, "", "note", "", False, False, self.history_rows(user)
+        return e["id"], e["text"], e["kind"], e["title"] or "", bool(e["pinned"]), bool(e["sensitive"]), gr.skip()
 
-    def update_entry(self, user, entry_id, text, kind, title, pinned):
+    def update_entry(self, user, entry_id, text, kind, title, pinned, sensitive):
         user, e = self._entry_of(user, entry_id)
-        self.store.update_entry(e["id"], **self._entry_fields(text, kind, title, pinned))
+        self.store.update_entry(e["id"], **self._entry_fields(text, kind, title, pinned, sensitive))
         return self.history_rows(user)
 
     def ask_delete(self, user, entry_id):
@@ -432,7 +470,7 @@ class Studio:
         params = make_params(T, eta, lam, alpha, beta)
         sampling = make_sampling(temperature, top_p, seed, max_new_tokens, repetition_penalty, no_repeat_ngram_size)
         out = self.engine.generate([{"role": "user", "content": message}], self.context_for(user, message),
-                                   "side_by_side", params, sampling)
+                                   "side_by_side", params, sampling, defences=self.defences_for(user))
         steered_side = self.rng.choice("AB")
         a, b = ((out["texts"]["steered"], out["texts"]["unsteered"]) if steered_side == "A"
                 else (out["texts"]["unsteered"], out["texts"]["steered"]))
@@ -468,16 +506,18 @@ class Studio:
         sampling = make_sampling(max_new_tokens=max_new_tokens, repetition_penalty=repetition_penalty,
                                  no_repeat_ngram_size=no_repeat_ngram_size)
         out = self.engine.generate([{"role": "user", "content": message}], self.context_for(user, message),
-                                   "side_by_side", params, sampling)
+                                   "side_by_side", params, sampling, defences=self.defences_for(user))
         return out["texts"]["unsteered"], out["texts"]["steered"]
 
     def history(self, user) -> list[dict]:
         user = self.check_user(user)
-        return [{k: e[k] for k in ("id", "kind", "title", "text", "pinned")} for e in self.store.entries(user)]
+        return [{k: (bool(e[k]) if k in ("pinned", "sensitive") else e[k])
+                 for k in ("id", "kind", "title", "text", "pinned", "sensitive")} for e in self.store.entries(user)]
 
-    def add_history(self, user, text, kind="note"):
+    def add_history(self, user, text, kind="note", sensitive=False):
         user = self.check_user(user)
-        return self.store.add_entry(user, F.ENTRY_TEXT.check(text), kind=F.KIND.check(kind))
+        return self.store.add_entry(user, F.ENTRY_TEXT.check(text), kind=F.KIND.check(kind),
+                                    sensitive=F.SENSITIVE.check(sensitive))
 
     def ratings_summary(self) -> dict:
         s = summarize_votes(self.store.votes())
@@ -522,10 +562,10 @@ class Studio:
         return str(out)
 
     # -- parameter explorer ----------------------------------------------------------
-    def _answer(self, messages, context, mode, params, sampling) -> dict:
+    def _answer(self, messages, context, mode, params, sampling, defences=None) -> dict:
         """One answer with its fluency: the mean log-probability the cloud alone gives its tokens."""
         text, logprobs, ids = "", [], []
-        for ev in self.engine.stream(messages, context, mode, params, sampling):
+        for ev in self.engine.stream(messages, context, mode, params, sampling, defences=defences):
             text += ev.text
             logprobs.append(ev.base_logprob)
             ids.append(ev.token_id)
@@ -574,7 +614,7 @@ class Studio:
             if key in by_C:  # the policy depends on the settings only through C
                 a, note = by_C[key][1], f" (same C as {by_C[key][0]}: same answer, not run again)"
             else:
-                a = self._answer(messages, context, "steered", params, sampling)
+                a = self._answer(messages, context, "steered", params, sampling, self.defences_for(user))
                 by_C[key] = (f"{param} = {v:g}", a)
             rows.append(row(f"{param} = {v:g}", C, a, note))
             Cs.append(C)

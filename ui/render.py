@@ -109,28 +109,84 @@ def latency_html(summary: dict, remote: bool, shared: bool = False) -> str:
             "(T, η, λ, α, β), so T = 100 runs as fast as T = 1.</p></div>")
 
 
-def _marked_prompt(prompt: str, echoes: list[str]) -> tuple[str, int]:
-    """The cloud's prompt, escaped, with earlier steered answers marked; how many were found."""
+def _with_terms(text: str, exposed) -> str:
+    """`text` escaped, with the exposed personal terms marked; hovering one names its entry."""
+    from costeer.privacy import term_spans
+
+    out, at = [], 0
+    for a, b, t in term_spans(text, list(exposed)):
+        out.append(esc(text[at:a]) + f"<mark class='exposed' title='from your history: {html.escape(t.entry_title)}'>"
+                   f"{esc(text[a:b])}</mark>")
+        at = b
+    return "".join(out) + esc(text[at:])
+
+
+def _marked_prompt(prompt: str, echoes: list[str], exposed=()) -> tuple[str, int]:
+    """The cloud's prompt, escaped, with earlier steered answers and exposed terms marked; how
+    many earlier answers were found."""
     spans, at = [], 0
     for echo in echoes:
         echo = echo.strip()
         i = prompt.find(echo, at) if echo else -1
         if i < 0:
             continue
-        spans.append(esc(prompt[at:i]) + f"<mark class='echo'>{esc(echo)}</mark>")
+        spans.append(_with_terms(prompt[at:i], exposed) + f"<mark class='echo'>{_with_terms(echo, exposed)}</mark>")
         at = i + len(echo)
-    return "".join(spans) + esc(prompt[at:]), len(spans)
+    return "".join(spans) + _with_terms(prompt[at:], exposed), len(spans)
 
 
-def privacy_html(transcript, context: str, same_model: bool, echoes: list[str] = ()) -> str:
+def _share(e) -> str:
+    return f"{len(e.exposed)} of {e.terms} ({100 * e.share:.0f}%)"
+
+
+def _guess_line(guess, truth: str, label: str) -> str:
+    if guess is None:
+        return ""
+    verdict = "✅ right" if guess.name == truth else "wrong"
+    return (f"<li>{label}: guesses <b>{esc(guess.name)}</b> ({verdict}; it gives {esc(truth)} "
+            f"{100 * guess.posterior[truth]:.0f}%, chance {100 / len(guess.posterior):.0f}%)</li>")
+
+
+def audit_html(audit, deny: tuple[int, float] | None = None) -> str:
+    """What the cloud could learn from this reply: the exposed terms, the share steering adds,
+    the attacker's guess, and the deny-list's check."""
+    if audit is None:
+        return ""
+    s = audit.steered
+    added = (f" The unsteered answer to the same message exposes {_share(audit.unsteered)}: "
+             f"<b>steering adds {100 * audit.attributable:+.0f} points</b>." if audit.unsteered is not None else
+             " (Turn on side by side to see how much of it steering adds.)")
+    items = "".join(f"<li><mark class='exposed'>{esc(t.text)}</mark> — from “{esc(t.entry_title)}”"
+                    + (f" (#{t.entry_id})" if t.entry_id is not None else "") + "</li>" for t in s.exposed)
+    guesses = ""
+    if audit.guess is not None:
+        guesses = ("<p>A curious cloud scoring this reply under each user's profile (one forward each):</p><ul>"
+                   + _guess_line(audit.guess, audit.truth, "steered reply")
+                   + _guess_line(audit.unsteered_guess, audit.truth, "unsteered reply") + "</ul>")
+    deny_line = ""
+    if deny is not None:
+        n, margin = deny
+        deny_line = (f"<p class='note'>Deny-list: {n} tokens from your sensitive entries; at every step steering "
+                     f"left them at or below the cloud's own probability (max log p − log b = {margin:.1e}).</p>")
+    return (f"<div class='audit'><p class='warn'>⚠️ The chosen tokens can carry personal information: steering "
+            f"makes your personal words likelier, and every chosen token reaches the cloud.</p>"
+            f"<p><b>Your distinctive terms the cloud can read: {_share(s)}</b>.{added}</p>"
+            + (f"<ul class='exposed-terms'>{items}</ul>" if items else "") + guesses + deny_line + "</div>")
+
+
+def privacy_html(transcript, context: str, same_model: bool, echoes: list[str] = (), audit=None,
+                 deny: tuple[int, float] | None = None, reply: str = "") -> str:
     """What crossed to the cloud, next to what stayed on the device, for the last reply.
     `echoes` are the earlier steered answers in this conversation: they are in the cloud's prompt,
-    and they were shaped by the private context, so they are marked, not hidden."""
+    and they were shaped by the private context, so they are marked, not hidden. `audit`
+    (costeer.privacy.ReplyAudit) marks the exposed personal terms; `reply` is the chosen tokens
+    decoded."""
     if transcript is None or not transcript.prompt_ids:
         return ("<div class='privacy'><b>Privacy panel.</b> After a reply, this shows what the cloud "
                 "received and what stayed on your device.</div>")
     stream = "steered" if "steered" in transcript.prompt_ids else "unsteered"
-    prompt, marked = _marked_prompt(transcript.prompt_text[stream], list(echoes) if stream == "steered" else [])
+    exposed = audit.steered.exposed if audit is not None else ()
+    prompt, marked = _marked_prompt(transcript.prompt_text[stream], list(echoes) if stream == "steered" else [], exposed)
     ids = transcript.token_ids.get(stream, [])
     shown = ", ".join(map(str, ids[:60])) + (" …" if len(ids) > 60 else "")
     ctx = esc(context) if context.strip() else "(no personal context for this user)"
@@ -141,10 +197,13 @@ def privacy_html(transcript, context: str, same_model: bool, echoes: list[str] =
                  if marked else "<p>No earlier steered answers are in it yet.</p>")
     return f"""<div class='privacy'>
 <div class='side cloud'><h4>☁️ Sent to the cloud</h4>
-<p>The conversation, <b>without your private context</b> ({len(transcript.prompt_ids[stream])} tokens):</p>
+{audit_html(audit, deny)}
+<p>The conversation, <b>without your private context itself</b> ({len(transcript.prompt_ids[stream])} tokens):</p>
 {echo_note}
 <pre>{prompt}</pre>
-<p>Then only the chosen tokens, as ids ({len(ids)}): <code>{shown}</code></p></div>
+<p>Then only the chosen tokens, as ids ({len(ids)}): <code>{shown}</code></p>
+<p>They spell the reply (<mark class='exposed'>marked</mark>: your distinctive terms in it):</p>
+<pre class='reply'>{_with_terms(reply, exposed)}</pre></div>
 <div class='side device'><h4>🔒 Stayed on your device</h4>
 <p>Personal context read by the on-device model, <b>never sent</b> as such:</p>
 <pre>{ctx}</pre></div>{note}</div>"""
