@@ -119,6 +119,7 @@ def build_app(studio, desk):
                                               ("back on when the cloud is unsure", "reopen")], value="paper",
                                              label="once the gate closes")
                     with gr.Row():
+                        tau = slider(F.TAU, 0, 0.1, "clip the delta to [−τ, τ] (0 = off)", elem_id="tau")
                         sigma = slider(F.SIGMA, 0, 0.05, "noise σ on the delta (0 = off; seeded by the seed above; "
                                        "noise, not differential privacy)", elem_id="sigma")
                 with gr.Row():
@@ -260,7 +261,7 @@ def build_app(studio, desk):
             s.change(studio.strength, sliders, strength, show_progress="hidden", concurrency_limit=None, **private)
         decoding = [temperature, top_p, seed, max_new, rep, ngram]
         chat_in = [user, message, side, *sliders, *decoding, gate_on, gate_threshold, gate_patience, gate_mode, sigma,
-                   conv]
+                   tau, conv]
         chat_out = [unsteered_chat, steered_chat, tokens, privacy, latency, status, conv, message, send, stop]
         gr.on([send.click, message.submit], for_ui(studio.chat), chat_in, chat_out, show_progress="hidden",
                      **private)

@@ -99,7 +99,7 @@ def cmd_bench(args, parser):
     from .bench import run_bench
 
     engine = load_engine_or_exit(args, stock_linear=args.stock_linear)
-    from .bench import gate_bench, http_vs_in_process, topk_agreement
+    from .bench import defences_bench, gate_bench, http_vs_in_process, topk_agreement
 
     try:
         sampling = decoding(args, args.tokens)
@@ -114,6 +114,7 @@ def cmd_bench(args, parser):
         if isinstance(result["llama_server_ms_per_token"], float):
             result["plain_over_llama_server"] = round(result["plain_ms_per_token"] / result["llama_server_ms_per_token"], 3)
     result.update(gate_bench(engine, tokens=args.tokens, repeats=max(1, args.repeats - 1)))
+    result.update(defences_bench(engine, tokens=args.tokens, repeats=max(1, args.repeats - 1)))
     if not args.no_cloud and engine.same_model:  # the figures below compare against the in-process cloud
         result.update(topk_agreement(engine, tokens=args.tokens))
         result.update(http_vs_in_process(engine, tokens=args.tokens, repeats=max(1, args.repeats - 1)))

@@ -227,6 +227,28 @@ def gate_bench(engine: CoSteerEngine, tokens: int = 64, repeats: int = 2, thresh
             "gate_speedup_over_ungated": round(ungated / gated, 3)}
 
 
+def defences_bench(engine: CoSteerEngine, tokens: int = 64, repeats: int = 2) -> dict:
+    """Steered decoding plain, with a deny-list (the words of the bench contexts) and with noise
+    (tau 1, sigma 0.3), interleaved: what the defences cost per token."""
+    from .decoding import Defences
+    from .privacy import deny_token_ids
+
+    deny = deny_token_ids(engine.cloud.tokenizer, [w for _, c in BENCH_PROMPTS for w in c.split()])
+    settings = {"plain": None, "deny": Defences(deny_ids=deny), "noise": Defences(tau=1.0, sigma=0.3, seed=0)}
+    params, sampling = SteeringParams(), Sampling(max_new_tokens=tokens)
+    runs = {k: [] for k in settings}
+    for _ in range(repeats):
+        for prompt, context in BENCH_PROMPTS:
+            m = [{"role": "user", "content": prompt}]
+            for k, d in settings.items():
+                runs[k].append(_timed(engine.stream(m, context, "steered", params, sampling, defences=d))[1])
+    ms = {k: statistics.median(v) for k, v in runs.items()}
+    return {"deny_list_ids": len(deny), "deny_steered_ms_per_token": round(ms["deny"], 2),
+            "noise_steered_ms_per_token": round(ms["noise"], 2),
+            "deny_over_plain_steered": round(ms["deny"] / ms["plain"], 3),
+            "noise_over_plain_steered": round(ms["noise"] / ms["plain"], 3)}
+
+
 def cloud_throughput(url: str, tokenizer, clients: int = 1, steps: int = 16, seconds_cap: float = 120.0) -> dict:
     """Requests per second a cloud server sustains for `clients` concurrent CoSteer-shaped clients:
     each opens two rows (side by side), which part at the first token, and then extends both by

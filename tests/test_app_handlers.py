@@ -25,7 +25,7 @@ def studio(engine, tmp_path):
 def _args(**kw):
     args = dict(T=20, eta=10, lam=2, alpha=2, beta=1, temperature=0, top_p=1, seed=None, max_new_tokens=16,
                 repetition_penalty=1.1, no_repeat_ngram_size=4, gate_on=False, gate_threshold=0.1, gate_patience=3,
-                gate_mode="paper", sigma=0)
+                gate_mode="paper", sigma=0, tau=0)
     args.update(kw)
     return list(args.values())
 
@@ -298,3 +298,16 @@ def test_demo_decoding_is_documented():
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     assert f"repetition penalty {DEMO_DECODING['repetition_penalty']}" in readme
     assert f"no repeated {DEMO_DECODING['no_repeat_ngram_size']}-grams" in readme
+
+
+def test_chat_takes_the_sensitive_entries_and_the_noise_knobs(studio):
+    entry = next(e for e in studio.store.entries(KENJI) if "Nakazakicho" in e["text"])
+    studio.store.update_entry(entry["id"], sensitive=True)
+    _, s_chat, _, privacy, *_ = _chat(studio, "Plan my Friday evening", new_conversation(), max_new_tokens=16)
+    margin = float(privacy.split("max log p − log b = ")[1].split(")")[0])
+    assert "Deny-list:" in privacy and margin <= 1e-6
+    noisy = [_chat(studio, "Plan my Friday evening", new_conversation(), max_new_tokens=16, sigma=1.0, tau=2.0,
+                   seed=7)[1][-1]["content"] for _ in range(2)]
+    assert noisy[0] == noisy[1] != s_chat[-1]["content"]  # seeded: the same seed, the same noisy answer
+    with pytest.raises(Refused, match=r"clip tau: must be a number in \[0, 10\]"):
+        _chat(studio, "hi", new_conversation(), tau=11)

@@ -393,6 +393,8 @@ def test_privacy_panel_marks_the_exposed_terms_and_a_sensitive_entry_goes_on_the
     in_text = {re.sub(r"\W+", " ", m.lower()).strip() for m in cloud.locator("pre mark.exposed").all_inner_texts()}
     assert expected <= in_text  # and marked where they stand
     assert cloud.locator("pre mark.exposed").first.get_attribute("title").startswith("from your history: ")
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.locator("#privacy").screenshot(path=str(ARTIFACTS / "privacy_panel.png"))
 
     page.get_by_role("tab", name="History").click()
     rows = store.entries(KENJI)

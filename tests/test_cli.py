@@ -60,6 +60,7 @@ def test_bench_reports_every_figure():
         out["plain_ms_per_token"] / out["matmul_floor_ms_per_token"], rel=0.01)
     assert out["linear_orientation"] in ("stock", "weight-left") and out["matmul_hot_cache_ms_per_token"] > 0
     assert out["serve_cloud_requests_per_s_1_clients"] > 0 and out["serve_cloud_requests_per_s_4_clients"] > 0
+    assert out["deny_list_ids"] > 0 and out["deny_over_plain_steered"] > 0 and out["noise_over_plain_steered"] > 0
     assert "llama_server_ms_per_token" in out  # a figure, or why it was not measured
 
 

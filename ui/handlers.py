@@ -167,11 +167,11 @@ class Studio:
     def context_for(self, user: str, message: str) -> str:
         return self.store.build_context(user, message, max_tokens=self.context_tokens, count_tokens=self.count_tokens)
 
-    def defences_for(self, user: str, sigma: float = 0.0) -> Defences | None:
-        """The user's deny-list (entries marked sensitive) and the noise; None when neither is on.
-        The noise is seeded by the answer's sampling seed."""
+    def defences_for(self, user: str, sigma: float = 0.0, tau: float = 0.0) -> Defences | None:
+        """The user's deny-list (entries marked sensitive), the clip (tau 0 = off) and the noise;
+        None when none is on. The noise is seeded by the answer's sampling seed."""
         deny = deny_list(self.store.entries(user), self.engine.cloud.tokenizer)
-        defences = Defences(deny_ids=deny, sigma=sigma)
+        defences = Defences(deny_ids=deny, tau=tau or None, sigma=sigma)
         return defences if defences.active else None
 
     def check_user(self, user) -> str:
@@ -200,7 +200,7 @@ class Studio:
     # -- chat ---------------------------------------------------------------------------
     def chat(self, user, message, side_by_side, T, eta, lam, alpha, beta, temperature, top_p, seed,
              max_new_tokens, repetition_penalty, no_repeat_ngram_size, gate_on, gate_threshold, gate_patience,
-             gate_mode, sigma, conv, request: gr.Request = None):
+             gate_mode, sigma, tau, conv, request: gr.Request = None):
         """Stream one turn. Yields (unsteered chat, steered chat, token view, privacy, latency, status,
         conv, message box, Send, Stop)."""
         user = self.check_user(user)
@@ -209,7 +209,7 @@ class Studio:
         params = make_params(T, eta, lam, alpha, beta)
         sampling = make_sampling(temperature, top_p, seed, max_new_tokens, repetition_penalty, no_repeat_ngram_size)
         gate = make_gate(gate_on, gate_threshold, gate_patience, gate_mode)
-        defences = self.defences_for(user, F.SIGMA.check(sigma))
+        defences = self.defences_for(user, F.SIGMA.check(sigma), F.TAU.check(tau))
         conv = conv or new_conversation()
         session = self.session(request)
         run = session.start()
