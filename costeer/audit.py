@@ -14,7 +14,7 @@ import statistics
 import zlib
 from collections import Counter
 
-from .privacy import PersonaAttacker, deny_token_ids, distinctive_terms, exposure
+from .privacy import PersonaAttacker, cloud_view, deny_list, distinctive_terms, exposure
 from .stats import bootstrap_ci
 
 
@@ -34,40 +34,36 @@ def row_defences(tokenizer, row, method: str):
     spec = method_defences(method)
     if not (spec["deny"] or spec["sigma"] or spec["tau"] is not None):
         return None
-    deny = deny_token_ids(tokenizer, distinctive_terms(row.profile).values()) if spec["deny"] else ()
+    deny = deny_list([{**e, "sensitive": True} for e in row.profile], tokenizer) if spec["deny"] else ()
     return Defences(deny_ids=deny, tau=spec["tau"], sigma=spec["sigma"], seed=zlib.crc32(row.id.encode()))
 
 
 class PrivacyAudit:
-    def __init__(self, engine, evaluator, rows):
-        lm, self.attacker_is = attacker_model(engine)
-        self.attacker = PersonaAttacker(lm)
-        self.engine, self.ev = engine, evaluator
-        self.profiles: dict[str, str] = {}
-        self.personas = {}  # user -> one row of theirs (a user's profile is the same on all rows)
+    def __init__(self, engine, rows):
+        self.attacker = PersonaAttacker(attacker_model(engine)[0])
+        self.engine = engine
+        personas = {}  # user -> one row of theirs (a user's profile is the same on all rows)
         for row in rows:
             if row.user is not None:
-                self.personas.setdefault(row.user, row)
+                personas.setdefault(row.user, row)
+        self.profiles = {u: self.attacker.profile(r.profile) for u, r in personas.items()}
 
     @property
     def can_attack(self) -> bool:
-        return len(self.personas) >= 2
+        return len(self.profiles) >= 2
 
     def measure(self, row, method: str, transcript, stream: str | None) -> dict:
         if stream is None:  # slm_ctx: the device alone, nothing sent
             return {"exposure": None}
-        tok = self.engine.cloud.tokenizer
         reply = transcript.token_ids[stream]
-        cloud_text = transcript.prompt_text[stream] + tok.decode(reply, skip_special_tokens=True)
         terms = distinctive_terms(row.profile, [row.query])
-        found = exposure(terms, cloud_text)
+        found = exposure(terms, "".join(cloud_view(transcript, stream, self.engine.cloud.tokenizer)))
         out = {"exposure": found.share, "exposed": [t.text for t in found.exposed], "terms": found.terms,
                "user": row.user}
         if self.can_attack and row.user is not None:
-            profiles = {u: self.profiles.setdefault(u, self.attacker.profile(r.profile)) for u, r in self.personas.items()}
-            guess = self.attacker.guess([{"role": "user", "content": row.query}], reply, profiles)
+            guess = self.attacker.guess([{"role": "user", "content": row.query}], reply, self.profiles)
             out.update(attacker_guess=guess.name, attacker_correct=guess.name == row.user,
-                       attacker_posterior=guess.posterior[row.user], candidates=len(profiles))
+                       attacker_posterior=guess.posterior[row.user], candidates=len(self.profiles))
         return out
 
 

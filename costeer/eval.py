@@ -207,20 +207,16 @@ class Evaluator:
         self.sampling = sampling or Sampling(max_new_tokens=max_new_tokens)
         self._tmp = tempfile.TemporaryDirectory(prefix="costeer-eval-")
         self.store = UserStore(Path(self._tmp.name) / "eval.db")
-        self._users: set[str] = set()
         self.sc = scorer()
 
-    def context(self, row: Row, query: str | None = None) -> str:
-        """The row's profile as the device reads it for `query` (the row's own by default)."""
+    def context(self, row: Row) -> str:
         user = f"eval:{row.id}"
-        if user not in self._users:
-            if row.profile:
-                self.store.import_user(row.profile, mode="replace", user=user)
-            else:
-                self.store.add_user(user)
-            self._users.add(user)
+        if row.profile:
+            self.store.import_user(row.profile, mode="replace", user=user)
+        else:
+            self.store.add_user(user)
         tok = self.engine.device.tokenizer
-        return self.store.build_context(user, query or row.query, max_tokens=CONTEXT_TOKENS,
+        return self.store.build_context(user, row.query, max_tokens=CONTEXT_TOKENS,
                                         count_tokens=lambda s: len(tok(s, add_special_tokens=False)["input_ids"]))
 
     def run(self, row: Row, method: str, context: str, audit=None) -> dict:
@@ -281,7 +277,7 @@ def evaluate(engine, rows: list[Row], methods: list[str], max_new_tokens: int = 
     if privacy:
         from .audit import PrivacyAudit
 
-        audit = PrivacyAudit(engine, ev, rows)
+        audit = PrivacyAudit(engine, rows)
     results = [r for r in done if r["id"] in ids and r["method"] in methods]
     contexts: dict[str, str] = {}
     sink = open(out, "a", encoding="utf-8") if out else None

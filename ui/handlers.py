@@ -311,8 +311,8 @@ class Studio:
         """The simulated cloud attacker's guess among the store's users (the first MAX_CANDIDATES)."""
         if self._attacker is None:
             self._attacker = PersonaAttacker(attacker_model(self.engine)[0])
-        profiles = {u: self._attacker.profile(self.store.entries(u)) for u in users[:MAX_CANDIDATES]}
-        profiles.setdefault(user, self._attacker.profile(self.store.entries(user)))
+        candidates = users[:MAX_CANDIDATES] + ([user] if user not in users[:MAX_CANDIDATES] else [])
+        profiles = {u: self._attacker.profile(self.store.entries(u)) for u in candidates}
         audit.truth = user
         audit.guess = self._attacker.guess(messages, transcript.token_ids["steered"], profiles)
         if unsteered_messages is not None:

@@ -166,8 +166,10 @@ def audit_html(audit, deny: tuple[int, float] | None = None) -> str:
     deny_line = ""
     if deny is not None:
         n, margin = deny
-        deny_line = (f"<p class='note'>Deny-list: {n} tokens from your sensitive entries; at every step steering "
-                     f"left them at or below the cloud's own probability (max log p − log b = {margin:.1e}).</p>")
+        held = ("at every step steering left them at or below the cloud's own probability" if margin <= 1e-6 else
+                "⚠️ steering made one of them likelier than the cloud alone: the guarantee failed, please report it")
+        deny_line = (f"<p class='note'>Deny-list: {n} tokens from your sensitive entries; {held} "
+                     f"(max log p − log b = {margin:.1e}).</p>")
     return (f"<div class='audit'><p class='warn'>⚠️ The chosen tokens can carry personal information: steering "
             f"makes your personal words likelier, and every chosen token reaches the cloud.</p>"
             f"<p><b>Your distinctive terms the cloud can read: {_share(s)}</b>.{added}</p>"
