@@ -13,6 +13,7 @@ from .loading import load_engine_or_exit
 from .models import DEFAULT_MODEL, DTYPES, ModelLoadError, load_model, set_offline
 from .loading import text_arg, writable_file_problem
 from .policy import T_MAX, SteeringParams, effective_strength
+from .speculative import MAX_SPECULATE
 
 
 def add_decoding_args(p: argparse.ArgumentParser):
@@ -52,6 +53,7 @@ def cmd_generate(args, parser):
                          f"at offset {exc.start})")
     from .cloud import CloudError
     from .latency import Latency
+    from .speculative import Speculation
 
     engine = load_engine_or_exit(args)
     defences = noise
@@ -64,11 +66,13 @@ def cmd_generate(args, parser):
     transcript = CloudTranscript()
     skipped = steps = 0
     latency = Latency()
+    spec = {}
     try:
         margin = None
         for ev in engine.stream(messages, context, "side_by_side", params, sampling, transcript, gate=gate,
-                                defences=defences):
+                                defences=defences, speculate=args.speculate, overlap=args.overlap):
             latency.add(ev)
+            spec.setdefault(ev.stream, Speculation()).add(ev)
             texts[ev.stream] += ev.text
             if ev.stream == "steered":
                 skipped, steps = skipped + ev.device_skipped, steps + 1
@@ -88,16 +92,67 @@ def cmd_generate(args, parser):
                           "local_model": engine.device.name, "same_model": engine.same_model,
                           "seed": sampling.seed, "device_skipped": skipped, "steered_steps": steps,
                           "defences": {"sigma": defences.sigma, "tau": defences.tau, "deny_ids": len(defences.deny_ids),
-                                       "deny_margin_max": margin}},
+                                       "deny_margin_max": margin},
+                          "speculate": args.speculate, "overlap": args.overlap,
+                          "speculation": {s: v.as_dict() for s, v in spec.items()} if args.speculate > 1 or args.overlap
+                          else None,
+                          "rejected_drafts": {s: tokenizer_decode(engine, ids) for s, ids in transcript.drafts.items()}},
                          ensure_ascii=False))
     else:
         print(f"== unsteered (cloud model alone, no personal context) ==\n{texts['unsteered']}\n")
         print(f"== steered (CoSteer, effective strength C = {C:.3f}) ==\n{texts['steered']}")
+        if args.speculate > 1:
+            st = spec.get("steered", Speculation())
+            print(f"\n(speculate {args.speculate}: {st.rounds} round trips for {st.tokens} steered tokens; "
+                  f"{st.accepted} of {st.drafted} drafts kept; {st.rejected} drafted tokens the cloud saw and the "
+                  f"answer did not keep)", file=sys.stderr)
+
+
+def tokenizer_decode(engine, ids: list[int]) -> dict:
+    """Rejected draft tokens as the cloud saw them: their count and each round's text."""
+    return {"count": sum(map(len, ids)), "texts": [engine.cloud.tokenizer.decode(r, skip_special_tokens=True) for r in ids]}
+
+
+def _int_list(name: str, lo: int, hi: int):
+    def parse(text):
+        try:
+            values = [int(x) for x in str(text).split(",") if x.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be comma-separated integers in [{lo}, {hi}], got {text!r}")
+        if not values or any(not lo <= v <= hi for v in values):
+            raise argparse.ArgumentTypeError(f"{name} must be comma-separated integers in [{lo}, {hi}], got {text!r}")
+        return values
+    return parse
+
+
+def cmd_remote_bench(args, parser):
+    from .cloud import CloudError
+    from .remote_bench import remote_bench, table_markdown
+
+    rtts = args.rtt_ms if isinstance(args.rtt_ms, list) else _int_list("--rtt-ms", 0, 2000)(args.rtt_ms)
+    ks = args.speculate if isinstance(args.speculate, list) else _int_list("--speculate", 2, MAX_SPECULATE)(args.speculate)
+    try:
+        lm = load_model(args.local_model or args.cloud_model, args.device, args.dtype)
+    except ModelLoadError as exc:
+        print(f"costeer: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    if not args.cloud_url:
+        print(f"costeer: bench --remote: serve-cloud with {lm.name} plays the cloud, the same model the device "
+              "(one model in both roles: the device's draft is nearly the cloud's own choice)", file=sys.stderr)
+    try:
+        result = remote_bench(lm, args.cloud_url, rtts, ks, tokens=args.tokens, repeats=args.repeats, top_k=args.top_k,
+                              progress=None if args.json else lambda m: print(m, file=sys.stderr))
+    except CloudError as exc:
+        print(f"costeer: error: {exc}", file=sys.stderr)
+        sys.exit(1)
+    print(json.dumps(result) if args.json else table_markdown(result["remote_table"]))
 
 
 def cmd_bench(args, parser):
     from .bench import run_bench
 
+    if args.remote:
+        return cmd_remote_bench(args, parser)
     engine = load_engine_or_exit(args, stock_linear=args.stock_linear)
     from .bench import defences_bench, gate_bench, http_vs_in_process, topk_agreement
 
@@ -236,6 +291,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--gate-mode", choices=("paper", "reopen"), default="paper",
                    help="paper (default): once the gate closes, fusion stays off for the rest of the answer, as the "
                         "official AdaCoSteer does; reopen: steering resumes when the cloud is unsure again")
+    g.add_argument("--speculate", type=_positive_int("--speculate", 1, MAX_SPECULATE), default=1, metavar="K",
+                   help="up to K tokens per cloud round trip: the device drafts K-1, the cloud scores them in one "
+                        "request (1 = off, the default; greedy output is identical). Rejected drafts are tokens "
+                        "the cloud sees that plain CoSteer never sends: they are counted")
+    g.add_argument("--overlap", action="store_true",
+                   help="run the device's passes while the cloud request is in flight (a remote cloud)")
     add_decoding_args(g)
     g.add_argument("--json", action="store_true", help="one JSON object on stdout")
     _add_model_args(g)
@@ -246,6 +307,13 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--repeats", type=_positive_int("repeats", 1, 50), default=3)
     b.add_argument("--stock-linear", action="store_true", help="measure with torch's stock Linear layers")
     b.add_argument("--no-cloud", action="store_true", help="skip the top-k agreement and loopback-HTTP figures")
+    b.add_argument("--remote", action="store_true",
+                   help="only the remote-decoding table: per-token, overlapped and speculative decoding at simulated "
+                        "round-trip times (against serve-cloud started here, or --cloud-url)")
+    b.add_argument("--rtt-ms", type=_int_list("--rtt-ms", 0, 2000), default="0,25,50,100",
+                   help="with --remote: the simulated round-trip times, comma-separated (default 0,25,50,100)")
+    b.add_argument("--speculate", type=_int_list("--speculate", 2, MAX_SPECULATE), default="2,4,8",
+                   help="with --remote: the K values to measure (default 2,4,8)")
     add_decoding_args(b)
     b.add_argument("--json", action="store_true")
     _add_model_args(b)
@@ -278,7 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--audit-log", help="append every request body to this JSONL file")
     c.add_argument("--max-logprobs", type=_positive_int("max-logprobs", 1, 100000), default=20,
                    help="largest `logprobs` a request may ask for (vLLM's default cap is 20)")
-    c.add_argument("--max-rows", type=_positive_int("--max-rows", 1, 256), default=16,
+    c.add_argument("--max-rows", type=_positive_int("--max-rows", 1, 256), default=32,
                    help="most prompts in one request")
     c.add_argument("--max-request-tokens", type=_positive_int("--max-request-tokens", 1, 10**6), default=16384,
                    help="most tokens one request may make the server process (prompts + max_tokens per row)")

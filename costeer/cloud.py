@@ -41,6 +41,17 @@ class Rows(Protocol):
     def keep(self, rows: list[int]) -> None: ...
 
 
+class Scorer(Protocol):
+    """One answer's cloud rows for speculative decoding (speculative.py): `score(answers, drafts)`
+    gives, per stream, the next-token log-probs after `prompt + answer + draft[:i]` for every i
+    from 0 to len(draft), (len(draft) + 1, V), from one request; a finished stream's answer is
+    None (and so is its result)."""
+
+    requests: int
+
+    def score(self, answers: list[list[int]], drafts: list[list[int]]) -> list[torch.Tensor]: ...
+
+
 class CloudLM(Protocol):
     name: str
     where: str  # for people: "in this process", "over HTTP, top-20 log-probs per token"
@@ -49,6 +60,8 @@ class CloudLM(Protocol):
     context_limit: int | None
 
     def open(self, prompts: list[list[int]]) -> Rows: ...
+
+    def scorer(self, prompts: list[list[int]]) -> Scorer: ...
 
 
 class CloudError(RuntimeError):
@@ -62,11 +75,35 @@ class InProcessCloud:
     def __init__(self, lm: LoadedModel, top_k: int | None = None):
         self.lm, self.name, self.tokenizer, self.top_k = lm, lm.name, lm.tokenizer, top_k
         self.eos_ids, self.context_limit = lm.eos_ids, lm.context_limit
+        self.remote = False
         self.where = "in this process" + (f", top-{top_k} log-probs per token" if top_k else "")
 
     def open(self, prompts: list[list[int]]) -> Rows:
         rows = ModelRows(self.lm, prompts)
         return rows if self.top_k is None else TopKRows(rows, self.top_k)
+
+    def scorer(self, prompts: list[list[int]]) -> "InProcessScorer":
+        return InProcessScorer(self.lm, prompts, self.top_k)
+
+
+def top_k_cut(logprobs: torch.Tensor, k: int) -> torch.Tensor:
+    """The top-k log-probs of each row, -inf elsewhere (not renormalized), as a server tells them."""
+    values, ids = torch.topk(logprobs, k, dim=-1)
+    return torch.full_like(logprobs, float("-inf")).scatter(-1, ids, values)
+
+
+class InProcessScorer:
+    """A draft scorer in this process: one TrailRow per stream (rows.py)."""
+
+    def __init__(self, lm: LoadedModel, prompts: list[list[int]], top_k: int | None):
+        from .rows import TrailRow
+
+        self.trails, self.top_k, self.requests = [TrailRow(lm, p) for p in prompts], top_k, 0
+
+    def score(self, answers: list[list[int]], drafts: list[list[int]]) -> list[torch.Tensor]:
+        self.requests += 1
+        out = [None if a is None else t.along(a + d, len(d) + 1) for t, a, d in zip(self.trails, answers, drafts)]
+        return out if self.top_k is None else [None if x is None else top_k_cut(x, self.top_k) for x in out]
 
 
 class TopKRows:
@@ -77,8 +114,7 @@ class TopKRows:
         self.logprobs = self._cut()
 
     def _cut(self) -> torch.Tensor:
-        values, ids = torch.topk(self.rows.logprobs, self.k, dim=-1)
-        return torch.full_like(self.rows.logprobs, float("-inf")).scatter(-1, ids, values)
+        return top_k_cut(self.rows.logprobs, self.k)
 
     def step(self, tokens: list[int]) -> torch.Tensor:
         self.rows.step(tokens)
@@ -111,6 +147,7 @@ class RemoteCloud:
         self.context_limit: int | None = None
         self.requests = 0
         self.where = f"over HTTP, top-{top_k} log-probs per token"
+        self.remote = True  # a request is a network round trip: the device works while it is in flight
 
     @property
     def name(self) -> str:
@@ -202,6 +239,9 @@ class RemoteCloud:
     def open(self, prompts: list[list[int]]) -> "RemoteRows":
         return RemoteRows(self, prompts)
 
+    def scorer(self, prompts: list[list[int]]) -> "RemoteScorer":
+        return RemoteScorer(self, prompts)
+
     def next_logprobs(self, rows: list[list[int]]) -> list[dict[int, float]]:
         """For each row of token ids, the cloud's top-k next-token log-probs {id: logprob}."""
         body = {"model": self.model_id, "prompt": rows, "max_tokens": 1, "logprobs": self.top_k,
@@ -269,3 +309,29 @@ class RemoteRows:
     def keep(self, rows: list[int]):
         self.ids = [self.ids[i] for i in rows]
         self.logprobs = self.logprobs[rows]
+
+
+class RemoteScorer:
+    """Drafts scored over HTTP in one request: every stream's `prompt + answer + draft[:i]` is a
+    row of one /v1/completions call with max_tokens 1. Rows that share a prefix are what vLLM's
+    and llama-server's prefix caches are for, and serve-cloud scores them in one forward; unlike
+    `echo` or `prompt_logprobs`, the answer stays O(rows x k) however long the prompt."""
+
+    def __init__(self, cloud: RemoteCloud, prompts: list[list[int]]):
+        self.cloud, self.prompts, self.requests = cloud, [list(p) for p in prompts], 0
+
+    def score(self, answers: list[list[int]], drafts: list[list[int]]) -> list[torch.Tensor]:
+        rows, spans = [], []
+        for prompt, answer, draft in zip(self.prompts, answers, drafts):
+            if answer is None:
+                continue
+            base = prompt + answer
+            rows += [base + draft[:i] for i in range(len(draft) + 1)]
+            spans.append(len(draft) + 1)
+        self.requests += 1
+        tops = self.cloud.next_logprobs(rows)
+        out = torch.full((len(rows), self.cloud.vocab_size), float("-inf"), device=self.cloud.device)
+        for row, top in enumerate(tops):
+            out[row, torch.tensor(list(top.keys()))] = torch.tensor(list(top.values()))
+        parts = iter(torch.split(out, spans))
+        return [None if a is None else next(parts) for a in answers]

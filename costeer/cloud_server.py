@@ -38,7 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, Strict
 from .models import LoadedModel
 
 DEFAULT_MAX_LOGPROBS = 20  # vLLM's default cap
-DEFAULT_MAX_ROWS = 16
+DEFAULT_MAX_ROWS = 32  # a speculative side-by-side round: 2 streams x up to 8 positions, with room
 DEFAULT_MAX_REQUEST_TOKENS = 16384
 DEFAULT_CACHE_MB = 1024
 TOKENS_PER_FORWARD = 2048  # rows x chunk length of one prefill forward: bounds memory and time between checks
@@ -179,14 +179,16 @@ class PrefixCache:
             self._check(cancel)
             end = min(width, start + chunk)
             batch.mask = full_mask[:, :end]
-            batch.logprobs = self._model(ids[:, start:end], batch.mask, positions[:, start:end], batch.cache)
+            batch.logprobs = self._model(ids[:, start:end], batch.mask, positions[:, start:end], batch.cache)[:, -1]
         batch.next_pos = positions[:, -1:] + 1
         return batch
 
-    def extend(self, batch: _Batch, new: list[list[int]], cancel):
-        """Append the same number of tokens to every row, in chunks."""
+    def extend(self, batch: _Batch, new: list[list[int]], cancel, along: bool = False):
+        """Append the same number of tokens to every row, in chunks; with `along`, return the
+        log-probs after each new token (B, n, V) (draft scoring: n is small)."""
         ids = torch.tensor(new, device=batch.mask.device)
         chunk = max(16, TOKENS_PER_FORWARD // len(new))
+        scored = []
         for start in range(0, ids.shape[1], chunk):
             self._check(cancel)
             part = ids[:, start:start + chunk]
@@ -194,14 +196,50 @@ class PrefixCache:
             batch.mask = torch.cat([batch.mask, torch.ones_like(part)], dim=1)
             positions = batch.next_pos + torch.arange(n, device=part.device)
             batch.next_pos = batch.next_pos + n
-            batch.logprobs = self._model(part, batch.mask, positions, batch.cache)
+            out = self._model(part, batch.mask, positions, batch.cache, n if along else 1)
+            batch.logprobs = out[:, -1, :]
+            scored.append(out)
         batch.rows = [r + tuple(t) for r, t in zip(batch.rows, new)]
+        return torch.cat(scored, dim=1) if along else None
+
+    def trail(self, top: tuple, shortest: int, cancel) -> tuple[_Batch, torch.Tensor]:
+        """Next-token log-probs after every prefix of `top` from length `shortest` on (n, V), in one
+        forward over what is new: a speculative draft's rows nest, so the longest carries them all.
+        A kept one-row batch that shares a prefix with `top` is cropped back to it (the rejected
+        part of the previous draft) instead of prefilling again."""
+        best, lcp = None, 0
+        for key, entry in self.entries.items():
+            if len(entry.rows) == 1:
+                row = entry.rows[0]
+                n = next((i for i, (a, b) in enumerate(zip(row, top)) if a != b), min(len(row), len(top)))
+                if n > lcp:
+                    best, lcp = key, n
+        keep = min(lcp, shortest - 1)
+        first = None
+        if best is not None and keep > 0:
+            batch = self.entries.pop(best)
+            self.hits += 1
+            drop = len(batch.rows[0]) - keep  # from the end: a row selected out of a batch may be left-padded
+            if drop:
+                batch.cache.crop(-drop)
+                batch.mask, batch.next_pos = batch.mask[:, :-drop], batch.next_pos - drop
+                batch.rows = [batch.rows[0][:keep]]
+        else:
+            self.misses += 1
+            keep = max(1, shortest - 1)
+            batch = self._prefill([list(top[:keep])], cancel)
+            if shortest == 1:
+                first = batch.logprobs
+        if keep < shortest - 1:
+            self.extend(batch, [list(top[keep:shortest - 1])], cancel)
+        scored = self.extend(batch, [list(top[max(keep, shortest - 1):])], cancel, along=True)[0]
+        return batch, scored if first is None else torch.cat([first, scored])
 
     @torch.inference_mode()
-    def _model(self, ids, mask, positions, cache):
+    def _model(self, ids, mask, positions, cache, keep: int = 1):
         out = self.lm.model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
-                            use_cache=True, logits_to_keep=1)
-        return torch.log_softmax(out.logits[:, -1, :].float(), dim=-1)
+                            use_cache=True, logits_to_keep=keep)
+        return torch.log_softmax(out.logits[:, -keep:, :].float(), dim=-1)  # (B, keep, V)
 
     def _check(self, cancel):
         if cancel.is_set() or self.stopping.is_set():
@@ -356,6 +394,10 @@ def _complete(cache: PrefixCache, tok, body: CompletionRequest, prompts: list[tu
     k, as_ids = body.logprobs or 0, body.return_tokens_as_token_ids
     piece = (lambda t: f"token_id:{t}") if as_ids else (lambda t: tok.decode([t]))
     eos = tok.eos_token_id
+    if body.max_tokens == 1:
+        tops, owner = _nesting(prompts)
+        if len(tops) < len(set(prompts)):
+            return _score_nested(cache, tops, owner, prompts, k, piece, tok, cancel)
     batch = cache.run(prompts, cancel)
     n = len(prompts)
     out = [Logprobs(tokens=[], token_logprobs=[], top_logprobs=[], text_offset=[]) for _ in range(n)]
@@ -380,6 +422,41 @@ def _complete(cache: PrefixCache, tok, body: CompletionRequest, prompts: list[tu
         cache.extend(batch, [[t] for t in tokens], cancel)
     cache.keep(batch)
     return [Choice(index=i, text=texts[i], logprobs=out[i] if k else None, finish_reason=finish[i]) for i in range(n)]
+
+
+def _nesting(prompts: list[tuple]) -> tuple[list[tuple], dict[tuple, tuple]]:
+    """The request's longest prompts, and for each prompt the longest one it is a prefix of."""
+    tops, owner = [], {}
+    for p in sorted(set(prompts), key=len, reverse=True):
+        owner[p] = next((t for t in tops if t[:len(p)] == p), p)
+        if owner[p] is p:
+            tops.append(p)
+    return tops, owner
+
+
+def _score_nested(cache: PrefixCache, tops, owner, prompts, k, piece, tok, cancel) -> list[Choice]:
+    """One token for each prompt of a request whose prompts nest (a speculative draft's rows):
+    one forward per longest prompt gives every row's log-probs."""
+    along = {}
+    for top in tops:
+        shortest = min(len(p) for p in prompts if owner[p] == top)
+        batch, scored = cache.trail(top, shortest, cancel)
+        along[top] = (shortest, scored)
+        cache.keep(batch)
+    choices = []
+    for i, p in enumerate(prompts):
+        shortest, scored = along[owner[p]]
+        logprobs = scored[len(p) - shortest]
+        t = int(logprobs.argmax())
+        top = {}
+        if k:
+            values, ids = torch.topk(logprobs, k)
+            top = {piece(int(j)): float(v) for v, j in zip(values, ids)}
+        lp = Logprobs(tokens=[piece(t)], token_logprobs=[float(logprobs[t])], top_logprobs=[top] if k else [],
+                      text_offset=[0])
+        choices.append(Choice(index=i, text=tok.decode([t]), logprobs=lp if k else None,
+                              finish_reason="stop" if t == tok.eos_token_id else "length"))
+    return choices
 
 
 def serve(lm: LoadedModel, host: str, port: int, audit_log: str | None, max_logprobs: int,

@@ -53,6 +53,11 @@ class TokenEvent:
     steer_ms: float = 0.0  # the steering update, repetition control and the choice, for this stream
     base_logprob: float = 0.0  # log b[token]: how likely the cloud alone found the chosen token (fluency)
     deny_margin: float = 0.0  # max log p - log b over the deny-listed ids (<= 0: none made likelier)
+    drafted: bool = False  # speculation: this token is the device's draft, kept by the verification
+    rejected_drafts: int = 0  # speculation: drafted tokens the cloud saw this round and were not kept
+    outside_top_k: bool = False  # speculation: the rejected draft token was outside the cloud's top-k
+    round: int = -1  # speculation: the cloud round trip that scored this token (-1: the per-token loop)
+    drafts_sent: int = 0  # speculation: on a stream's first event of a round, how many drafts it sent
 
 
 @dataclass
@@ -63,6 +68,7 @@ class CloudTranscript:
     prompt_ids: dict[str, list[int]] = field(default_factory=dict)
     prompt_text: dict[str, str] = field(default_factory=dict)
     token_ids: dict[str, list[int]] = field(default_factory=dict)
+    drafts: dict[str, list[list[int]]] = field(default_factory=dict)  # speculation, per round: drafted ids the cloud saw, not kept
 
 
 class CoSteerEngine:
@@ -98,12 +104,21 @@ class CoSteerEngine:
                params: SteeringParams = SteeringParams(), sampling: Sampling = Sampling(),
                transcript: CloudTranscript | None = None, unsteered_messages: list[dict] | None = None,
                gate: ConfidenceGate | None = None, reference: bool = False,
-               defences: Defences | None = None) -> Iterator[TokenEvent]:
+               defences: Defences | None = None, speculate: int = 1, overlap: bool = False) -> Iterator[TokenEvent]:
         """Yield TokenEvents until every stream of `mode` has finished. `unsteered_messages` lets
         the unsteered stream continue its own conversation in a multi-turn side-by-side chat;
         `reference` steers with the paper's explicit T-step loop instead of the closed form;
-        `defences` (the deny-list, noise) act on d on the device, before it steers."""
+        `defences` (the deny-list, noise) act on d on the device, before it steers;
+        `speculate` K > 1 lets the device draft so that one cloud round trip yields up to K tokens,
+        and `overlap` runs the device's passes while the request is in flight (speculative.py)."""
         prompts = self._cloud_prompts(messages, unsteered_messages or messages, context, mode, sampling)
+        from . import speculative
+
+        if speculative.check_speculate(speculate) > 1 or overlap:
+
+            yield from speculative.stream(self, prompts, messages, unsteered_messages or messages, context, params,
+                                          sampling, transcript, gate, reference, defences, speculate)
+            return
         plan = self.arrangement.open(prompts, messages, context, gate is not None, sampling.max_new_tokens)
         seed = resolve_seed(sampling)
         steer = processor(params, gate, reference, defences, seed)
@@ -163,6 +178,7 @@ class CoSteerEngine:
                 transcript.prompt_ids[s] = list(ids)
                 transcript.prompt_text[s] = self.cloud.tokenizer.decode(ids)
                 transcript.token_ids[s] = []
+                transcript.drafts[s] = []
 
     def _event(self, stream, step, token, b, p, skipped, cloud_ms, device_ms) -> TokenEvent:
         base_logprob = max(float(b[token]), LOGPROB_FLOOR)  # a token outside a remote top-k has -inf
@@ -196,19 +212,27 @@ class CoSteerEngine:
 
     def generate(self, messages, context="", mode="side_by_side", params=SteeringParams(),
                  sampling=Sampling(), transcript: CloudTranscript | None = None,
-                 gate: ConfidenceGate | None = None, defences: Defences | None = None) -> dict:
+                 gate: ConfidenceGate | None = None, defences: Defences | None = None, speculate: int = 1,
+                 overlap: bool = False) -> dict:
         """Run `stream` to the end; return the texts per stream, how many tokens steering changed
-        and how many device passes the gate skipped."""
-        out = {}
+        and how many device passes the gate skipped (and, speculating, the drafts per stream)."""
+        from .speculative import Speculation
+
+        out, spec = {}, {}
         changed = skipped = steps = 0
-        for ev in self.stream(messages, context, mode, params, sampling, transcript, gate=gate, defences=defences):
+        for ev in self.stream(messages, context, mode, params, sampling, transcript, gate=gate, defences=defences,
+                              speculate=speculate, overlap=overlap):
+            spec.setdefault(ev.stream, Speculation()).add(ev)
             out[ev.stream] = out.get(ev.stream, "") + ev.text
             if ev.stream == "steered":
                 changed += int(ev.changed)
                 skipped += int(ev.device_skipped)
                 steps += 1
-        return {"texts": out, "changed_tokens": changed, "device_skipped": skipped, "steered_steps": steps,
-                "effective_strength": effective_strength(params)}
+        result = {"texts": out, "changed_tokens": changed, "device_skipped": skipped, "steered_steps": steps,
+                  "effective_strength": effective_strength(params)}
+        if speculate != 1 or overlap:
+            result["speculation"] = {s: v.as_dict() for s, v in spec.items()}
+        return result
 
 
 def build_engine(cloud_lm: LoadedModel, device_lm: LoadedModel | None = None) -> CoSteerEngine:

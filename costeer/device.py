@@ -33,6 +33,13 @@ class DeviceLM:
         check_fits("the device model's", max(len(p) for p in prompts), self.context_limit, max_new_tokens)
         return DeviceRows(self, LazyRows(self.lm, list(prompts)))
 
+    def open_base(self, messages: list[dict], max_new_tokens: int) -> LazyRows:
+        """One row without any context, following another stream's answer: the device's stand-in
+        for the cloud when it drafts the unsteered stream (speculative.py)."""
+        prompt = build_prompts(self.tokenizer, messages, "")[0]
+        check_fits("the device model's", len(prompt), self.context_limit, max_new_tokens)
+        return LazyRows(self.lm, [prompt])
+
 
 class DeviceRows:
     """The device's two rows for one answer (0: without context, 1: with)."""
@@ -43,6 +50,11 @@ class DeviceRows:
     @property
     def forwards(self) -> int:
         return self.rows.forwards
+
+    def pair(self, answer_ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(log p_SLM(.), d) after the answer so far; same tokenizer as the cloud only (drafting)."""
+        out = self.rows.logprobs_after(answer_ids)
+        return out[0], out[1] - out[0]
 
     def delta(self, answer_ids: list[int]) -> torch.Tensor | None:
         """d at the end of the answer so far (cloud token ids); None when the device cannot be in

@@ -190,9 +190,13 @@ class Guess:
 
 
 # -- one reply, as the app's privacy panel shows it ----------------------------------------
-def cloud_view(transcript, stream: str, tokenizer) -> tuple[str, str]:
-    """(prompt, reply) as text: exactly what the cloud received on `stream`."""
-    return transcript.prompt_text[stream], tokenizer.decode(transcript.token_ids[stream], skip_special_tokens=True)
+def cloud_view(transcript, stream: str, tokenizer) -> tuple[str, str, str]:
+    """(prompt, reply, rejected drafts) as text: exactly what the cloud received on `stream`. A
+    speculative answer's drafts that were not kept are cloud-visible too; each round's is its own
+    line, so no phrase is made up across them."""
+    drafts = "\n".join(tokenizer.decode(ids, skip_special_tokens=True) for ids in transcript.drafts.get(stream, []))
+    return (transcript.prompt_text[stream], tokenizer.decode(transcript.token_ids[stream], skip_special_tokens=True),
+            "\n" + drafts if drafts else "")
 
 
 @dataclass

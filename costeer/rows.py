@@ -37,10 +37,12 @@ class ModelRows:
         self.logprobs = self._forward(ids, positions)
 
     @torch.inference_mode()
-    def _forward(self, ids, positions):
+    def _forward(self, ids, positions, keep: int = 1):
         out = self.model(input_ids=ids, attention_mask=self.mask, position_ids=positions,
-                         past_key_values=self.cache, use_cache=True, logits_to_keep=1)
-        return torch.log_softmax(out.logits[:, -1, :].float(), dim=-1)  # (B, V)
+                         past_key_values=self.cache, use_cache=True, logits_to_keep=keep)
+        logprobs = torch.log_softmax(out.logits[:, -keep:, :].float(), dim=-1)  # (B, keep, V)
+        self.along = logprobs
+        return logprobs[:, -1, :]  # (B, V)
 
     @property
     def size(self) -> int:
@@ -49,15 +51,16 @@ class ModelRows:
     def step(self, tokens: list[int]) -> torch.Tensor:
         return self.extend([[t] for t in tokens])
 
-    def extend(self, tokens: list[list[int]]) -> torch.Tensor:
-        """Append n tokens to every row (the same n) in one forward; log-probs after the last."""
+    def extend(self, tokens: list[list[int]], along: bool = False) -> torch.Tensor:
+        """Append n tokens to every row (the same n) in one forward; log-probs after the last, or
+        with `along` after each of the n (B, n, V): the cloud's scoring of a draft."""
         ids = torch.tensor(tokens, device=self.mask.device)  # (B, n)
         n = ids.shape[1]
         self.mask = torch.cat([self.mask, torch.ones_like(ids)], dim=1)
         positions = self.next_pos + torch.arange(n, device=ids.device)  # (B, n)
         self.next_pos = self.next_pos + n
-        self.logprobs = self._forward(ids, positions)
-        return self.logprobs
+        self.logprobs = self._forward(ids, positions, n if along else 1)
+        return self.along if along else self.logprobs
 
     def crop(self, n: int):
         """Forget the last n tokens of every row (log-probs are stale until the next extend).
@@ -113,3 +116,42 @@ class LazyRows:
             self.fed = list(ids)
             self.forwards += 1
         return self.rows.logprobs
+
+
+class TrailRow:
+    """One sequence that follows a changing target, for scoring drafts: `along(ids, n)` gives the
+    next-token log-probs after each of the last n prefixes of `prompt + ids` (n, V). The KV cache
+    keeps what the new target shares with the old one and is cropped back for the rest, so a
+    rejected draft costs no prefill."""
+
+    def __init__(self, lm: LoadedModel, prompt: list[int]):
+        self.lm, self.prompt = lm, list(prompt)
+        self.rows = ModelRows(lm, [self.prompt])
+        self.first = self.rows.logprobs[0]  # after the prompt alone
+        self.fed: list[int] = []
+
+    def along(self, ids: list[int], n: int) -> torch.Tensor:
+        need = len(ids) - n + 1  # the shortest prefix (of ids) whose next distribution is wanted
+        if not 1 <= n <= len(ids) + 1:
+            raise ValueError(f"n must be in [1, {len(ids) + 1}], got {n}")
+        common = 0
+        for a, b in zip(self.fed, ids):
+            if a != b:
+                break
+            common += 1
+        keep = max(0, min(common, need - 1))  # every wanted position is recomputed, none is read back
+        if keep < len(self.fed):
+            try:
+                self.rows.crop(len(self.fed) - keep)
+            except RuntimeError:  # a sliding-window cache that filled its window: start again
+                self.rows = ModelRows(self.lm, [self.prompt + ids[:keep]]) if keep else ModelRows(self.lm, [self.prompt])
+            self.fed = self.fed[:keep]
+        new = ids[keep:]
+        out = []
+        if need == 0:
+            out.append(self.first[None])
+        if new:
+            scored = self.rows.extend([new], along=True)[0]  # after ids[:keep+1], ..., after ids
+            out.append(scored[max(0, need - keep - 1):])
+            self.fed = list(ids)
+        return torch.cat(out)

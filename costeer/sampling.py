@@ -83,6 +83,15 @@ class Chooser:
         for t in prompt_ids:
             self._remember(int(t))
 
+    def fork(self) -> "Chooser":
+        """A copy that can remember a draft without touching this stream's history (speculative.py:
+        the draft gets the same repetition control as the verification)."""
+        c = Chooser.__new__(Chooser)
+        c.sampling, c.seed, c.generator, c._seen_tensor = self.sampling, self.seed, None, None
+        c.ids, c.seen = list(self.ids), dict(self.seen)
+        c.followers = {k: set(v) for k, v in self.followers.items()}
+        return c
+
     def generator_for(self, device: torch.device) -> torch.Generator:
         if self.generator is None or self.generator.device != device:
             self.generator = torch.Generator(device=device).manual_seed(self.seed)
@@ -115,20 +124,52 @@ class Chooser:
                 out[ban] = float("-inf")
         return out
 
+    def probs(self, logprobs: torch.Tensor) -> torch.Tensor:
+        """The distribution a sampled token is drawn from: repetition control, temperature, top-p."""
+        return final_probs(self.controlled(logprobs), self.sampling)
+
     def __call__(self, logprobs: torch.Tensor) -> int:
-        s = self.sampling
-        scores = self.controlled(logprobs)
-        if s.greedy:
-            token = int(torch.argmax(scores))
+        if self.sampling.greedy:
+            token = int(torch.argmax(self.controlled(logprobs)))
         else:
-            probs = torch.softmax(scores / s.temperature, dim=-1)
-            if s.top_p < 1.0:
-                sorted_p, order = torch.sort(probs, descending=True)
-                keep = sorted_p.cumsum(-1) - sorted_p < s.top_p  # always keeps the top token
-                probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_p[keep])
-            token = int(torch.multinomial(probs, 1, generator=self.generator_for(probs.device)))
+            token = int(torch.multinomial(self.probs(logprobs), 1, generator=self.generator_for(logprobs.device)))
         self._remember(token)
         return token
+
+    def verify(self, logprobs: torch.Tensor, draft: int, q: torch.Tensor | None) -> tuple[int, bool]:
+        """Speculative decoding's acceptance step: keep the draft token or replace it, so that the
+        token chosen has exactly the distribution `__call__` would draw from.
+            greedy    keep the draft iff it is the argmax
+            sampled   keep it with probability min(1, p(x)/q(x)), else draw from max(0, p - q)
+                      normalized (Leviathan et al. 2023; Chen et al. 2023), where q is the
+                      distribution the draft was drawn from."""
+        if self.sampling.greedy:
+            token = int(torch.argmax(self.controlled(logprobs)))
+            self._remember(token)
+            return token, token == draft
+        p = self.probs(logprobs)
+        gen = self.generator_for(p.device)
+        px, qx = float(p[draft]), float(q[draft])
+        if qx > 0 and float(torch.rand((), generator=gen, device=p.device)) * qx < px:
+            token, kept = draft, True
+        else:
+            residual = (p - q).clamp(min=0)
+            if float(residual.sum()) <= 0:  # p <= q everywhere: only when p == q, where a rejection cannot happen
+                residual = p
+            token, kept = int(torch.multinomial(residual, 1, generator=gen)), False
+        self._remember(token)
+        return token, kept
+
+
+def final_probs(scores: torch.Tensor, sampling: Sampling) -> torch.Tensor:
+    """softmax(scores / temperature), cut to the top-p nucleus (which always keeps the top token)."""
+    probs = torch.softmax(scores / sampling.temperature, dim=-1)
+    if sampling.top_p < 1.0:
+        sorted_p, order = torch.sort(probs, descending=True)
+        keep = sorted_p.cumsum(-1) - sorted_p < sampling.top_p
+        probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_p[keep])
+        probs = probs / probs.sum()  # normalized: the speculative acceptance ratio p/q needs it
+    return probs
 
 
 def resolve_seed(sampling: Sampling) -> int:

@@ -1,0 +1,259 @@
+"""Speculative CoSteer: the device drafts, the cloud scores a whole draft in one round trip, and
+the device keeps exactly what CoSteer would have chosen.
+
+`speculate = K` means at most K tokens per cloud round trip. Each round, for each stream:
+
+    draft    the device proposes k <= K-1 tokens with its own stand-in for the cloud's b:
+                 steered    x_i from log_softmax(slm_i + C * d_i)   (slm: its without-context row;
+                            d_i: the delta it computes anyway)
+                 unsteered  x_i from slm_i
+    score    one cloud request returns b_i after prompt + answer + x_<i, for i = 0..k
+    verify   position by position, CoSteer's own choice from p_i = steer(b_i, d_i):
+                 greedy     keep x_i iff argmax p_i == x_i
+                 sampled    keep x_i with probability min(1, p_i(x)/q_i(x)), else draw from
+                            max(0, p_i - q_i) normalized (sampling.Chooser.verify)
+             the first rejected x_i is replaced by CoSteer's choice; when all k are kept,
+             position k gives one more token. A round emits 1..K tokens.
+
+Every emitted token is chosen from the same p_i as the per-token loop (decoding.py) computes, in
+the same order, so greedy output is token-identical to it and sampled output has the same
+distribution. While the request is in flight the device computes d_k, the last position's delta
+(for a remote cloud, on a worker thread): with K = 1 that is all there is, per-token decoding
+with the device's passes hidden behind the network ("overlap").
+
+Privacy. A draft token the cloud saw but the answer did not keep is a token plain CoSteer never
+sends, drawn from a distribution the personal context shaped. Each is recorded in
+`CloudTranscript.drafts` (one list per round) and counted on the events (`rejected_drafts`).
+"""
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import torch
+
+from .cloud import top_k_cut
+from .defences import deny_margin
+from .policy import effective_strength
+from .sampling import Chooser, final_probs, resolve_seed
+from .steering import processor
+from .text import TextStream
+
+MAX_SPECULATE = 8  # tokens per round trip: a side-by-side round is 2 x 8 rows, serve-cloud's default cap is 32
+
+
+def check_speculate(k) -> int:
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_SPECULATE:
+        raise ValueError(f"speculate must be an integer in [1, {MAX_SPECULATE}] (1 = off), got {k!r}")
+    return k
+
+
+@dataclass
+class Speculation:
+    """One answer's drafting, for the readouts: round trips, drafted, kept and rejected tokens."""
+
+    rounds: int = 0
+    drafted: int = 0
+    accepted: int = 0
+    rejected: int = 0
+    outside_top_k: int = 0
+    tokens: int = 0
+    _last: int = -1
+
+    @property
+    def acceptance(self) -> float | None:
+        return self.accepted / self.drafted if self.drafted else None
+
+    def add(self, ev):
+        if ev.round < 0:
+            return
+        if ev.round != self._last:
+            self.rounds, self._last = self.rounds + 1, ev.round
+        self.drafted += ev.drafts_sent
+        self.tokens += 1
+        self.accepted += int(ev.drafted)
+        self.rejected += ev.rejected_drafts
+        self.outside_top_k += int(ev.outside_top_k)
+
+    def as_dict(self) -> dict:
+        return {"round_trips": self.rounds, "drafted": self.drafted, "accepted": self.accepted,
+                "rejected": self.rejected, "outside_top_k": self.outside_top_k, "tokens": self.tokens,
+                "acceptance": None if self.acceptance is None else round(self.acceptance, 4),
+                "round_trips_per_token": round(self.rounds / self.tokens, 4) if self.tokens else None}
+
+
+class Drafter:
+    """The device's side of one stream: its rows follow the stream's answer plus the draft."""
+
+    def __init__(self, stream: str, rows, strength: float, sampling, generator: torch.Generator,
+                 top_k: int | None):
+        self.stream, self.rows, self.strength = stream, rows, strength
+        self.sampling, self.generator, self.top_k = sampling, generator, top_k
+
+    def at(self, ids: list[int]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(the draft's log-probs, d) after `ids`; d is None for the unsteered stream. A cloud that
+        tells only its top-k steers among those, so the stand-in is cut the same way."""
+        if self.stream == "steered":
+            slm, d = self.rows.pair(ids)
+        else:
+            slm, d = self.rows.logprobs_after(ids)[0], None
+        if self.top_k:
+            slm = top_k_cut(slm, self.top_k)
+        return (slm if d is None else torch.log_softmax(slm + self.strength * d, dim=-1)), d
+
+    def propose(self, logprobs: torch.Tensor, control: Chooser) -> tuple[int, torch.Tensor | None]:
+        """A draft token, under the stream's own repetition control (`control` is a fork of its
+        Chooser that remembers the draft so far)."""
+        scores = control.controlled(logprobs)
+        if self.sampling.greedy:
+            x, q = int(torch.argmax(scores)), None
+        else:
+            q = final_probs(scores, self.sampling)
+            x = int(torch.multinomial(q, 1, generator=self.generator))
+        control._remember(x)
+        return x, q
+
+
+class Lane:
+    """One stream's draft: `toks` continue the answer so far, `ds[i]` and `qs[i]` are the delta and
+    the draft distribution at position i (before toks[i]). The lane drafts ahead while a request is
+    in flight; what the verification keeps is the next round's draft already made."""
+
+    def __init__(self, drafter: Drafter, chooser: Chooser, eos_ids):
+        self.drafter, self.chooser, self.eos_ids = drafter, chooser, eos_ids
+        self.answer: list[int] = []
+        self.reset()
+
+    def reset(self):
+        self.toks, self.qs, self.ds = [], [], []
+        self.control = self.chooser.fork()  # the stream's repetition control, remembering the draft
+
+    def step(self):
+        """Draft one more token (one device pass)."""
+        logprobs, d = self.drafter.at(self.answer + self.toks)
+        x, q = self.drafter.propose(logprobs, self.control)
+        self.toks.append(x)
+        self.qs.append(q)
+        self.ds.append(d)
+
+    def can_step(self, limit: int) -> bool:
+        return len(self.toks) < limit and not (self.toks and self.toks[-1] in self.eos_ids)
+
+    def advance(self, emitted: list[int]):
+        """The verification emitted these tokens: keep the rest of the draft if it agreed."""
+        self.answer += emitted
+        if self.toks[:len(emitted)] == emitted:
+            del self.toks[:len(emitted)], self.qs[:len(emitted)], self.ds[:len(emitted)]
+        else:
+            self.reset()
+
+
+def stream(engine, prompts: dict[str, list[int]], messages, unsteered_messages, context, params, sampling,
+           transcript, gate, reference, defences, speculate: int):
+    """Yield TokenEvents, as `CoSteerEngine.stream` does, `speculate` tokens at most per round trip."""
+    K = check_speculate(speculate)
+    cloud, device = engine.cloud, engine.device
+    if device.vocab_map is not None:
+        raise ValueError("speculate: drafting needs the cloud's tokenizer on the device, and this pair has two "
+                         "(use speculate 1)")
+    max_new = sampling.max_new_tokens
+    seed = resolve_seed(sampling)
+    choose = {s: Chooser(sampling, seed, ids) for s, ids in prompts.items()}
+    lanes = {}
+    for s in prompts:
+        rows = device.open(messages, context, max_new) if s == "steered" else device.open_base(unsteered_messages, max_new)
+        drafter = Drafter(s, rows, effective_strength(params), sampling, torch.Generator().manual_seed(seed ^ 0x5EED),
+                          getattr(cloud, "top_k", None))
+        lanes[s] = Lane(drafter, choose[s], engine.eos_ids)
+    scorer = cloud.scorer(list(prompts.values()))
+    steer = processor(params, gate, reference, defences, seed)
+    deny = torch.tensor(defences.deny_ids, dtype=torch.long) if defences and defences.deny_ids else None
+    texts = {s: TextStream(cloud.tokenizer, sampling.stop) for s in prompts}
+    engine._record(transcript, prompts)
+    live = list(prompts)
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="costeer-cloud") if getattr(cloud, "remote", False) else None
+    round_trip = -1
+    try:
+        while live:
+            round_trip += 1
+            drafts, device_ms = {}, {s: 0.0 for s in live}
+            for s in live:  # 1. the draft: what the lane has, completed position by position
+                lane, start = lanes[s], time.perf_counter()
+                k = min(K - 1, max_new - len(lane.answer) - 1)
+                while lane.can_step(k):
+                    lane.step()
+                drafts[s] = lane.toks[:k]
+                device_ms[s] += (time.perf_counter() - start) * 1000
+            # 2. score every position in one request; meanwhile the device drafts on (the steered
+            #    lane first: its last position's delta is needed to verify)
+            request = lambda: _timed(scorer.score, [lanes[s].answer if s in live else None for s in prompts],  # noqa: E731
+                                     [drafts.get(s) for s in prompts])
+            future = pool.submit(request) if pool else None
+            while True:
+                ahead = [s for s in live if lanes[s].can_step(min(len(drafts[s]) + K, max_new - len(lanes[s].answer)))]
+                needed = [s for s in ahead if s == "steered" and len(lanes[s].ds) <= len(drafts[s])]
+                if not needed and (future is None or future.done() or not ahead):
+                    break
+                s = (needed or ahead)[0]
+                start = time.perf_counter()
+                lanes[s].step()
+                device_ms[s] += (time.perf_counter() - start) * 1000
+            scored, cloud_ms = future.result() if future else request()
+            # 3. verify: CoSteer's own choice at each position, up to the first rejected draft
+            for s, b_rows in zip(list(prompts), scored):
+                if b_rows is None:
+                    continue
+                lane, draft, emitted = lanes[s], drafts[s], []
+                for i in range(len(draft) + 1):
+                    b_cloud = b_rows[i]
+                    b = torch.log_softmax(b_cloud, dim=-1)
+                    start = time.perf_counter()
+                    d = lane.ds[i] if s == "steered" and steer.wants_delta(b_cloud) else None
+                    p = steer(b, d) if s == "steered" else b
+                    x = draft[i] if i < len(draft) else None
+                    token, kept = (choose[s](p), False) if x is None else choose[s].verify(p, x, lane.qs[i])
+                    ev = engine._event(s, len(lane.answer) + i, token, b, p, s == "steered" and d is None,
+                                       cloud_ms if i == 0 else 0.0, device_ms[s] if i == 0 else 0.0)
+                    ev.steer_ms = (time.perf_counter() - start) * 1000
+                    ev.drafted, ev.round = kept, round_trip
+                    ev.drafts_sent = len(draft) if i == 0 else 0
+                    if deny is not None and s == "steered":
+                        ev.deny_margin = deny_margin(p, b, deny)
+                    engine._finish(ev, texts[s], last=len(lane.answer) + i == max_new - 1)
+                    emitted.append(token)
+                    done = ev.finish is not None
+                    if x is not None and (not kept or done):  # drafts the cloud saw that the answer will not hold
+                        unused = draft[i + (1 if kept else 0):]
+                        ev.rejected_drafts = len(unused)
+                        ev.outside_top_k = not kept and not bool(torch.isfinite(b_cloud[x]))
+                        if transcript is not None:
+                            transcript.drafts[s].append(unused)
+                    if transcript is not None:
+                        transcript.token_ids[s].append(token)
+                    yield ev
+                    if done:
+                        live.remove(s)
+                        break
+                    if x is not None and not kept:
+                        break
+                lane.advance(emitted)
+    finally:
+        if pool:
+            pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _timed(fn, *args):
+    start = time.perf_counter()
+    out = fn(*args)
+    return out, (time.perf_counter() - start) * 1000
+
+
+def expected_speedup(acceptance: float, K: int, draft_cost: float, verify_cost: float = 1.0) -> float:
+    """Tokens per round over the round's cost, relative to one token per round trip (Leviathan et al.
+    2023, with i.i.d. acceptance a): a round emits (1 - a^K) / (1 - a) tokens on average and costs
+    (K - 1) device drafting passes plus one round trip; `draft_cost` is a drafting pass in round
+    trips (e.g. 20 ms of device work against a 100 ms round trip: 0.2), `verify_cost` the round
+    trip of a K-position request against a one-position one."""
+    tokens = K if acceptance >= 1 else (1 - acceptance ** K) / (1 - acceptance)
+    return tokens / ((K - 1) * draft_cost + verify_cost)
