@@ -122,6 +122,9 @@ def build_app(studio, desk):
                         tau = slider(F.TAU, 0, 0.1, "clip the delta to [−τ, τ] (0 = off)", elem_id="tau")
                         sigma = slider(F.SIGMA, 0, 0.05, "noise σ on the delta (0 = off; seeded by the seed above; "
                                        "noise, not differential privacy)", elem_id="sigma")
+                        speculate = slider(F.SPECULATE, 1, 1, "speculate K: up to K tokens per cloud round trip "
+                                           "(1 = off; same greedy answer; rejected drafts reach the cloud)",
+                                           elem_id="speculate")
                 with gr.Row():
                     with gr.Column():
                         gr.Markdown("### Steered answer, token by token")
@@ -261,7 +264,7 @@ def build_app(studio, desk):
             s.change(studio.strength, sliders, strength, show_progress="hidden", concurrency_limit=None, **private)
         decoding = [temperature, top_p, seed, max_new, rep, ngram]
         chat_in = [user, message, side, *sliders, *decoding, gate_on, gate_threshold, gate_patience, gate_mode, sigma,
-                   tau, conv]
+                   tau, speculate, conv]
         chat_out = [unsteered_chat, steered_chat, tokens, privacy, latency, status, conv, message, send, stop]
         gr.on([send.click, message.submit], for_ui(studio.chat), chat_in, chat_out, show_progress="hidden",
                      **private)

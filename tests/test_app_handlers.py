@@ -25,7 +25,7 @@ def studio(engine, tmp_path):
 def _args(**kw):
     args = dict(T=20, eta=10, lam=2, alpha=2, beta=1, temperature=0, top_p=1, seed=None, max_new_tokens=16,
                 repetition_penalty=1.1, no_repeat_ngram_size=4, gate_on=False, gate_threshold=0.1, gate_patience=3,
-                gate_mode="paper", sigma=0, tau=0)
+                gate_mode="paper", sigma=0, tau=0, speculate=1)
     args.update(kw)
     return list(args.values())
 
@@ -311,3 +311,19 @@ def test_chat_takes_the_sensitive_entries_and_the_noise_knobs(studio):
     assert noisy[0] == noisy[1] != s_chat[-1]["content"]  # seeded: the same seed, the same noisy answer
     with pytest.raises(Refused, match=r"clip tau: must be a number in \[0, 10\]"):
         _chat(studio, "hi", new_conversation(), tau=11)
+
+
+def test_chat_speculates_with_the_same_answer_and_counts_rejected_drafts(studio):
+    """speculate K gives the same greedy answer; the latency readout counts round trips and drafts;
+    with noise on d some drafts are rejected, and the privacy panel shows them as cloud-visible."""
+    plain = _chat(studio, "Plan my Friday evening", new_conversation(), max_new_tokens=16)
+    spec = _chat(studio, "Plan my Friday evening", new_conversation(), max_new_tokens=16, speculate=4)
+    assert spec[1][-1]["content"] == plain[1][-1]["content"] and spec[0][-1]["content"] == plain[0][-1]["content"]
+    latency = spec[4]
+    assert "Speculation:" in latency and "round trips for 16 steered tokens" in latency
+    noisy = _chat(studio, "Plan my Friday evening", new_conversation(), max_new_tokens=16, speculate=4, sigma=0.5,
+                  seed=3)
+    n = int(noisy[4].split("<b>")[-1].split(" rejected")[0])
+    assert n > 0 and f"the cloud also saw <b>{n} drafted token(s)</b>" in noisy[3]
+    with pytest.raises(Refused, match=r"speculate K: must be an integer in \[1, 8\]"):
+        _chat(studio, "hi", new_conversation(), speculate=9)

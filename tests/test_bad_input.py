@@ -139,7 +139,7 @@ CHAT = [("user", "text", KENJI), ("message", "text", "hi"), ("side by side", "fl
         ("temperature", "number", 0), ("top_p", "number", 1), ("seed", "seed", None), ("max_new_tokens", "int", 8),
         ("repetition_penalty", "number", 1.1), ("no_repeat_ngram_size", "int", 4), ("confidence gate", "flag", False),
         ("gate_threshold", "number", 0.1), ("gate_patience", "int", 3), ("gate mode", "choice", "paper"),
-        ("noise sigma", "number", 0), ("clip tau", "number", 0)]
+        ("noise sigma", "number", 0), ("clip tau", "number", 0), ("speculate K", "int", 1)]
 HANDLER_BAD = {**BAD, "flag": [None, 1, "yes", []], "seed": ["x", True, -1, 2.5, math.inf, 2**40]}
 
 

@@ -412,6 +412,20 @@ def test_privacy_panel_marks_the_exposed_terms_and_a_sensitive_entry_goes_on_the
     margin = float(re.search(r"max log p − log b = (\S+)\)", cloud.inner_text()).group(1))
     assert margin <= 1e-6
 
+    # speculation with noise on d: drafts get rejected, and the panel shows them as cloud-visible
+    expect(cloud).to_contain_text("guesses", timeout=60_000)  # the turn ends with the attacker's guess; Send waits for it
+    page.get_by_text("Advanced").click()
+    for elem, value in (("speculate", 4), ("sigma", 0.5)):
+        box = page.locator(f"#{elem} input[type=number]")
+        box.fill(str(value))
+        box.press("Enter")
+    page.get_by_text("Advanced").click()
+    send(page, "And on Sunday?")
+    expect(page.locator("#latency .speculation")).to_contain_text("round trips", timeout=LONG)
+    rejected = int(re.search(r"(\d+) rejected", page.locator("#latency .speculation").inner_text()).group(1))
+    assert rejected > 0
+    expect(cloud.locator(".rejected-drafts")).to_contain_text(f"{rejected} drafted token(s)")
+
 
 def test_browser_time_against_the_engines_for_the_same_request(new_page, app):
     """Reports (does not assert) the browser's time for a 128-token side-by-side answer against

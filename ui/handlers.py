@@ -28,6 +28,7 @@ from costeer.decoding import CloudTranscript, ConfidenceGate, CoSteerEngine, Def
 from costeer.audit import attacker_model
 from costeer.privacy import PersonaAttacker, audit_reply, cloud_view, deny_list
 from costeer.latency import Latency
+from costeer.speculative import Speculation
 from costeer.plots import score_and_strength
 from costeer.policy import SteeringParams, effective_strength
 from costeer.stats import overlap_score, repeated_ngram_share, summarize_votes
@@ -200,9 +201,9 @@ class Studio:
     # -- chat ---------------------------------------------------------------------------
     def chat(self, user, message, side_by_side, T, eta, lam, alpha, beta, temperature, top_p, seed,
              max_new_tokens, repetition_penalty, no_repeat_ngram_size, gate_on, gate_threshold, gate_patience,
-             gate_mode, sigma, tau, conv, request: gr.Request = None):
+             gate_mode, sigma, tau, speculate, conv, request: gr.Request = None):
         """Stream one turn. Yields (unsteered chat, steered chat, token view, privacy, latency, status,
-        conv, message box, Send, Stop)."""
+        conv, message box, Send, Stop). `speculate` K > 1: up to K tokens per cloud round trip."""
         user = self.check_user(user)
         message = F.MESSAGE.check(message).strip()
         side = F.SIDE_BY_SIDE.check(side_by_side)
@@ -210,16 +211,17 @@ class Studio:
         sampling = make_sampling(temperature, top_p, seed, max_new_tokens, repetition_penalty, no_repeat_ngram_size)
         gate = make_gate(gate_on, gate_threshold, gate_patience, gate_mode)
         defences = self.defences_for(user, F.SIGMA.check(sigma), F.TAU.check(tau))
+        speculate = int(F.SPECULATE.check(speculate))
         conv = conv or new_conversation()
         session = self.session(request)
         run = session.start()
         try:
-            yield from self._turn(session, run, user, message, side, params, sampling, gate, defences, conv)
+            yield from self._turn(session, run, user, message, side, params, sampling, gate, defences, speculate, conv)
         finally:
             session.end(run=run)
             session.endings.pop(run, None)
 
-    def _turn(self, session, run, user, message, side, params, sampling, gate, defences, conv):
+    def _turn(self, session, run, user, message, side, params, sampling, gate, defences, speculate, conv):
         skip = gr.skip()
         streams = ["unsteered", "steered"] if side else ["steered"]
         texts = {s: "" for s in streams}
@@ -249,7 +251,7 @@ class Studio:
         last = time.perf_counter()
         stream = self.engine.stream(conv["steered"] + [turn], context, "side_by_side" if side else "steered", params,
                                     sampling, transcript, unsteered_messages=conv["unsteered"] + [turn], gate=gate,
-                                    defences=defences)
+                                    defences=defences, speculate=speculate, overlap=self.remote())
         try:
             for ev in stream:
                 if not session.current(run):  # ended by Stop, a new conversation or another user
@@ -293,12 +295,17 @@ class Studio:
         audit = audit_reply(self.store.entries(user), conv["steered"] + [turn], transcript, self.engine.cloud.tokenizer)
         deny = (len(defences.deny_ids), max((ev.deny_margin for ev in events), default=0.0)) \
             if defences is not None and defences.deny_ids else None
-        reply = cloud_view(transcript, "steered", self.engine.cloud.tokenizer)[1]
+        _, reply, drafts = cloud_view(transcript, "steered", self.engine.cloud.tokenizer)
+        spec = Speculation()
+        for ev in events:
+            spec.add(ev)
 
         def panel():
-            return privacy_html(transcript, context, self.engine.same_model, echoes, audit, deny, reply)
+            return privacy_html(transcript, context, self.engine.same_model, echoes, audit, deny, reply, drafts)
+        shared = self.engine.same_model and speculate == 1
         yield (v["unsteered"], v["steered"], tokens_html(events), panel(),
-               latency_html(latency.summary(), self.remote(), self.engine.same_model), status_html(states), new,
+               latency_html(latency.summary(), self.remote(), shared, spec.as_dict() if speculate > 1 else None),
+               status_html(states), new,
                message_box(), gr.update(interactive=True), gr.update(visible=False))
         users = self.store.users()
         if len(users) >= 2 and session.current(run):  # the attacker needs someone to tell the user from

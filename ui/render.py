@@ -91,9 +91,10 @@ def status_html(states: dict[str, str]) -> str:
     return "<div class='status'>" + " ".join(parts) + "</div>"
 
 
-def latency_html(summary: dict, remote: bool, shared: bool = False) -> str:
+def latency_html(summary: dict, remote: bool, shared: bool = False, speculation: dict | None = None) -> str:
     """The reply's timing: first token, speed, and where each step's time went. `shared`: the
-    one-model demo, where the device's rows ride in the cloud's batched forward."""
+    one-model demo, where the device's rows ride in the cloud's batched forward; `speculation`
+    (speculative.Speculation.as_dict of the steered stream): round trips and drafts."""
     per = summary["per_step_ms"]
     cloud = "cloud (HTTP round trip)" if remote else "cloud (forward pass)"
     rows = "".join(f"<tr><td>{name}</td><td>{per[key]:.1f} ms</td></tr>" for name, key in (
@@ -103,10 +104,21 @@ def latency_html(summary: dict, remote: bool, shared: bool = False) -> str:
             f"{summary['tokens_per_s']:.1f} tokens/s · {summary['ms_per_step']:.0f} ms per step "
             f"({summary['steps']} steps, {summary['total_ms'] / 1000:.1f} s)"
             f"<table><tr><th>per step</th><th></th></tr>{rows}</table>"
+            + _speculation_html(speculation)
             + ("<p class='note'>One model plays both roles here, so the device's passes run inside the "
                "cloud's batched forward and are counted under cloud.</p>" if shared else "")
             + "<p class='note'>T costs nothing at decode time: the closed form computes one number C from "
             "(T, η, λ, α, β), so T = 100 runs as fast as T = 1.</p></div>")
+
+
+def _speculation_html(spec: dict | None) -> str:
+    if not spec:
+        return ""
+    acc = "" if spec["acceptance"] is None else f" ({100 * spec['acceptance']:.0f} %)"
+    return (f"<p class='speculation'><b>Speculation:</b> {spec['round_trips']} cloud round trips for {spec['tokens']} "
+            f"steered tokens · drafts kept {spec['accepted']} of {spec['drafted']}{acc} · "
+            f"<b>{spec['rejected']} rejected</b> (seen by the cloud, not kept"
+            + (f"; {spec['outside_top_k']} outside its top-k" if spec["outside_top_k"] else "") + ")</p>")
 
 
 def _with_terms(text: str, exposed) -> str:
@@ -176,13 +188,26 @@ def audit_html(audit, deny: tuple[int, float] | None = None) -> str:
             + (f"<ul class='exposed-terms'>{items}</ul>" if items else "") + guesses + deny_line + "</div>")
 
 
+def _drafts_html(transcript, stream: str, exposed, text: str) -> str:
+    """Speculation's extra: drafted tokens the cloud scored and the answer did not keep. They came
+    from the device's steered guess, so the personal context shaped them like the reply."""
+    rounds = [r for r in getattr(transcript, "drafts", {}).get(stream, []) if r]
+    if not rounds:
+        return ""
+    n = sum(map(len, rounds))
+    return (f"<p class='warn rejected-drafts'>⚠️ Speculation: the cloud also saw <b>{n} drafted token(s)</b> "
+            f"in {len(rounds)} round(s) that the answer did not keep. The device drafted them with your context's "
+            f"steering, so they can carry it like the reply; plain CoSteer (speculate 1) never sends them:</p>"
+            f"<pre class='reply'>{_with_terms(text.strip(), exposed)}</pre>")
+
+
 def privacy_html(transcript, context: str, same_model: bool, echoes: list[str] = (), audit=None,
-                 deny: tuple[int, float] | None = None, reply: str = "") -> str:
+                 deny: tuple[int, float] | None = None, reply: str = "", drafts: str = "") -> str:
     """What crossed to the cloud, next to what stayed on the device, for the last reply.
     `echoes` are the earlier steered answers in this conversation: they are in the cloud's prompt,
     and they were shaped by the private context, so they are marked, not hidden. `audit`
     (costeer.privacy.ReplyAudit) marks the exposed personal terms; `reply` is the chosen tokens
-    decoded."""
+    decoded, `drafts` the rejected speculative drafts decoded (privacy.cloud_view)."""
     if transcript is None or not transcript.prompt_ids:
         return ("<div class='privacy'><b>Privacy panel.</b> After a reply, this shows what the cloud "
                 "received and what stayed on your device.</div>")
@@ -205,7 +230,8 @@ def privacy_html(transcript, context: str, same_model: bool, echoes: list[str] =
 <pre>{prompt}</pre>
 <p>Then only the chosen tokens, as ids ({len(ids)}): <code>{shown}</code></p>
 <p>They spell the reply (<mark class='exposed'>marked</mark>: your distinctive terms in it):</p>
-<pre class='reply'>{_with_terms(reply, exposed)}</pre></div>
+<pre class='reply'>{_with_terms(reply, exposed)}</pre>
+{_drafts_html(transcript, stream, exposed, drafts)}</div>
 <div class='side device'><h4>🔒 Stayed on your device</h4>
 <p>Personal context read by the on-device model, <b>never sent</b> as such:</p>
 <pre>{ctx}</pre></div>{note}</div>"""
