@@ -129,16 +129,15 @@ def cmd_remote_bench(args, parser):
     from .cloud import CloudError
     from .remote_bench import remote_bench, table_markdown
 
-    rtts = args.rtt_ms if isinstance(args.rtt_ms, list) else _int_list("--rtt-ms", 0, 2000)(args.rtt_ms)
-    ks = args.speculate if isinstance(args.speculate, list) else _int_list("--speculate", 2, MAX_SPECULATE)(args.speculate)
+    rtts, ks = args.rtt_ms, args.speculate  # argparse applies `type` to the string defaults too
     try:
         lm = load_model(args.local_model or args.cloud_model, args.device, args.dtype)
     except ModelLoadError as exc:
         print(f"costeer: error: {exc}", file=sys.stderr)
         sys.exit(2)
     if not args.cloud_url:
-        print(f"costeer: bench --remote: serve-cloud with {lm.name} plays the cloud, the same model the device "
-              "(one model in both roles: the device's draft is nearly the cloud's own choice)", file=sys.stderr)
+        print(f"costeer: bench --remote: serve-cloud with {lm.name} plays the cloud and the device: one model "
+              "in both roles, so the device's draft is nearly the cloud's own choice and acceptance is near its ceiling", file=sys.stderr)
     try:
         result = remote_bench(lm, args.cloud_url, rtts, ks, tokens=args.tokens, repeats=args.repeats, top_k=args.top_k,
                               progress=None if args.json else lambda m: print(m, file=sys.stderr))

@@ -18,7 +18,7 @@ from .decoding import CoSteerEngine, Sampling
 from .device import DeviceLM
 from .netdelay import DelayProxy
 from .policy import SteeringParams
-from .speculative import Speculation, expected_speedup
+from .speculative import Speculation
 
 RTTS_MS = (0, 25, 50, 100)
 SPECULATE = (2, 4, 8)
@@ -93,4 +93,4 @@ def table_markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["remote_bench", "table_markdown", "expected_speedup", "RTTS_MS", "SPECULATE"]
+__all__ = ["remote_bench", "table_markdown", "RTTS_MS", "SPECULATE"]

@@ -249,11 +249,18 @@ def _timed(fn, *args):
     return out, (time.perf_counter() - start) * 1000
 
 
-def expected_speedup(acceptance: float, K: int, draft_cost: float, verify_cost: float = 1.0) -> float:
-    """Tokens per round over the round's cost, relative to one token per round trip (Leviathan et al.
-    2023, with i.i.d. acceptance a): a round emits (1 - a^K) / (1 - a) tokens on average and costs
-    (K - 1) device drafting passes plus one round trip; `draft_cost` is a drafting pass in round
-    trips (e.g. 20 ms of device work against a 100 ms round trip: 0.2), `verify_cost` the round
-    trip of a K-position request against a one-position one."""
-    tokens = K if acceptance >= 1 else (1 - acceptance ** K) / (1 - acceptance)
-    return tokens / ((K - 1) * draft_cost + verify_cost)
+def expected_tokens(acceptance: float, K: int) -> float:
+    """Tokens one round emits on average when each draft is kept with probability a, independently
+    (Leviathan et al. 2023): 1 + a + ... + a^(K-1) = (1 - a^K) / (1 - a)."""
+    return float(K) if acceptance >= 1 else (1 - acceptance ** K) / (1 - acceptance)
+
+
+def expected_speedup(acceptance: float, K: int, rtt_ms: float, cloud_ms: float, device_ms: float) -> float:
+    """Per-token remote decoding costs rtt + cloud + device per token. A speculative round costs
+    (K - 1) drafting passes, then one round trip, and emits expected_tokens(a, K): the speed-up
+    without drafting ahead (a lower bound: drafting ahead hides the round trip when drafts agree).
+    `cloud_ms` is the cloud's time for one request (taken as the same for K positions, as on a GPU
+    that is not saturated), `device_ms` the device's two passes for one token."""
+    per_token = rtt_ms + cloud_ms + device_ms
+    speculative = ((K - 1) * device_ms + rtt_ms + cloud_ms + device_ms) / expected_tokens(acceptance, K)
+    return per_token / speculative

@@ -19,7 +19,7 @@ from costeer.netdelay import DelayProxy
 from costeer.privacy import cloud_view
 from costeer.rows import ModelRows, TrailRow
 from costeer.sampling import Chooser, final_probs
-from costeer.speculative import Speculation, check_speculate, expected_speedup
+from costeer.speculative import Speculation, check_speculate, expected_speedup, expected_tokens
 
 PERSONAS = [
     ("Suggest a plan for my Friday evening.",
@@ -149,10 +149,11 @@ def test_speculate_is_checked_by_name(split):
 
 
 def test_expected_speedup_formula():
-    assert expected_speedup(1.0, 1, 0.0) == 1.0
-    assert expected_speedup(1.0, 4, 0.0) == 4.0
-    assert abs(expected_speedup(0.5, 4, 0.0) - 1.875) < 1e-9  # (1 - 0.5^4) / (1 - 0.5)
-    assert expected_speedup(0.8, 8, 0.2) < expected_speedup(0.8, 8, 0.05)
+    assert expected_tokens(1.0, 4) == 4 and abs(expected_tokens(0.5, 4) - 1.875) < 1e-9  # (1 - 0.5^4) / (1 - 0.5)
+    assert expected_speedup(0.7, 1, 50, 20, 10) == 1.0  # K = 1: one token per round trip, nothing drafted
+    assert abs(expected_speedup(1.0, 4, 50, 20, 0) - 4.0) < 1e-9  # free drafts, all kept: K tokens per round trip
+    assert expected_speedup(0.7, 4, 50, 20, 10) > expected_speedup(0.7, 4, 0, 20, 10)  # the further, the more it pays
+    assert expected_speedup(0.0, 4, 50, 20, 10) < 1  # drafts that are never kept only cost
 
 
 def test_through_serve_cloud_greedy_is_identical_and_drafts_are_what_it_saw(lm, tmp_path):

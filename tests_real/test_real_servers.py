@@ -171,3 +171,40 @@ def test_rows_and_cloud_log_probs_are_real_log_probabilities(vllm_url, llama_url
         top = RemoteCloud(url, lm.tokenizer, lm.vocab_size, lm.eos_ids, top_k=20).connect().next_logprobs([plain])[0]
         values = torch.tensor(list(top.values()))
         assert len(top) == 20 and (values <= 0).all() and float(values.exp().sum()) <= 1.0 + 1e-4
+
+
+def _speculated(engine, prompt, context, mode, k, tokens=32):
+    from costeer.speculative import Speculation
+
+    out, spec = {}, {}
+    for ev in engine.stream([{"role": "user", "content": prompt}], context, mode,
+                            sampling=Sampling(max_new_tokens=tokens), speculate=k):
+        out.setdefault(ev.stream, []).append(ev.token_id)
+        spec.setdefault(ev.stream, Speculation()).add(ev)
+    return out, spec
+
+
+def test_speculative_decoding_through_vllm_and_llama_server(vllm_url, llama_url, lm):
+    """vLLM (the same fp32 weights): speculate 4 gives the per-token loop's greedy tokens, steered
+    and side by side, from nested rows in one request per round. llama-server computes with the
+    Q4_1 kernels, the device in fp32: a real pair with different numerics, so its drafts can be
+    rejected; its acceptance and round trips are recorded, and so is whether the output matched
+    (llama.cpp's results are not promised to be the same across batch shapes, so that is not asserted)."""
+    engine = remote(vllm_url, lm)
+    rounds = tokens = 0
+    for (prompt, persona), mode in zip(PERSONAS, ("steered", "side_by_side")):
+        want, _ = ids_by_stream(engine, prompt, persona, mode)
+        got, spec = _speculated(engine, prompt, persona, mode, 4)
+        assert got == want, (prompt, mode)
+        rounds, tokens = rounds + spec["steered"].rounds, tokens + spec["steered"].tokens
+    record_figure("vllm_speculate4_round_trips_per_token", round(rounds / tokens, 3))
+    engine = remote(llama_url, lm)
+    figures = []
+    for prompt, persona in PERSONAS:
+        want, _ = ids_by_stream(engine, prompt, persona, "steered")
+        got, spec = _speculated(engine, prompt, persona, "steered", 4)
+        s = spec["steered"]
+        figures.append({"identical": got == want, "acceptance": s.acceptance, "rejected": s.rejected,
+                        "outside_top_k": s.outside_top_k, "round_trips_per_token": round(s.rounds / s.tokens, 3)})
+        assert len(got["steered"]) == len(want["steered"]) and s.rounds < s.tokens
+    record_figure("llama_server_speculate4_q4_cloud_fp32_device", figures)
