@@ -266,8 +266,10 @@ def build_app(studio, desk):
         chat_in = [user, message, side, *sliders, *decoding, gate_on, gate_threshold, gate_patience, gate_mode, sigma,
                    tau, speculate, conv]
         chat_out = [unsteered_chat, steered_chat, tokens, privacy, latency, status, conv, message, send, stop]
+        # "always_last": a Send pressed while the last turn still runs its tail (the attacker's guess,
+        # or a refusal on its way back) waits and then runs, instead of being dropped as "once" does.
         gr.on([send.click, message.submit], for_ui(studio.chat), chat_in, chat_out, show_progress="hidden",
-                     **private)
+              trigger_mode="always_last", **private)
         # Stop and the resets end the running reply through its session (ui/handlers.py says why
         # not `cancels=`); the reply then shows the screen they left as its own last update.
         ends = {"queue": False, "show_progress": "hidden", **private}

@@ -413,7 +413,7 @@ def test_privacy_panel_marks_the_exposed_terms_and_a_sensitive_entry_goes_on_the
     assert margin <= 1e-6
 
     # speculation with noise on d: drafts get rejected, and the panel shows them as cloud-visible
-    expect(cloud).to_contain_text("guesses", timeout=60_000)  # the turn ends with the attacker's guess; Send waits for it
+    # no wait for the attacker's guess: a Send pressed while it runs is held and then run, not dropped
     page.get_by_text("Advanced").click()
     for elem, value in (("speculate", 4), ("sigma", 0.5)):
         box = page.locator(f"#{elem} input[type=number]")
@@ -461,3 +461,21 @@ def test_browser_time_against_the_engines_for_the_same_request(new_page, app):
     (ARTIFACTS / "browser_speed.json").write_text(json.dumps(figures, ensure_ascii=False, indent=1), encoding="utf-8")
     print(f"\nbrowser {browser_s:.1f} s vs engine {engine_s:.1f} s: {browser_s / engine_s:.2f}x; "
           f"first token in the browser after {first_token_s:.2f} s")
+
+
+def test_send_pressed_while_the_last_turn_ends_is_held_not_lost(new_page):
+    """The reply is shown and Send is enabled while the turn's tail (the attacker's guess) still
+    runs; a Send pressed then runs when the tail ends ("once", Gradio's default, dropped it)."""
+    from playwright.sync_api import expect
+
+    page = new_page()
+    pick_user(page, KENJI)
+    send(page, "What should I cook tonight?", max_new=8)
+    wait_done(page)
+    cloud = page.locator("#privacy .cloud")
+    during_tail = "guesses" not in cloud.inner_text()
+    send(page, "And for dessert?")
+    expect(page.locator("#steered")).to_contain_text("And for dessert?", timeout=LONG)
+    expect(page.locator("#send")).to_be_enabled(timeout=LONG)
+    expect(cloud).to_contain_text("guesses", timeout=60_000)
+    assert during_tail  # the second Send was pressed while the first turn was still pending
