@@ -303,16 +303,19 @@ class Studio:
         def panel():
             return privacy_html(transcript, context, self.engine.same_model, echoes, audit, deny, reply, drafts)
         shared = self.engine.same_model and speculate == 1
+        users = self.store.users()
+        guessing = len(users) >= 2  # the attacker needs someone to tell the user from
+        note = "the simulated cloud attacker is guessing who you are; a message sent now waits for it" \
+            if guessing else ""
         yield (v["unsteered"], v["steered"], tokens_html(events), panel(),
                latency_html(latency.summary(), self.remote(), shared, spec.as_dict() if speculate > 1 else None),
-               status_html(states), new,
+               status_html(states, note), new,
                message_box(), gr.update(interactive=True), gr.update(visible=False))
-        users = self.store.users()
-        if len(users) >= 2 and session.current(run):  # the attacker needs someone to tell the user from
+        if guessing and session.current(run):
             self.guess(audit, user, users, transcript, conv["steered"] + [turn],
                        conv["unsteered"] + [turn] if side else None)
             if session.current(run):
-                yield skip, skip, skip, panel(), skip, skip, skip, skip, skip, skip
+                yield skip, skip, skip, panel(), skip, status_html(states), skip, skip, skip, skip
 
     def guess(self, audit, user, users, transcript, messages, unsteered_messages=None):
         """The simulated cloud attacker's guess among the store's users (the first MAX_CANDIDATES)."""

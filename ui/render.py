@@ -84,10 +84,12 @@ def tokens_html(events) -> str:
     return tokens_legend(events) + TOKENS_OPEN + "".join(token_span(ev) for ev in events) + "</div>"
 
 
-def status_html(states: dict[str, str]) -> str:
-    """Per stream: 'generating…' or 'done · n tokens'."""
+def status_html(states: dict[str, str], note: str = "") -> str:
+    """Per stream: 'generating…' or 'done · n tokens'; `note`: what the turn still does after."""
     parts = [f"<span class='state {'done' if s.startswith('done') else 'running'}' id='state-{k}'>"
              f"<b>{k}</b>: {esc(s)}</span>" for k, s in states.items()]
+    if note:
+        parts.append(f"<span class='state running note'>{esc(note)}</span>")
     return "<div class='status'>" + " ".join(parts) + "</div>"
 
 
