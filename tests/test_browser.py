@@ -150,6 +150,26 @@ def test_persona_chat_side_by_side_vote_results_and_exports(new_page, app):
     assert v["rater"] == "rita" and v["user"] == KENJI and v["vote"] == "A" and v["params"]["T"] == 20
 
 
+def test_send_pressed_while_the_last_turn_ends_is_held_not_lost(new_page):
+    """The reply is shown and Send is enabled while the turn's tail (the attacker's guess) still
+    runs; a Send pressed then runs when the tail ends ("once", Gradio's default, dropped it).
+    Early in the module, while the store holds two users, so the guesses are short."""
+    from playwright.sync_api import expect
+
+    page = new_page()
+    pick_user(page, KENJI)
+    send(page, "What should I cook tonight?", max_new=8)
+    wait_done(page)
+    cloud, status = page.locator("#privacy .cloud"), page.locator("#status")
+    during_tail = "guesses" not in cloud.inner_text() and "a message sent now waits" in status.inner_text()
+    send(page, "And for dessert?")
+    expect(page.locator("#steered")).to_contain_text("And for dessert?", timeout=LONG)
+    expect(page.locator("#send")).to_be_enabled(timeout=LONG)
+    expect(cloud).to_contain_text("guesses", timeout=60_000)
+    expect(status).not_to_contain_text("guessing")  # the note goes with the guess
+    assert during_tail  # the second Send was pressed while the first turn was still pending, and it said so
+
+
 def test_switching_user_mid_stream_keeps_nothing_of_the_old_reply(new_page):
     from playwright.sync_api import expect
 
@@ -462,21 +482,3 @@ def test_browser_time_against_the_engines_for_the_same_request(new_page, app):
     print(f"\nbrowser {browser_s:.1f} s vs engine {engine_s:.1f} s: {browser_s / engine_s:.2f}x; "
           f"first token in the browser after {first_token_s:.2f} s")
 
-
-def test_send_pressed_while_the_last_turn_ends_is_held_not_lost(new_page):
-    """The reply is shown and Send is enabled while the turn's tail (the attacker's guess) still
-    runs; a Send pressed then runs when the tail ends ("once", Gradio's default, dropped it)."""
-    from playwright.sync_api import expect
-
-    page = new_page()
-    pick_user(page, KENJI)
-    send(page, "What should I cook tonight?", max_new=8)
-    wait_done(page)
-    cloud, status = page.locator("#privacy .cloud"), page.locator("#status")
-    during_tail = "guesses" not in cloud.inner_text() and "a message sent now waits" in status.inner_text()
-    send(page, "And for dessert?")
-    expect(page.locator("#steered")).to_contain_text("And for dessert?", timeout=LONG)
-    expect(page.locator("#send")).to_be_enabled(timeout=LONG)
-    expect(cloud).to_contain_text("guesses", timeout=60_000)
-    expect(status).not_to_contain_text("guessing")  # the note goes with the guess
-    assert during_tail  # the second Send was pressed while the first turn was still pending, and it said so
