@@ -296,9 +296,11 @@ class Studio:
         deny = (len(defences.deny_ids), max((ev.deny_margin for ev in events), default=0.0)) \
             if defences is not None and defences.deny_ids else None
         _, reply, drafts = cloud_view(transcript, "steered", self.engine.cloud.tokenizer)
-        spec = Speculation()
-        for ev in events:
-            spec.add(ev)
+        spec = None
+        if speculate > 1:
+            spec = Speculation()
+            for ev in events:
+                spec.add(ev)
 
         def panel():
             return privacy_html(transcript, context, self.engine.same_model, echoes, audit, deny, reply, drafts)
@@ -308,7 +310,7 @@ class Studio:
         note = "the simulated cloud attacker is guessing who you are; a message sent now waits for it" \
             if guessing else ""
         yield (v["unsteered"], v["steered"], tokens_html(events), panel(),
-               latency_html(latency.summary(), self.remote(), shared, spec.as_dict() if speculate > 1 else None),
+               latency_html(latency.summary(), self.remote(), shared, spec and spec.as_dict()),
                status_html(states, note), new,
                message_box(), gr.update(interactive=True), gr.update(visible=False))
         if guessing and session.current(run):

@@ -193,7 +193,7 @@ def audit_html(audit, deny: tuple[int, float] | None = None) -> str:
 def _drafts_html(transcript, stream: str, exposed, text: str) -> str:
     """Speculation's extra: drafted tokens the cloud scored and the answer did not keep. They came
     from the device's steered guess, so the personal context shaped them like the reply."""
-    rounds = [r for r in getattr(transcript, "drafts", {}).get(stream, []) if r]
+    rounds = [r for r in transcript.drafts.get(stream, []) if r]
     if not rounds:
         return ""
     n = sum(map(len, rounds))
