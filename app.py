@@ -142,8 +142,8 @@ def build_app(studio, desk):
                     kind = gr.Dropdown(KIND_CHOICES, value="note", label="kind", elem_id="entry-kind")
                     title = gr.Textbox(label="title (optional)", elem_id="entry-title")
                     pinned = gr.Checkbox(False, label="pinned (always in the context)", elem_id="entry-pinned")
-                    sensitive = gr.Checkbox(False, label="sensitive (deny-list: steering never makes its rare words "
-                                                         "likelier than the cloud alone would)", elem_id="entry-sensitive")
+                    sensitive = gr.Checkbox(False, label="sensitive (never shown to raters; deny-list: steering never makes "
+                                                         "its words likelier than the cloud alone would)", elem_id="entry-sensitive")
                 text = gr.Textbox(label="text", lines=3, elem_id="entry-text")
                 with gr.Row():
                     add = gr.Button("Add as new entry", variant="primary", elem_id="add-entry")
@@ -362,7 +362,7 @@ def build_app(studio, desk):
             return studio.history(user)
 
         def add_history(user: str, text: str, kind: str = "note", sensitive: bool = False) -> int:
-            """Add a history entry; returns its id. `sensitive` puts its rare words on the steering deny-list."""
+            """Add a history entry; returns its id. `sensitive` puts its words on the steering deny-list and keeps it off raters' cards."""
             return studio.add_history(user, text, kind, sensitive)
 
         def create_user(name: str) -> str:

@@ -53,6 +53,7 @@ def cmd_generate(args, parser):
                          f"at offset {exc.start})")
     from .cloud import CloudError
     from .latency import Latency
+    from .defences import sent_deny_ids
     from .speculative import Speculation
 
     engine = load_engine_or_exit(args)
@@ -92,7 +93,8 @@ def cmd_generate(args, parser):
                           "local_model": engine.device.name, "same_model": engine.same_model,
                           "seed": sampling.seed, "device_skipped": skipped, "steered_steps": steps,
                           "defences": {"sigma": defences.sigma, "tau": defences.tau, "deny_ids": len(defences.deny_ids),
-                                       "deny_margin_max": margin},
+                                       "deny_margin_max": margin,
+                                       "deny_ids_sent": sent_deny_ids(transcript, "steered", defences.deny_ids)},
                           "speculate": args.speculate, "overlap": args.overlap,
                           "speculation": {s: v.as_dict() for s, v in spec.items()} if args.speculate > 1 or args.overlap
                           else None,

@@ -12,6 +12,9 @@
                 not differential privacy: no (epsilon, delta) is computed for the chosen
                 tokens, so the measured privacy-utility curve (`eval --privacy`) is the claim.
 
+Speculative drafts (speculative.py) go through the same processor and defences, and a draft never
+proposes a deny-listed id at all (`without`): the deny-list covers every token the cloud sees.
+
 Everything here runs on the device, next to the steering processor; the cloud never sees the
 deny-list, the noise or d.
 """
@@ -62,6 +65,27 @@ def cap_at_base(p: torch.Tensor, b: torch.Tensor, ids: torch.Tensor) -> torch.Te
     return q
 
 
+def without(logprobs: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """`logprobs` renormalized with `ids` removed. What a speculative draft may propose: a draft the
+    answer rejects is a token plain CoSteer never sends, so for a draft the deny-list is a ban,
+    not a cap. The verification stays exact whatever the draft distribution is."""
+    if not len(ids):
+        return logprobs
+    q = logprobs.clone()
+    q[ids] = -math.inf
+    return torch.log_softmax(q, dim=-1)
+
+
+def sent_deny_ids(transcript, stream: str, ids) -> dict[str, int]:
+    """How many deny-listed ids are in what the cloud received on `stream`: the chosen tokens
+    (each made no likelier than the cloud alone found it) and the rejected drafts (never, by
+    `without`). Counted from the transcript, so the report is about what was sent."""
+    ids = set(int(i) for i in ids)
+    drafts = [t for r in transcript.drafts.get(stream, []) for t in r]
+    return {"chosen": sum(t in ids for t in transcript.token_ids.get(stream, [])),
+            "drafts": sum(t in ids for t in drafts), "drafts_sent": len(drafts)}
+
+
 def deny_margin(p: torch.Tensor, b: torch.Tensor, ids: torch.Tensor) -> float:
     """max over the deny-listed ids of log p - log b (<= 0 when the guarantee holds); tokens the
     cloud gave no probability are left out (both are -inf there)."""
@@ -74,10 +98,12 @@ def deny_margin(p: torch.Tensor, b: torch.Tensor, ids: torch.Tensor) -> float:
 class Defended:
     """A steering processor with the defences around it (same contract as steering.py's)."""
 
-    def __init__(self, inner, defences: Defences, seed: int):
+    def __init__(self, inner, defences: Defences, seed: int, salt: int = 0):
+        """`salt` gives a second processor of the same answer (the speculative drafts') noise of
+        its own, so the answer's noise is the per-token loop's."""
         self.inner, self.defences = inner, defences
         self.ids = torch.tensor(defences.deny_ids, dtype=torch.long)
-        self.noise = torch.Generator().manual_seed(defences.seed if defences.seed is not None else seed)
+        self.noise = torch.Generator().manual_seed((defences.seed if defences.seed is not None else seed) ^ salt)
 
     def wants_delta(self, b_cloud: torch.Tensor) -> bool:
         return self.inner.wants_delta(b_cloud)

@@ -112,11 +112,30 @@ def term_spans(text: str, terms: list[Term]) -> list[tuple[int, int, Term]]:
     return sorted(taken, key=lambda s: s[0])
 
 
+_WORD = re.compile(r"[^\W\d_]+(?:['’][^\W\d_]+)*")
+
+
+def deny_words(entries: list[dict]) -> list[str]:
+    """Every word of the entries except function words. Frequency decides what is *distinctive*
+    (for exposure), not what a user may protect: "HIV", "cancer" and "pregnant" are common words,
+    and a user who marks an entry sensitive means them too."""
+    from wordfreq import zipf_frequency
+
+    out: dict[str, None] = {}
+    for e in entries:
+        for w in _WORD.findall(f"{e.get('title') or ''}\n{e['text']}"):  # as typed: "HIV" stays upper-case
+            if len(w) >= 2 and zipf_frequency(w, LANGUAGE) < FUNCTION_ZIPF:
+                out.setdefault(w)
+    return list(out)
+
+
 def deny_token_ids(tokenizer, terms) -> list[int]:
     """Every token id the words of `terms` are written with: each word as typed, lower-case and
-    Capitalized, with and without a leading space (mid-sentence and at a line's start are two
-    tokenizations). A piece that is itself a function word (" the" in " thelonious") is left out,
-    as are function words themselves: the deny-list is for the personal words, not for "the"."""
+    Capitalized, with and without a leading space (mid-sentence and at a line's
+    start are two tokenizations). A word written as one token is listed whatever its length; a
+    word split into pieces lists the pieces of two letters or more. Single characters (the "t"
+    and "y" of " B|ik|t|arv|y") and function words are never listed: they spell every other word
+    too, and the deny-list is for the personal words, not for "the"."""
     from wordfreq import zipf_frequency
 
     ids: set[int] = set()
@@ -127,9 +146,12 @@ def deny_token_ids(tokenizer, terms) -> list[int]:
                 continue
             for form in {w, w.lower(), w.capitalize()}:
                 for variant in (form, " " + form):
-                    for i in tokenizer(variant, add_special_tokens=False)["input_ids"]:
+                    pieces = tokenizer(variant, add_special_tokens=False)["input_ids"]
+                    for i in pieces:
                         piece = tokenizer.decode([i]).strip()
-                        if piece and zipf_frequency(piece, LANGUAGE) < FUNCTION_ZIPF:
+                        if len(pieces) == 1 and piece:
+                            ids.add(i)
+                        elif len(piece) >= 2 and zipf_frequency(piece, LANGUAGE) < FUNCTION_ZIPF:
                             ids.add(i)
     return sorted(ids)
 
@@ -225,7 +247,7 @@ def audit_reply(entries: list[dict], messages: list[dict], transcript, tokenizer
 
 
 def deny_list(entries: list[dict], tokenizer) -> list[int]:
-    """The deny-listed token ids of a user: the words of the distinctive terms of their entries
-    marked sensitive (every term, typed by the user or not)."""
+    """The deny-listed token ids of a user: every word of their entries marked sensitive but the
+    function words (deny_words), typed by the user or not."""
     marked = [e for e in entries if e.get("sensitive")]
-    return deny_token_ids(tokenizer, distinctive_terms(marked).values()) if marked else []
+    return deny_token_ids(tokenizer, deny_words(marked)) if marked else []

@@ -4,8 +4,9 @@ the device keeps exactly what CoSteer would have chosen.
 `speculate = K` means at most K tokens per cloud round trip. Each round, for each stream:
 
     draft    the device proposes k <= K-1 tokens with its own stand-in for the cloud's b:
-                 steered    x_i from log_softmax(slm_i + C * d_i)   (slm: its without-context row;
-                            d_i: the delta it computes anyway)
+                 steered    x_i from steer(slm_i, d_i) = log_softmax(slm_i + C * d_i)  (slm: its
+                            without-context row; d_i: the delta it computes anyway; steer: the
+                            answer's processor with the same defences, deny-listed ids removed)
                  unsteered  x_i from slm_i
     score    one cloud request returns b_i after prompt + answer + x_<i, for i = 0..k
     verify   position by position, CoSteer's own choice from p_i = steer(b_i, d_i):
@@ -34,7 +35,7 @@ from dataclasses import dataclass
 import torch
 
 from .cloud import top_k_cut
-from .defences import deny_margin
+from .defences import deny_margin, without
 from .policy import effective_strength
 from .sampling import Chooser, final_probs, resolve_seed
 from .steering import processor
@@ -86,21 +87,26 @@ class Speculation:
 class Drafter:
     """The device's side of one stream: its rows follow the stream's answer plus the draft."""
 
-    def __init__(self, stream: str, rows, strength: float, sampling, generator: torch.Generator,
+    def __init__(self, stream: str, rows, steer, deny: torch.Tensor | None, sampling, generator: torch.Generator,
                  top_k: int | None):
-        self.stream, self.rows, self.strength = stream, rows, strength
+        self.stream, self.rows, self.steer, self.deny = stream, rows, steer, deny
         self.sampling, self.generator, self.top_k = sampling, generator, top_k
 
     def at(self, ids: list[int]) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(the draft's log-probs, d) after `ids`; d is None for the unsteered stream. A cloud that
-        tells only its top-k steers among those, so the stand-in is cut the same way."""
+        tells only its top-k steers among those, so the stand-in is cut the same way. A steered draft
+        is steered as the answer is (`steer`, the defences included) and never proposes a
+        deny-listed id: the cloud sees drafts too."""
         if self.stream == "steered":
             slm, d = self.rows.pair(ids)
         else:
             slm, d = self.rows.logprobs_after(ids)[0], None
         if self.top_k:
             slm = top_k_cut(slm, self.top_k)
-        return (slm if d is None else torch.log_softmax(slm + self.strength * d, dim=-1)), d
+        if d is None:
+            return slm, None
+        q = self.steer(slm, d)
+        return (without(q, self.deny) if self.deny is not None else q), d
 
     def propose(self, logprobs: torch.Tensor, control: Chooser) -> tuple[int, torch.Tensor | None]:
         """A draft token, under the stream's own repetition control (`control` is a fork of its
@@ -160,15 +166,17 @@ def stream(engine, prompts: dict[str, list[int]], messages, unsteered_messages, 
     max_new = sampling.max_new_tokens
     seed = resolve_seed(sampling)
     choose = {s: Chooser(sampling, seed, ids) for s, ids in prompts.items()}
+    deny = torch.tensor(defences.deny_ids, dtype=torch.long) if defences and defences.deny_ids else None
     lanes = {}
     for s in prompts:
         rows = device.open(messages, context, max_new) if s == "steered" else device.open_base(unsteered_messages, max_new)
-        drafter = Drafter(s, rows, effective_strength(params), sampling, torch.Generator().manual_seed(seed ^ 0x5EED),
-                          getattr(cloud, "top_k", None))
+        # the drafts' own processor: the same steering and defences, its noise drawn apart from the
+        # answer's so that verification sees the per-token loop's noise
+        drafter = Drafter(s, rows, processor(params, None, False, defences, seed, salt=0xD4AF7), deny, sampling,
+                          torch.Generator().manual_seed(seed ^ 0x5EED), getattr(cloud, "top_k", None))
         lanes[s] = Lane(drafter, choose[s], engine.eos_ids)
     scorer = cloud.scorer(list(prompts.values()))
     steer = processor(params, gate, reference, defences, seed)
-    deny = torch.tensor(defences.deny_ids, dtype=torch.long) if defences and defences.deny_ids else None
     texts = {s: TextStream(cloud.tokenizer, sampling.stop) for s in prompts}
     engine._record(transcript, prompts)
     live = list(prompts)

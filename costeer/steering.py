@@ -86,14 +86,14 @@ class Gate:
 
 
 def processor(params: SteeringParams, gate: ConfidenceGate | None = None, reference: bool = False,
-              defences=None, seed: int = 0):
+              defences=None, seed: int = 0, salt: int = 0):
     """A fresh processor for one answer: the policy, the defences around it (defences.py), the
     gate outermost (it decides whether d is computed at all)."""
     inner = (FTRLReference if reference else ClosedForm)(params)
     if defences is not None and defences.active:
         from .defences import Defended
 
-        inner = Defended(inner, defences, seed)
+        inner = Defended(inner, defences, seed, salt)
     return inner if gate is None else Gate(inner, gate)
 
 

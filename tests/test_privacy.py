@@ -15,7 +15,7 @@ from costeer.decoding import CloudTranscript, Defences, Sampling
 from costeer.defences import Defended, cap_at_base
 from costeer.eval import method_defences, method_spec
 from costeer.policy import SteeringParams
-from costeer.privacy import (PersonaAttacker, audit_reply, deny_list, deny_token_ids, distinctive_terms, exposure,
+from costeer.privacy import (PersonaAttacker, audit_reply, deny_list, deny_token_ids, deny_words, distinctive_terms, exposure,
                              term_spans)
 from costeer.steering import ClosedForm
 from user_store import StoreError, UserStore
@@ -82,12 +82,28 @@ def test_cap_keeps_a_distribution_and_the_clamp_alone_would_not_do():
         assert bool((q[deny] <= b[deny] + 1e-6).all()) and float(q.exp().sum()) == pytest.approx(1.0, abs=1e-5)
 
 
+def test_every_word_of_a_sensitive_entry_is_listed_but_function_words_and_letters(lm):
+    """Issue 23: only rare words were listed, so "HIV" never was and a reply held " HIV" while the
+    panel said "held"; and the scraps of " B|ik|t|arv|y" put the letters t, y, b on the list."""
+    tok = lm.tokenizer
+    entry = {"title": "Health", "text": "My HIV diagnosis: I take Biktarvy. Pregnant? No. Cancer screening and an "
+             "abortion in 2019.", "sensitive": True}
+    listed = {tok.decode([i]) for i in deny_list([entry], tok)}
+    for word in ("HIV", "diagnosis", "Pregnant", "pregnant", "Cancer", "cancer", "abortion", "screening"):
+        assert f" {word}" in listed or word in listed, word
+    for scrap in ("t", "y", "b", "B", " B", " b", " t", " y"):
+        assert scrap not in listed, scrap
+    for function_word in (" my", " and", " the", " in", " an", "My", " I"):
+        assert function_word not in listed, function_word
+    assert deny_list([{**entry, "sensitive": False}], tok) == []
+
+
 def test_deny_list_guarantee_holds_at_every_step_of_real_generations(engine, store):
     entries = store.entries(KENJI)
     for e in entries:
         store.update_entry(e["id"], sensitive=True)
     deny = deny_list(store.entries(KENJI), engine.cloud.tokenizer)
-    assert len(deny) > 20 and deny == deny_token_ids(engine.cloud.tokenizer, distinctive_terms(entries).values())
+    assert len(deny) > 20 and deny == deny_token_ids(engine.cloud.tokenizer, deny_words(entries))
     context = store.build_context(KENJI, "Plan my Friday evening")
     terms = distinctive_terms(entries)
     steps, plain_exposed = 0, 0

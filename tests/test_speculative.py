@@ -75,10 +75,11 @@ def test_greedy_speculation_is_token_identical_in_process(split, mode):
 
 
 def test_rejected_drafts_are_counted_and_recorded(lm, split):
-    """Noise on d makes the true steered choice differ from the device's clean draft: rejections
-    happen, the output stays identical, and every rejected token is in the transcript."""
+    """Noise on d makes the true steered choice differ from the device's draft (the draft draws noise
+    of its own): rejections happen, the output stays identical, and every rejected token is in the
+    transcript."""
     prompt, persona = PERSONAS[0]
-    noise = Defences(sigma=0.5, seed=3)
+    noise = Defences(sigma=2.0, seed=3)
     want, _, _ = run(split, prompt, persona, tokens=24, defences=noise)
     got, spec, transcript = run(split, prompt, persona, tokens=24, defences=noise, speculate=4)
     assert got == want
@@ -195,3 +196,37 @@ def test_through_serve_cloud_greedy_is_identical_and_drafts_are_what_it_saw(lm, 
             start = time.perf_counter()
             assert httpx.get(proxy.url + "/health", timeout=10).json() == {"status": "ok"}
             assert time.perf_counter() - start >= 0.15
+
+
+HEALTH = {"title": "Health", "text": "My HIV diagnosis came in 2021. I take Biktarvy every morning.", "sensitive": 1}
+
+
+def test_drafts_and_chosen_tokens_respect_the_deny_list(lm, split):
+    """Issue 23: with speculate 4 the drafts were steered with the raw delta, and the cloud saw
+    `Bikt` and ` HIV Bik` while the margin said "held". Drafts now go through the same defences and
+    never propose a deny-listed id; the chosen tokens keep p <= b; the output is unchanged."""
+    from costeer.defences import sent_deny_ids
+    from costeer.privacy import deny_list
+
+    deny = deny_list([HEALTH], lm.tokenizer)
+    context = f"Health: {HEALTH['text']}\nI live in Lisbon and love fado."
+    prompts = ("Remind me what I take every morning.", "Write a note to my doctor about my week.",
+               "What should I mention at my next check-up?")
+    unprotected = 0
+    for prompt in prompts:
+        _, _, plain = run(split, prompt, context, tokens=32, speculate=4, defences=Defences(sigma=0.3, seed=1))
+        unprotected += sum(sent_deny_ids(plain, "steered", deny)[k] for k in ("chosen", "drafts"))
+        want, _, _ = run(split, prompt, context, tokens=32, defences=Defences(deny_ids=deny, sigma=0.3, seed=1))
+        margins = []
+        ids, spec, transcript = [], Speculation(), CloudTranscript()
+        for ev in split.stream([{"role": "user", "content": prompt}], context, "steered",
+                               sampling=Sampling(max_new_tokens=32), transcript=transcript, speculate=4,
+                               defences=Defences(deny_ids=deny, sigma=0.3, seed=1)):
+            ids.append(ev.token_id)
+            spec.add(ev)
+            margins.append(ev.deny_margin)
+        assert ids == want["steered"], prompt  # the ban on drafts changes which drafts, not the answer
+        sent = sent_deny_ids(transcript, "steered", deny)
+        assert spec.drafted > 0 and sent["drafts"] == 0, (prompt, sent)
+        assert max(margins) <= 1e-6
+    assert unprotected > 0  # not vacuous: without the deny-list the cloud receives these ids

@@ -26,6 +26,7 @@ import gradio as gr
 
 from costeer.decoding import CloudTranscript, ConfidenceGate, CoSteerEngine, Defences, Sampling
 from costeer.audit import attacker_model
+from costeer.defences import sent_deny_ids
 from costeer.privacy import PersonaAttacker, audit_reply, cloud_view, deny_list
 from costeer.latency import Latency
 from costeer.speculative import Speculation
@@ -293,8 +294,14 @@ class Studio:
                        unsteered_view=v["unsteered"])
         echoes = [m["content"] for m in conv["steered"] if m["role"] == "assistant"]
         audit = audit_reply(self.store.entries(user), conv["steered"] + [turn], transcript, self.engine.cloud.tokenizer)
-        deny = (len(defences.deny_ids), max((ev.deny_margin for ev in events), default=0.0)) \
-            if defences is not None and defences.deny_ids else None
+        deny = None
+        if defences is not None and defences.deny_ids:
+            sent = sent_deny_ids(transcript, "steered", defences.deny_ids)
+            listed = set(defences.deny_ids)
+            words = list(dict.fromkeys(self.engine.cloud.tokenizer.decode([t]).strip()
+                                       for t in transcript.token_ids["steered"] if t in listed))
+            deny = {"ids": len(defences.deny_ids), "margin": max((ev.deny_margin for ev in events), default=0.0),
+                    "sent": sent, "words": words}
         _, reply, drafts = cloud_view(transcript, "steered", self.engine.cloud.tokenizer)
         spec = None
         if speculate > 1:

@@ -161,7 +161,25 @@ def _guess_line(guess, truth: str, label: str) -> str:
             f"{100 * guess.posterior[truth]:.0f}%, chance {100 / len(guess.posterior):.0f}%)</li>")
 
 
-def audit_html(audit, deny: tuple[int, float] | None = None) -> str:
+def deny_check_text(deny: dict) -> str:
+    """The deny-list's check over everything the cloud received on the steered stream: the chosen
+    tokens (each at or below the cloud's own probability) and the speculative drafts (none).
+    `deny`: {"ids", "margin", "sent": defences.sent_deny_ids(...), "words": the listed words sent}."""
+    sent, margin = deny["sent"], deny["margin"]
+    held = margin <= 1e-6 and sent["drafts"] == 0
+    words = ", ".join(f"“{esc(w)}”" for w in deny["words"][:8])
+    chosen = ("none of them is among the chosen tokens the cloud received" if not sent["chosen"] else
+              f"{sent['chosen']} chosen token(s) the cloud received are on it ({words}): the cloud alone made them at "
+              f"least as likely, steering did not add to them" if held else
+              f"{sent['chosen']} chosen token(s) the cloud received are on it ({words})")
+    drafts = f"; {sent['drafts']} of the {sent['drafts_sent']} rejected drafts it saw are on it" if sent["drafts_sent"] else ""
+    verdict = ("guarantee held over everything sent" if held else
+               "⚠️ the guarantee failed for what was sent, please report it")
+    return (f"Deny-list: {deny['ids']} tokens from your sensitive entries; {chosen}{drafts}. {verdict} "
+            f"(max log p − log b = {margin:.1e}).")
+
+
+def audit_html(audit, deny: dict | None = None) -> str:
     """What the cloud could learn from this reply: the exposed terms, the share steering adds,
     the attacker's guess, and the deny-list's check."""
     if audit is None:
@@ -179,11 +197,7 @@ def audit_html(audit, deny: tuple[int, float] | None = None) -> str:
                    + _guess_line(audit.unsteered_guess, audit.truth, "unsteered reply") + "</ul>")
     deny_line = ""
     if deny is not None:
-        n, margin = deny
-        held = ("at every step steering left them at or below the cloud's own probability" if margin <= 1e-6 else
-                "⚠️ steering made one of them likelier than the cloud alone: the guarantee failed, please report it")
-        deny_line = (f"<p class='note'>Deny-list: {n} tokens from your sensitive entries; {held} "
-                     f"(max log p − log b = {margin:.1e}).</p>")
+        deny_line = f"<p class='note deny-check'>{deny_check_text(deny)}</p>"
     return (f"<div class='audit'><p class='warn'>⚠️ The chosen tokens can carry personal information: steering "
             f"makes your personal words likelier, and every chosen token reaches the cloud.</p>"
             f"<p><b>Your distinctive terms the cloud can read: {_share(s)}</b>.{added}</p>"
@@ -204,7 +218,7 @@ def _drafts_html(transcript, stream: str, exposed, text: str) -> str:
 
 
 def privacy_html(transcript, context: str, same_model: bool, echoes: list[str] = (), audit=None,
-                 deny: tuple[int, float] | None = None, reply: str = "", drafts: str = "") -> str:
+                 deny: dict | None = None, reply: str = "", drafts: str = "") -> str:
     """What crossed to the cloud, next to what stayed on the device, for the last reply.
     `echoes` are the earlier steered answers in this conversation: they are in the cloud's prompt,
     and they were shaped by the private context, so they are marked, not hidden. `audit`
