@@ -191,6 +191,11 @@ def build_app(studio, desk):
                 with gr.Row():
                     st_name = gr.Textbox(label="Study name", elem_id="study-name")
                     st_personas = gr.Dropdown([], multiselect=True, label="Personas (users)", elem_id="study-personas")
+                st_cards = gr.Textbox(lines=4, elem_id="study-cards", max_lines=16,
+                                      label="What raters see of each persona (edit before creating): a `## name` line, "
+                                            "then the card. By default the profile and preference entries, never one "
+                                            "marked sensitive; deleting or marking an entry sensitive later removes it "
+                                            "from the cards of studies made before")
                 with gr.Row():
                     st_prompts = gr.Textbox(label="Prompts, one per line", lines=4, elem_id="study-prompts")
                     st_settings = gr.Textbox("lam=0.5\nlam=2\nlam=4", lines=4, elem_id="study-settings",
@@ -326,7 +331,9 @@ def build_app(studio, desk):
         tab = StudiesTab(desk)
         st_view = [st_progress, st_summary, st_board, st_matrix, st_persona, st_plot]
         st_create.click(for_ui(tab.create), [st_name, st_personas, st_prompts, st_settings, st_all_pairs, st_raters,
-                                             st_per_rater, st_attention, st_max_new], [st_links, st_choice], **private)
+                                             st_per_rater, st_attention, st_max_new, st_cards], [st_links, st_choice],
+                        **private)
+        st_personas.change(for_ui(desk.cards_text), st_personas, st_cards, **private)
         st_add.click(for_ui(tab.add_links), [st_choice, st_more], st_links, **private)
         st_cancel.click(for_ui(tab.cancel), st_choice, st_progress, **private)
         for trigger in (st_choice.change, st_exclude.change):
@@ -377,12 +384,14 @@ def build_app(studio, desk):
                          all_pairs: bool = False, raters: int = 12, pairs_per_rater: int = 0, attention_every: int = 6,
                          max_new_tokens: int = 128, repetition_penalty: float = DEMO_DECODING["repetition_penalty"],
                          no_repeat_ngram_size: int = DEMO_DECODING["no_repeat_ngram_size"],
-                         instructions: str = "") -> dict:
+                         instructions: str = "", cards: dict | None = None) -> dict:
             """A study of personas x prompts x settings (+ the unsteered baseline); its answers are generated
-            in the background. Returns the study id and one link per rater (shown once)."""
+            in the background. `cards` ({persona: text}) is what raters see of each persona (default: its
+            profile and preference entries, none marked sensitive). Returns the study id and one link per
+            rater (shown once)."""
             return desk.create_study(name, personas, prompts, settings, all_pairs, raters, pairs_per_rater,
                                      attention_every, max_new_tokens, repetition_penalty, no_repeat_ngram_size,
-                                     instructions)
+                                     instructions, cards)
 
         def study_status(study: int) -> dict:
             """Progress of a study: answers generated of total, pairs, raters, votes, status."""

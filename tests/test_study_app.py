@@ -155,6 +155,64 @@ def test_forged_replayed_and_oversized_votes_are_refused(app):
     assert [v["choice"] for v in UserStore(db).studies.votes(sid)] == ["A"]
 
 
+HEALTH = "My HIV diagnosis came in 2021; I take Biktarvy every morning."
+
+
+def _get(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=30) as r:
+        return r.read().decode()
+
+
+def test_what_is_marked_sensitive_never_reaches_a_rater_and_unsharing_reaches_old_studies(app):
+    """Issue 23: a sensitive entry ("My HIV diagnosis… Biktarvy") was on the raters' persona card,
+    and the copy in study_items outlived deleting the entry."""
+    url, db = app
+    owner = Client(url, verbose=False)
+    store = UserStore(db)
+    store.add_user("Ana")
+    store.add_entry("Ana", "Architect in Lisbon; loves fado and tiled facades.", "profile", "About me")
+    food = store.add_entry("Ana", "Pescatarian; grilled sardines on Fridays.", "preference", "Food")
+    health = store.add_entry("Ana", HEALTH, "profile", "Health", pinned=True, sensitive=True)
+    with pytest.raises(Exception, match=r"cards\[Ana\]: it holds entry #\d+, which is marked sensitive"):
+        owner.predict("leak", ["Ana"], PROMPTS[:1], SETTINGS[:1], False, 1, 0, 0, 8, api_name="/create_study",
+                      cards={"Ana": f"Health: {HEALTH}"})
+    with pytest.raises(Exception, match=r"cards: 'Bo' is not one of this study's personas"):
+        owner.predict("x", ["Ana"], PROMPTS[:1], SETTINGS[:1], False, 1, 0, 0, 8, api_name="/create_study",
+                      cards={"Bo": "x"})
+    study = owner.predict("privacy", ["Ana"], PROMPTS[:2], SETTINGS[:1], False, 1, 0, 0, 8, api_name="/create_study")
+    edited = owner.predict("edited", ["Ana"], PROMPTS[:1], SETTINGS[:1], False, 1, 0, 0, 8, api_name="/create_study",
+                           cards={"Ana": "An architect in Lisbon who loves fado."})
+    for s in (study, edited):
+        wait_ready(owner, s["study"], 300)
+
+    def rater_sees(s) -> str:
+        """Every rater-facing answer of a study: its page, its config, each pair and each vote."""
+        seen = [_get(f"{url}study/?study={s['study']}&rater={token_of(s['links'][0])}"), _get(f"{url}study/config")]
+        r = Client(f"{url}study/", verbose=False)
+        while True:
+            p = r.predict(s["study"], token_of(s["links"][0]), api_name="/next_pair")
+            seen.append(json.dumps(p, ensure_ascii=False))
+            if p.get("done") or p.get("waiting"):
+                return "\n".join(seen)
+            seen.append(json.dumps(r.predict(s["study"], token_of(s["links"][0]), p["pair"], "A", api_name="/vote")))
+
+    first = Client(f"{url}study/", verbose=False).predict(study["study"], token_of(study["links"][0]),
+                                                          api_name="/next_pair")
+    assert "Architect in Lisbon" in first["card"] and "Pescatarian" in first["card"]  # the default card
+    seen = rater_sees(study) + rater_sees(edited)
+    for secret in ("HIV", "Biktarvy", "diagnosis"):
+        assert secret not in seen, secret
+    assert "An architect in Lisbon who loves fado." in seen
+
+    store.update_entry(food, sensitive=True)  # un-shared after the study was made
+    store.delete_entry(health)
+    cards = [r["card"] for r in store.db.query("SELECT card FROM study_items WHERE persona = 'Ana'")]
+    assert cards and not any("Pescatarian" in c or "HIV" in c for c in cards)
+    assert all("Architect in Lisbon" in c for c in cards[:2])  # the rest of the card stays
+    answers = " ".join(r["text"] for r in store.db.query("SELECT text FROM study_answers"))
+    assert HEALTH not in answers and "Biktarvy" not in answers
+
+
 # -- who may call what ---------------------------------------------------------------------------
 def _post(url, body: dict, cookie: str | None = None):
     req = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json",

@@ -21,6 +21,7 @@ from studies.export import battles, to_csv, to_jsonl
 from studies.leaderboard import ROUNDS, leaderboard
 from studies.pregenerate import Pregenerator
 from user_store import UserStore
+from user_store.formats import card_line
 
 from . import fields as F
 from .fields import Refused
@@ -35,6 +36,22 @@ INSTRUCTIONS = ("Each pair is two answers to a request written by the person on 
                 "your vote.")
 CARD_KINDS = ("profile", "preference")
 CARD_CHARS = 700
+CARD_HEADER = "## "
+
+
+def parse_cards_text(text: str) -> dict[str, str]:
+    """The Studies tab's cards box: `## name` lines, each followed by that persona's card."""
+    cards, name = {}, None
+    for line in text.splitlines():
+        if line.startswith(CARD_HEADER):
+            name = line[len(CARD_HEADER):].strip()
+            cards[name] = ""
+        elif name is None:
+            if line.strip():
+                raise Refused("cards: start each card with a line `## name` naming its persona")
+        else:
+            cards[name] += line + "\n"
+    return cards
 
 
 def link_path(study_id: int, token: str) -> str:
@@ -57,12 +74,42 @@ class StudyDesk:
 
     # -- the owner's --------------------------------------------------------------------
     def card(self, persona: str) -> str:
-        """What raters judge personalization against: the persona's profile and preferences
-        (pinned entries first). Only this card is shown to raters, never the history."""
-        lines = [f"{e['title']}: {e['text']}" if e["title"] else e["text"] for e in self.store.entries(persona)
-                 if e["pinned"] or e["kind"] in CARD_KINDS]
-        text = "\n".join(lines) or f"{persona} (no profile entries in the history)"
+        """What raters judge personalization against, by default: the persona's profile and
+        preferences (pinned entries first), never an entry marked sensitive. Only the card is
+        shown to raters, never the history; the organizer reads and may edit it (`cards`)."""
+        lines = [card_line(e) for e in self.store.entries(persona)
+                 if (e["pinned"] or e["kind"] in CARD_KINDS) and not e["sensitive"]]
+        text = "\n".join(lines) or f"{persona} (no profile entries shared)"
         return text if len(text) <= CARD_CHARS else text[:CARD_CHARS - 1] + "…"
+
+    def cards_text(self, personas) -> str:
+        """The default cards of `personas` as one editable text: a `## name` line, then the card."""
+        known = set(self.store.users())
+        return "\n\n".join(f"{CARD_HEADER}{p}\n{self.card(p)}" for p in personas or [] if p in known)
+
+    def check_cards(self, cards, personas: list[str]) -> dict[str, str]:
+        """{persona: card} from the organizer (a dict, or the `## name` text), each persona not
+        named getting its default card. A card holding an entry marked sensitive is refused."""
+        if cards is None or (isinstance(cards, str) and not cards.strip()):
+            cards = {}
+        if isinstance(cards, str):
+            cards = parse_cards_text(cards)
+        if not isinstance(cards, dict):
+            raise Refused("cards: give {persona: card text} (or the `## name` text of the Studies tab)")
+        out = {}
+        for name, card in cards.items():
+            if name not in personas:
+                raise Refused(f"cards: {str(name)[:40]!r} is not one of this study's personas ({', '.join(personas)})")
+            try:
+                card = F.CARD.check(card).strip()
+            except Refused as exc:
+                raise Refused(f"cards[{name}]: {exc}") from None
+            for e in self.store.entries(name):
+                if e["sensitive"] and (card_line(e) in card or e["text"].strip() in card):
+                    raise Refused(f"cards[{name}]: it holds entry #{e['id']}, which is marked sensitive; remove it "
+                                  "from the card or unmark the entry in History")
+            out[name] = card or self.card(name)
+        return {p: out.get(p) or self.card(p) for p in personas}
 
     def card_view(self, user) -> str:
         """The live A/B tab's persona card: what the vote judges personalization against."""
@@ -72,7 +119,7 @@ class StudyDesk:
 
     def create_study(self, name, personas, prompts, settings, all_pairs=False, raters=12, pairs_per_rater=0,
                      attention_every=6, max_new_tokens=128, repetition_penalty=1.1, no_repeat_ngram_size=4,
-                     instructions="") -> dict:
+                     instructions="", cards=None) -> dict:
         name = F.STUDY_NAME.check(name).strip()
         personas = F.text_list("personas", F.USER, personas, design.MAX_PERSONAS)
         known = set(self.store.users())
@@ -99,7 +146,8 @@ class StudyDesk:
         pairs_per_rater = F.PAIRS_PER_RATER.check(pairs_per_rater)
         attention_every = F.ATTENTION_EVERY.check(attention_every)
         instructions = F.INSTRUCTIONS.check(instructions).strip() or INSTRUCTIONS
-        items = [{"persona": p, "prompt": q, "card": self.card(p)} for p in personas for q in prompts]
+        cards = self.check_cards(cards, personas)
+        items = [{"persona": p, "prompt": q, "card": cards[p]} for p in personas for q in prompts]
         pairs = design.pairs_of(chosen, all_pairs)
         sid = self.studies.create(
             name, instructions, items, [{"label": s.label, "baseline": s.baseline, "config": s.config} for s in chosen],
@@ -290,9 +338,9 @@ class StudiesTab:
         return gr.update(choices=options, value=selected)
 
     def create(self, name, personas, prompts, settings, all_pairs, raters, pairs_per_rater, attention_every,
-               max_new_tokens, request: gr.Request = None):
+               max_new_tokens, cards="", request: gr.Request = None):
         out = self.desk.create_study(name, personas or [], prompts, settings, all_pairs, raters, pairs_per_rater,
-                                     attention_every, max_new_tokens)
+                                     attention_every, max_new_tokens, cards=cards)
         return self.links_markdown(out["study"], out["links"], request), self.choices(out["study"])
 
     def add_links(self, study, count, request: gr.Request = None):

@@ -24,3 +24,17 @@ def eval_row(d: dict) -> tuple[str, str, list] | None:
     if not isinstance(query, str) or not isinstance(reference, str) or not isinstance(profile, list):
         return None
     return query, reference, profile
+
+
+def card_line(entry: dict) -> str:
+    """How an entry reads on a rater's persona card; the store removes exactly this text from the
+    stored cards when the entry is deleted or marked sensitive."""
+    return f"{entry['title']}: {entry['text']}" if entry.get("title") else entry["text"]
+
+
+def without_line(card: str, line: str) -> str:
+    """`card` with every copy of `line` removed, and a cut last line ("…") that began it."""
+    lines = [x for x in card.replace(line, "").splitlines() if x.strip()]
+    if lines and lines[-1].endswith("…") and line.startswith(lines[-1][:-1]):
+        lines.pop()
+    return "\n".join(lines)

@@ -22,7 +22,7 @@ from typing import Callable
 import sqlite_utils
 
 from .checks import text_problem
-from .formats import TEXT_FIELDS, is_writing, item_text
+from .formats import TEXT_FIELDS, card_line, is_writing, item_text, without_line
 from .schema import migrate
 
 KINDS = ("profile", "preference", "writing", "chat", "note")
@@ -171,6 +171,7 @@ class UserStore:
     def delete_user(self, name: str):
         with self._write() as db:
             db["users"].delete(self._user_id(name))  # entries go with it: ON DELETE CASCADE
+            db.execute("UPDATE study_items SET card = ? WHERE persona = ?", [f"{name} (no profile entries shared)", name])
 
     def _user_id(self, name: str) -> int:
         rows = self._rows("users", "name = ?", [name], select="id", limit=1)
@@ -196,11 +197,29 @@ class UserStore:
             current = self.entry(entry_id)
             merged = _check_entry({k: fields.get(k, current[k]) for k in _EDITABLE})
             db["entries"].update(entry_id, {**merged, "updated_at": _now()})
+            if merged["sensitive"] or card_line(merged) != card_line(current):
+                self._unshare(db, current)  # marked sensitive, or its old wording is no longer the user's
 
     def delete_entry(self, entry_id: int):
         with self._write() as db:
-            self.entry(entry_id)
+            current = self.entry(entry_id)
+            current["user"] = db.execute("SELECT u.name FROM users u JOIN entries e ON e.user_id = u.id WHERE e.id = ?",
+                                         [entry_id]).fetchone()[0]
             db["entries"].delete(entry_id)
+            self._unshare(db, current)
+
+    def _unshare(self, db, entry: dict):
+        """Remove an entry from every stored copy a rater can see (the persona cards of studies),
+        in the transaction that deletes it or marks it sensitive."""
+        owner = db.execute("SELECT u.name FROM users u JOIN entries e ON e.user_id = u.id WHERE e.id = ?",
+                           [entry["id"]]).fetchone()
+        if owner is None:  # deleted already: the caller looked it up first
+            owner = [entry["user"]]
+        line = card_line(entry)
+        for item in db.query("SELECT id, card FROM study_items WHERE persona = ?", [owner[0]]):
+            card = without_line(item["card"], line)
+            if card != item["card"]:
+                db["study_items"].update(item["id"], {"card": card or f"{owner[0]} (no profile entries shared)"})
 
     def entry(self, entry_id: int) -> dict:
         rows = self._rows("entries", "id = ?", [entry_id], select=_ENTRY_COLUMNS) if isinstance(entry_id, int) else []
@@ -291,7 +310,9 @@ class UserStore:
         with self._write() as db:
             uid = self.add_user(name)
             if mode == "replace":
-                db["entries"].delete_where("user_id = ?", [uid])
+                for old in db["entries"].rows_where("user_id = ?", [uid], select=_ENTRY_COLUMNS):
+                    db["entries"].delete(old["id"])
+                    self._unshare(db, {**old, "user": name})
             existing = {(r["kind"], r["title"] or "", r["text"]): r for r in db["entries"].rows_where(
                 "user_id = ?", [uid], select="id, kind, title, text, sensitive")}
             added = skipped = 0
