@@ -58,6 +58,7 @@ def build_app(studio, desk):
         conv = gr.State(new_conversation())
         trial = gr.State(None)
         pending_delete = gr.State(None)
+        entry_version = gr.State(None)  # the picked entry's version: a save over a newer edit is refused
         with gr.Row():
             user = gr.Dropdown([], label="User", value=None, elem_id="user", scale=2)
             new_name = gr.Textbox(label="New user", placeholder="name", scale=2, elem_id="new-user")
@@ -301,14 +302,15 @@ def build_app(studio, desk):
         load.click(for_ui(studio.load_persona), persona, user, api_name="ui_load_persona", **private)
 
         add.click(for_ui(studio.add_entry), [user, text, kind, title, pinned, sensitive], [table, text], **private)
-        save.click(for_ui(studio.update_entry), [user, entry_id, text, kind, title, pinned, sensitive], table, **private)
+        save.click(for_ui(studio.update_entry), [user, entry_id, text, kind, title, pinned, sensitive, entry_version],
+                   [table, entry_version], **private)
         delete.click(for_ui(studio.ask_delete), [user, entry_id], [confirm_row, confirm_text, pending_delete], **private)
         confirm_yes.click(for_ui(studio.confirm_delete), pending_delete,
                           [table, confirm_row, pending_delete, entry_id, text], **private)
         confirm_no.click(lambda: (gr.update(visible=False), None), None, [confirm_row, pending_delete], queue=False,
                          **private)
-        table.select(for_ui(studio.select_entry), user, [entry_id, text, kind, title, pinned, sensitive, table],
-                     **private)
+        table.select(for_ui(studio.select_entry), user,
+                     [entry_id, text, kind, title, pinned, sensitive, table, entry_version], **private)
         do_import.click(for_ui(studio.import_history), [user, upload, mode, into_selected], [user, table, upload],
                         **private)
         download = "(f) => { setTimeout(() => document.querySelector('#{id}')?.click(), 50); }"

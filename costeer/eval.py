@@ -37,6 +37,18 @@ class Row:
     user: str | None = None  # whose row: the privacy audit's attacker guesses it
 
 
+def _check_row_text(path, n: int, fields: list[tuple[str, object]]):
+    """Each text of a row is text a tokenizer and the store take: named by line and field."""
+    from user_store.checks import text_problem
+
+    for name, value in fields:
+        if not isinstance(value, str):
+            raise ValueError(f"{path}:{n}: {name} must be text, got {type(value).__name__}")
+        problem = text_problem(value)
+        if problem:
+            raise ValueError(f"{path}:{n}: {name} {problem}")
+
+
 def load_rows(path, limit: int | None = None) -> list[Row]:
     """Our JSONL (id, query, profile, reference) or LongLaMP-style (input, output, profile/top_5)."""
     rows = []
@@ -48,12 +60,17 @@ def load_rows(path, limit: int | None = None) -> list[Row]:
                 d = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise ValueError(f"{path}:{n}: not valid JSON ({exc.msg})") from None
+            except RecursionError:
+                raise ValueError(f"{path}:{n}: nested too deeply to be a row") from None
             parsed = eval_row(d) if isinstance(d, dict) else None
             if parsed is None:
                 raise ValueError(f"{path}:{n}: a row needs query/input (text), reference/output (text) and "
                                  "profile/top_5 (a list)")
             query, reference, profile = parsed
             items = [{"title": item.get("title"), "text": text} for item in profile if (text := item_text(item))]
+            _check_row_text(path, n, [("query", query), ("reference", reference)]
+                            + [(f"profile[{i}].title", it["title"]) for i, it in enumerate(items) if it["title"] is not None]
+                            + [(f"profile[{i}].text", it["text"]) for i, it in enumerate(items)])
             user = d.get("user")
             rows.append(Row(str(d.get("id", n)), query, items, reference, str(user) if user is not None else None))
             if limit and len(rows) >= limit:

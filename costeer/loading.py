@@ -36,6 +36,22 @@ def text_arg(name: str):
     return parse
 
 
+def url_arg(name: str):
+    """An argparse type: an http(s) URL httpx can parse (a typo such as "http://[::1" is one line)."""
+    def parse(text):
+        import httpx
+
+        text_arg(name)(text)
+        try:
+            url = httpx.URL(text)
+        except (httpx.InvalidURL, ValueError, TypeError) as exc:
+            raise argparse.ArgumentTypeError(f"not a URL ({exc})") from None
+        if url.scheme not in ("http", "https") or not url.host:
+            raise argparse.ArgumentTypeError(f"give an http:// or https:// URL with a host, got {text[:80]!r}")
+        return text
+    return parse
+
+
 def writable_file_problem(path: str | None) -> str | None:
     """Why `path` cannot take an output file, or None (also for None)."""
     if not path:
@@ -56,7 +72,7 @@ def add_model_args(p: argparse.ArgumentParser):
                    help=f"hub id, local folder or .gguf for the cloud LLM (env COSTEER_CLOUD_MODEL; default {DEFAULT_MODEL})")
     p.add_argument("--local-model", default=os.environ.get("COSTEER_LOCAL_MODEL"),
                    help="hub id, local folder or .gguf for the on-device SLM (env COSTEER_LOCAL_MODEL; default: the cloud model)")
-    p.add_argument("--cloud-url", default=os.environ.get("COSTEER_CLOUD_URL"),
+    p.add_argument("--cloud-url", default=os.environ.get("COSTEER_CLOUD_URL"), type=url_arg("--cloud-url"),
                    help="OpenAI-compatible cloud endpoint (vLLM, llama.cpp's llama-server, or serve-cloud), e.g. "
                         "http://127.0.0.1:8001/v1 (env COSTEER_CLOUD_URL); the cloud model then runs there")
     p.add_argument("--top-k", type=bounded_int("--top-k", *TOP_K_RANGE), default=20,

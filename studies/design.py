@@ -77,11 +77,11 @@ def setting_from(raw, decoding: dict, where: str) -> Setting:
     defaults = SteeringParams().as_dict()
     config = {k: _checked(k, raw.get(k, defaults[k]), where) for k in STEERING_KEYS}
     config.update({k: _checked(k, raw.get(k, decoding[k]), where) for k in DECODING_KEYS})
-    gate = F.GATE_ON.check(raw.get("gate", any(k in raw for k in GATE_KEYS)))
+    gate = _checked("gate", raw.get("gate", any(k in raw for k in GATE_KEYS)), where, F.GATE_ON)
     if gate:  # the Chat tab's gate defaults
         gate_defaults = {"gate_threshold": 0.1, "gate_patience": 3, "gate_mode": "paper"}
         config.update({k: _checked(k, raw.get(k, gate_defaults[k]), where) for k in GATE_KEYS})
-    label = LABEL.check(raw.get("label")).strip() or default_label(config)
+    label = _checked("label", raw.get("label"), where, LABEL).strip() or default_label(config)
     if label == BASELINE:
         raise Refused(f"{where}: label {BASELINE!r} is the baseline's; choose another")
     return Setting(label, config)
@@ -129,11 +129,13 @@ def pairs_of(settings: list[Setting], all_pairs: bool) -> list[tuple[int, int]]:
     return pairs
 
 
-def _checked(key: str, value, where: str):
+def _checked(key: str, value, where: str, spec=None):
+    """A setting's value checked by its field; a refusal names the setting and the key
+    (`settings[2].lam: must be a number in [0.1, 5], got 9`)."""
     try:
-        return SPECS[key].check(value)
+        return (spec or SPECS[key]).check(value)
     except Refused as exc:
-        raise Refused(f"{where}: {exc}") from None
+        raise Refused(f"{where}.{key}: {str(exc).split(': ', 1)[-1]}") from None
 
 
 def _number_or_text(value: str):

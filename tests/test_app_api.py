@@ -53,7 +53,7 @@ def test_history_generate_summary(client, app):
     (("mia", "hi", 20, -1, 2), "/generate_pair", "eta: must be a number in [0.5, 20], got -1"),
     (("mia", "", "note"), "/add_history", "text: empty"),
     (("mia", "ok", "diary"), "/add_history", "kind: must be one of"),
-    (("s", ["mia"], ["hi"], [{"lam": 9}]), "/create_study", "settings[0]: lam: must be a number in [0.1, 5], got 9"),
+    (("s", ["mia"], ["hi"], [{"lam": 9}]), "/create_study", "settings[0].lam: must be a number in [0.1, 5], got 9"),
     (("s", ["ghost"], ["hi"], [{"lam": 2}]), "/create_study", "personas: unknown user 'ghost'"),
     ((99,), "/study_status", "unknown study 99"),
 ])

@@ -15,7 +15,8 @@ from user_store import StoreError, UserStore
 
 KENJI = "Kenji (Osaka, vegetarian, jazz)"
 MB = "x" * 1_000_000
-NUMBERS = [None, "", "x", "20", True, [], {}, math.nan, math.inf, -math.inf, -1, 1e308, -1e308, 10**30, 2.5]
+NUMBERS = [None, "", "x", "20", True, [], {}, math.nan, math.inf, -math.inf, -1, 1e308, -1e308, 10**30, 10**400,
+           -10**400, 2.5]
 TEXTS = [None, 5, True, [], {}, "", "   ", MB, "a\ud800b", "a\udfffb", "a\x00b"]
 CHOICES = [None, 1, True, "", "maybe", " A", "a", ["A"]]
 SAFE_TEXTS = ["\u202eRTL override", "zero\u200bwidth\u200d", "<script>alert(1)</script>", "שלום עולם", "😀 emoji"]
@@ -50,7 +51,7 @@ BAD = {"text": TEXTS, "answer": [None, 5, True, [], {}, "a\ud800b", "a\x00b", "x
        "prompts": [None, 5, True, {}, [], "", [5], [""], [MB], ["a\ud800b"], ["x"] * 30, ["a", "a"]],
        "personas": [None, 5, True, {}, [], "", [5], [""], ["ghost"], [MB], ["a\ud800b"], [KENJI] * 11, "ghost"],
        "settings": [None, 5, True, [], "", [5], [{"lam": 9}], [{"zeta": 1}], [{"T": 2.5}], [{"label": "unsteered"}],
-                    [{}] * 9, "lam", MB],
+                    [{}] * 9, "lam", MB, [{"lam": 10**400}], [{"gate": "yes"}], [{"label": 5}], [{"lam": 2}, {"T": 0}]],
        "flag": [None, 1, 0, "yes", "", [], {}]}
 
 

@@ -274,6 +274,36 @@ def test_two_tabs_delete_then_edit_acts_on_the_right_id(new_page, app):
     assert not store.entry(rows[3])["text"].endswith("(edited in tab A)")
 
 
+def test_two_tabs_editing_one_entry_the_stale_save_is_refused_not_lost(new_page, app):
+    """Issue 23: tab B saved an edit, tab A then saved its stale form and B's edit was gone."""
+    from playwright.sync_api import expect
+
+    store = UserStore(app[1])
+    tab_a, tab_b = new_page(), new_page()
+    for tab in (tab_a, tab_b):
+        pick_user(tab, JAY)
+        tab.get_by_role("tab", name="History").click()
+        expect(cell(tab, 1, 3)).to_be_visible(timeout=30_000)
+        cell(tab, 1, 3).click()
+    entry = store.entries(JAY)[1]
+    for tab in (tab_a, tab_b):
+        expect(tab.locator("#entry-text textarea")).to_have_value(entry["text"])
+    tab_b.locator("#entry-text textarea").fill(entry["text"] + " (B)")
+    tab_b.locator("#save-entry").click()
+    expect(tab_b.locator("#history-table")).to_contain_text("(B)", timeout=30_000)
+    tab_a.locator("#entry-text textarea").fill(entry["text"] + " (A, stale)")
+    tab_a.locator("#save-entry").click()
+    expect(tab_a.locator("[data-testid='toast-body']")).to_contain_text("changed in another tab", timeout=30_000)
+    assert store.entry(entry["id"])["text"] == entry["text"] + " (B)"  # B's edit kept
+    expect(tab_a.locator("#entry-text textarea")).to_have_value(entry["text"] + " (A, stale)")  # A's typing kept
+    cell(tab_a, 1, 3).click()  # reload the row, edit again: saved
+    expect(tab_a.locator("#entry-text textarea")).to_have_value(entry["text"] + " (B)", timeout=30_000)
+    tab_a.locator("#entry-text textarea").fill(entry["text"] + " (B) (A)")
+    tab_a.locator("#save-entry").click()
+    expect(tab_a.locator("#history-table")).to_contain_text("(B) (A)", timeout=30_000)
+    assert store.entry(entry["id"])["text"] == entry["text"] + " (B) (A)"
+
+
 def test_a_refusal_is_a_message_and_leaves_no_error_badge(new_page, app):
     from playwright.sync_api import expect
 

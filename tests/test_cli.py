@@ -109,3 +109,42 @@ def test_eval_does_not_send_the_context_to_a_cloud_unasked():
 def test_app_checks_top_k():
     err = _one_line_error(run_cli(["app.py", "--top-k", "0"]))
     assert "--top-k must be an integer in [1, 1000]" in err
+
+
+def test_issue_23_cli_inputs_are_one_line_errors(tmp_path):
+    """Each printed a traceback (or hung) before: a huge -k, /dev/zero and a FIFO as import files,
+    a broken --cloud-url, eval rows nested deeply, with a NUL or integer title, a lone surrogate."""
+    import os
+
+    db = ["-m", "user_store", "--db", str(tmp_path / "s.db")]
+    assert run_cli([*db, "add-user", "Ana"]).returncode == 0 and run_cli([*db, "add", "Ana", "Likes fado"]).returncode == 0
+    fifo = tmp_path / "pipe.json"
+    os.mkfifo(fifo)
+    for args, words in ((["search", "Ana", "fado", "-k", str(10**20)], "k must be an integer in [1, 1000]"),
+                        (["context", "Ana", "fado", "--max-tokens", str(10**22)], "max_tokens must be an integer in"),
+                        (["import", "/dev/zero", "--user", "Ana"], "not a regular file"),
+                        (["import", str(fifo), "--user", "Ana"], "not a regular file")):
+        assert words in _one_line_error(run_cli([*db, *args])), args
+    assert "--cloud-url: not a URL" in _one_line_error(run_cli(["-m", "costeer", "generate", "--prompt", "hi",
+                                                                "--cloud-url", "http://[::1"]))
+    rows = {"nested": '{"id": "1", "query": "q", "reference": "r", "profile": ' + "[" * 5000 + "]" * 5000 + "}",
+            "nul": json.dumps({"query": "q", "reference": "r", "profile": [{"title": "a\x00b", "text": "t"}]}),
+            "int": json.dumps({"query": "q", "reference": "r", "profile": [{"title": 5, "text": "t"}]}),
+            "surrogate": '{"query": "a\\ud800b", "reference": "r", "profile": [{"text": "t"}]}'}
+    for name, words in (("nested", ":2: nested too deeply"), ("nul", ":2: profile[0].title contains a NUL"),
+                        ("int", ":2: profile[0].title must be text, got int"),
+                        ("surrogate", ":2: query contains a lone surrogate")):
+        data = tmp_path / f"{name}.jsonl"
+        data.write_text('{"query": "q", "reference": "r", "profile": []}\n' + rows[name] + "\n", encoding="utf-8")
+        assert words in _one_line_error(run_cli(["-m", "costeer", "eval", "--data", str(data), "--methods", "llm"])), name
+
+
+def test_replace_of_another_users_history_needs_yes(tmp_path):
+    db = ["-m", "user_store", "--db", str(tmp_path / "s.db")]
+    assert run_cli([*db, "add-user", "Ana"]).returncode == 0 and run_cli([*db, "add", "Ana", "Likes fado"]).returncode == 0
+    f = tmp_path / "ana.json"
+    f.write_text(json.dumps({"user": "Ana", "entries": [{"text": "New"}]}), encoding="utf-8")
+    assert "would delete the 1 entries of 'Ana'; add --yes" in _one_line_error(run_cli([*db, "import", str(f), "--mode", "replace"]))
+    assert "Likes fado" in run_cli([*db, "entries", "Ana"]).stdout  # nothing deleted
+    assert run_cli([*db, "import", str(f), "--mode", "replace", "--yes"]).returncode == 0
+    assert "Likes fado" not in run_cli([*db, "entries", "Ana"]).stdout

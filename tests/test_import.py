@@ -95,3 +95,29 @@ def test_cli_script_workflow(tmp_path):
     assert json.loads(r.stdout)["entries"][0]["kind"] == "preference"
     r = run_cli(["-m", "user_store", "--db", db, "add", "nobody", "text"])
     assert r.returncode == 2 and "unknown user 'nobody'" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_duplicate_marked_sensitive_merges_and_jsonl_errors_name_their_line(store, tmp_path):
+    """Issue 23: a file whose second copy of an entry is marked sensitive failed with NotFoundError
+    (two tracebacks); a JSONL error always said "line 1"."""
+    f = tmp_path / "dup.json"
+    f.write_text(json.dumps({"user": "ana", "entries": [{"text": "HIV clinic on Tuesdays"},
+                                                        {"text": "HIV clinic on Tuesdays", "sensitive": True},
+                                                        {"text": "Likes fado"}]}), encoding="utf-8")
+    assert store.import_file(f) == {"user": "ana", "added": 2, "skipped": 1}
+    assert [(e["text"], e["sensitive"]) for e in store.entries("ana")] == [("HIV clinic on Tuesdays", 1), ("Likes fado", 0)]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "one"}\n\n{"text": "two"}\n{"text": oops}\n', encoding="utf-8")
+    with pytest.raises(StoreError, match="at line 4"):
+        store.import_file(bad, user="ana")
+    assert len(store.entries("ana")) == 2
+
+
+def test_a_stale_edit_is_refused_and_the_newer_kept(store):
+    store.add_user("ana")
+    e = store.add_entry("ana", "Likes fado")
+    v = store.entry(e)["version"]
+    store.update_entry(e, version=v, text="Likes fado and jazz")  # tab B
+    with pytest.raises(StoreError, match="changed in another tab or window"):
+        store.update_entry(e, version=v, text="Likes fado (stale tab A)")
+    assert store.entry(e)["text"] == "Likes fado and jazz" and store.entry(e)["version"] == v + 1

@@ -27,8 +27,12 @@ def test_a_setting_takes_the_chat_tabs_ranges_and_names_what_is_wrong():
     assert s.strength == pytest.approx(969, rel=1e-3) and s.sampling.repetition_penalty == 1.1
     gated = design.setting_from({"gate": True}, DECODING, "x")
     assert gated.gate.threshold == 0.1 and gated.label.endswith("gated")
-    for raw, message in (({"lam": 9}, r"settings\[1\]: lam: must be a number in \[0.1, 5\], got 9"),
-                         ({"T": 2.5}, r"settings\[1\]: T: must be an integer"),
+    for raw, message in (({"lam": 9}, r"settings\[1\]\.lam: must be a number in \[0.1, 5\], got 9"),
+                         ({"T": 2.5}, r"settings\[1\]\.T: must be an integer"),
+                         ({"lam": 10**400}, r"settings\[1\]\.lam: must be a number in \[0.1, 5\], got an integer of "
+                                            r"about 401 digits"),
+                         ({"gate": "yes"}, r"settings\[1\]\.gate: must be"),
+                         ({"label": 5}, r"settings\[1\]\.label: must be text"),
                          ({"zeta": 1}, r"settings\[1\]: unknown key\(s\) zeta"),
                          ({"label": "unsteered"}, "the baseline's"), (5, "must be an object")):
         with pytest.raises(Refused, match=message):

@@ -20,6 +20,12 @@ def _shown(value) -> str:
     return text if len(text) <= 40 else text[:37] + "…"
 
 
+def _shown_int(value: int) -> str:
+    if abs(value) < 10**15:
+        return str(value)
+    return f"{'a negative' if value < 0 else 'an'} integer of about {int(value.bit_length() * math.log10(2)) + 1} digits"
+
+
 @dataclass(frozen=True)
 class Number:
     name: str
@@ -40,6 +46,8 @@ class Number:
             raise Refused(f"{self.name}: required; enter {self.allowed}")
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise Refused(f"{self.name}: must be {self.allowed}, got {_shown(value)}")
+        if isinstance(value, int) and not self.lo <= value <= self.hi:  # exact for any int: 10**400 has no float
+            raise Refused(f"{self.name}: must be {self.allowed}, got {_shown_int(value)}")
         if not math.isfinite(value):
             raise Refused(f"{self.name}: must be {self.allowed}, got {value}")
         if self.integer and not float(value).is_integer():
@@ -111,6 +119,7 @@ NO_REPEAT_NGRAM = Number("no_repeat_ngram_size", 0, 10, integer=True)
 GATE_THRESHOLD = Number("gate_threshold", 0.01, 0.5)
 GATE_PATIENCE = Number("gate_patience", 1, 10, integer=True)
 ENTRY_ID = Number("entry id", 1, 2**63 - 1, integer=True)
+VERSION = Number("entry version", 1, 2**63 - 1, integer=True, optional=True)
 STUDY = Number("study", 1, 2**63 - 1, integer=True)
 PAIR = Number("pair", 1, 2**63 - 1, integer=True)
 RATERS = Number("raters", 0, 100, integer=True)

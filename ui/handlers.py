@@ -35,6 +35,7 @@ from costeer.policy import SteeringParams, effective_strength
 from costeer.stats import overlap_score, repeated_ngram_share, summarize_votes
 from studies.export import spreadsheet_safe
 from user_store import KINDS, VOTES, NoUserName, UserStore
+from user_store.store import read_import
 
 from . import fields as F
 from .fields import Refused
@@ -432,13 +433,18 @@ class Studio:
             _, e = self._entry_of(user, row[0])
         except Refused as exc:
             warn(refusal("select_entry", exc))
-            return None, "", "note", "", False, False, self.history_rows(user)
-        return e["id"], e["text"], e["kind"], e["title"] or "", bool(e["pinned"]), bool(e["sensitive"]), gr.skip()
+            return None, "", "note", "", False, False, self.history_rows(user), None
+        return (e["id"], e["text"], e["kind"], e["title"] or "", bool(e["pinned"]), bool(e["sensitive"]), gr.skip(),
+                e["version"])
 
-    def update_entry(self, user, entry_id, text, kind, title, pinned, sensitive):
+    def update_entry(self, user, entry_id, text, kind, title, pinned, sensitive, version=None):
+        """Save the form. `version` is the entry's when the row was picked: a save over another
+        tab's newer edit is refused in words (StaleEntry), the form keeps what was typed."""
         user, e = self._entry_of(user, entry_id)
-        self.store.update_entry(e["id"], **self._entry_fields(text, kind, title, pinned, sensitive))
-        return self.history_rows(user)
+        self.store.update_entry(e["id"], version=F.VERSION.check(version),
+                                **self._entry_fields(text, kind, title, pinned, sensitive))
+        info(f"Saved entry #{e['id']}.")
+        return self.history_rows(user), self.store.entry(e["id"])["version"]
 
     def ask_delete(self, user, entry_id):
         """Delete asks first: the confirmation names the entry it will delete."""
@@ -463,7 +469,13 @@ class Studio:
         mode, into_selected = F.IMPORT_MODE.check(mode), F.INTO_SELECTED.check(into_selected)
         target = self.check_user(user) if into_selected else None
         try:
-            result = self.store.import_file(file, mode=mode, user=target)
+            data = read_import(file)
+            victim = self.store.replace_victim(data, target) if mode == "replace" else None
+            if victim and victim[0] != user:  # replacing someone other than the selected user: ask first
+                raise Refused(f"import mode: replace would delete the {victim[1]} entries of {victim[0]}, whom this "
+                              f"file names, not the selected user; select {victim[0]} first to confirm, or tick "
+                              "'into the selected user'")
+            result = self.store.import_user(data, mode=mode, user=target)
         except NoUserName:
             raise Refused("import: the file names no user; tick 'into the selected user' to import it there") from None
         info(f"Imported into {result['user']}: {result['added']} added, {result['skipped']} duplicates skipped.")

@@ -5,7 +5,7 @@ import argparse
 import json
 import sys
 
-from .store import KINDS, StoreError, UserStore, default_db_path
+from .store import KINDS, StoreError, UserStore, default_db_path, read_import
 
 
 def build_parser():
@@ -36,6 +36,7 @@ def build_parser():
     c.add_argument("file")
     c.add_argument("--user", help="target user (needed when the file names none)")
     c.add_argument("--mode", choices=("merge", "replace"), default="merge")
+    c.add_argument("--yes", action="store_true", help="with --mode replace: delete the named user's entries without asking")
     c = sub.add_parser("export", help="print a user's history as JSON")
     c.add_argument("name")
     return p
@@ -74,7 +75,12 @@ def main(argv=None):
         elif cmd == "context":
             print(store.build_context(args.name, args.query, max_tokens=args.max_tokens))
         elif cmd == "import":
-            print(json.dumps(store.import_file(args.file, mode=args.mode, user=args.user)))
+            data = read_import(args.file)
+            victim = store.replace_victim(data, args.user) if args.mode == "replace" else None
+            if victim and not args.yes:
+                parser.error(f"--mode replace would delete the {victim[1]} entries of {victim[0]!r}; "
+                             "add --yes to do it")
+            print(json.dumps(store.import_user(data, mode=args.mode, user=args.user)))
         elif cmd == "export":
             print(json.dumps(store.export_user(args.name), ensure_ascii=False, indent=1))
     except StoreError as exc:

@@ -111,7 +111,13 @@ def _v4(db: sqlite_utils.Database):
     db["entries"].add_column("sensitive", int, not_null_default=0)
 
 
-MIGRATIONS = [_v1, _v2, _v3, _v4]
+def _v5(db: sqlite_utils.Database):
+    """An entry's version, raised by every edit: a save made from an older version (another tab's
+    edit came first) is refused by the UPDATE itself, not lost."""
+    db["entries"].add_column("version", int, not_null_default=1)
+
+
+MIGRATIONS = [_v1, _v2, _v3, _v4, _v5]
 LATEST = len(MIGRATIONS)
 
 

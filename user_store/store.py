@@ -33,6 +33,8 @@ MAX_IMPORT_BYTES = 5_000_000
 VOTES = ("A", "B", "tie", "both_bad")
 EXPORT_FORMAT = "costeer-user"
 BUSY_TIMEOUT_MS = 10_000
+MAX_RESULTS = 1000  # search -k
+MAX_CONTEXT_TOKENS = 100_000
 
 
 def default_db_path() -> Path:
@@ -54,6 +56,10 @@ class NoUserName(StoreError):
 
 class UnknownEntry(StoreError):
     """No history entry with that id."""
+
+
+class StaleEntry(StoreError):
+    """An edit made from an older version of the entry: someone saved in between."""
 
 
 def _now() -> str:
@@ -189,14 +195,27 @@ class UserStore:
             return db["entries"].insert({"user_id": self._user_id(user), **fields,
                                          "created_at": now, "updated_at": now}).last_pk
 
-    def update_entry(self, entry_id: int, **fields):
+    def update_entry(self, entry_id: int, version: int | None = None, **fields):
+        """Edit an entry. `version` is the one the edit was made from (the entry's "version" when it
+        was read): if the entry has been saved since, nothing is written and StaleEntry says so.
+        Without it, the edit applies to whatever is stored (scripts, the CLI)."""
         unknown = set(fields) - set(_EDITABLE)
         if unknown:
             raise StoreError(f"update_entry: unknown field(s) {sorted(unknown)}; allowed: {', '.join(_EDITABLE)}")
+        if version is not None and (isinstance(version, bool) or not isinstance(version, int)):
+            raise StoreError(f"version must be an integer, got {version!r}")
         with self._write() as db:
             current = self.entry(entry_id)
             merged = _check_entry({k: fields.get(k, current[k]) for k in _EDITABLE})
-            db["entries"].update(entry_id, {**merged, "updated_at": _now()})
+            assignments = ", ".join(f"{k} = ?" for k in merged)
+            changed = db.execute(f"UPDATE entries SET {assignments}, updated_at = ?, version = version + 1 "
+                                 "WHERE id = ? AND version = ?",
+                                 [*merged.values(), _now(), entry_id,
+                                  current["version"] if version is None else version]).rowcount
+            if not changed:
+                raise StaleEntry(f"entry #{entry_id} was changed in another tab or window since you opened it "
+                                 f"(version {current['version']}, yours {version}); nothing was saved: reload it, "
+                                 "then edit again")
             if merged["sensitive"] or card_line(merged) != card_line(current):
                 self._unshare(db, current)  # marked sensitive, or its old wording is no longer the user's
 
@@ -239,8 +258,8 @@ class UserStore:
     def search(self, user: str, query: str, k: int = 5) -> list[dict]:
         """BM25-ranked entries of `user` only. Any text is a safe query: terms are quoted."""
         uid = self._user_id(user)
-        if not isinstance(k, int) or k < 1:
-            raise StoreError(f"k must be a positive integer, got {k!r}")
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_RESULTS:
+            raise StoreError(f"k must be an integer in [1, {MAX_RESULTS}], got {str(k)[:30]}")
         match, short = _fts_query(query or "")
         results: list[dict] = []
         if match:  # already quoted term by term: sqlite-utils' own quoting would join them with AND
@@ -263,8 +282,8 @@ class UserStore:
         user is matters to every message), then the best retrieved ones, one line each tagged
         with its kind, cut to `max_tokens`. Other entries that match nothing in the message stay
         out: a small device model copies whatever context it is given."""
-        if not isinstance(max_tokens, int) or max_tokens < 1:
-            raise StoreError(f"max_tokens must be a positive integer, got {max_tokens!r}")
+        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or not 1 <= max_tokens <= MAX_CONTEXT_TOKENS:
+            raise StoreError(f"max_tokens must be an integer in [1, {MAX_CONTEXT_TOKENS}], got {str(max_tokens)[:30]}")
         count = count_tokens or (lambda s: len(s.split()))
         standing = [e for e in self.entries(user) if e["pinned"] or e["kind"] == "profile"]
         retrieved = [e for e in self.search(user, query, k=20) if not (e["pinned"] or e["kind"] == "profile")]
@@ -325,31 +344,24 @@ class UserStore:
                         db["entries"].update(existing[key]["id"], {"sensitive": 1, "updated_at": now})
                         existing[key]["sensitive"] = 1
                     continue
-                existing[key] = {**item, "id": None}
-                db["entries"].insert({"created_at": now, "updated_at": now, **item, "user_id": uid})
+                new_id = db["entries"].insert({"created_at": now, "updated_at": now, **item, "user_id": uid}).last_pk
+                existing[key] = {**item, "id": new_id}  # a later duplicate in the same file merges into it
                 added += 1
         return {"user": name, "added": added, "skipped": skipped}
 
     def import_file(self, path, mode: str = "merge", user: str | None = None) -> dict:
         """Import a .json (export / LongLaMP row / list) or .jsonl (one entry per line) file."""
-        path = Path(path)
-        try:
-            size = path.stat().st_size
-            if size > MAX_IMPORT_BYTES:
-                raise StoreError(f"import file {path.name} is {size / 1e6:.1f} MB; the limit is {MAX_IMPORT_BYTES / 1e6:g} MB")
-            raw = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise StoreError(f"cannot read import file {path.name}: {exc}") from exc
-        try:
-            if path.suffix.lower() == ".jsonl":
-                data = [json.loads(line) for line in raw.splitlines() if line.strip()]
-            else:
-                data = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            raise StoreError(f"import file {path.name} is not valid JSON: {exc.msg} at line {exc.lineno}") from None
-        except RecursionError:
-            raise StoreError(f"import file {path.name} is nested too deeply to be a history export") from None
-        return self.import_user(data, mode=mode, user=user)
+        return self.import_user(read_import(path), mode=mode, user=user)
+
+    def replace_victim(self, data, user: str | None = None) -> tuple[str, int] | None:
+        """(user, entries) that a "replace" import of `data` would delete, when it names a user
+        who has entries: the UI and the CLI ask before doing it."""
+        name, _ = _parse_import(data, user)
+        if name not in self.users():
+            return None
+        n = len(self.entries(name))
+        return (name, n) if n else None
+
 
     # -- ratings ----------------------------------------------------------------------
     def add_vote(self, rater: str, user: str, conversation, answer_a: str, answer_b: str,
@@ -380,7 +392,38 @@ class UserStore:
         return rows
 
 
-_ENTRY_FIELDS = ("id", "kind", "title", "text", "pinned", "sensitive", "created_at", "updated_at")
+def read_import(path) -> object:
+    """The JSON of an import file, read within MAX_IMPORT_BYTES; every problem a StoreError naming
+    the file (and, for JSONL, the line)."""
+    path = Path(path)
+    try:
+        if not path.is_file():  # a FIFO would block, /dev/zero never ends
+            raise StoreError(f"import file {path.name}: not a regular file")
+        with open(path, "rb") as f:
+            raw_bytes = f.read(MAX_IMPORT_BYTES + 1)
+        if len(raw_bytes) > MAX_IMPORT_BYTES:
+            raise StoreError(f"import file {path.name} is over {MAX_IMPORT_BYTES / 1e6:g} MB, the limit")
+        raw = raw_bytes.decode("utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise StoreError(f"cannot read import file {path.name}: {exc}") from exc
+    lineno = 1
+    try:
+        if path.suffix.lower() == ".jsonl":
+            data = []
+            for lineno, line in enumerate(raw.splitlines(), 1):
+                if line.strip():
+                    data.append(json.loads(line))
+        else:
+            data = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        line = lineno if path.suffix.lower() == ".jsonl" else exc.lineno
+        raise StoreError(f"import file {path.name} is not valid JSON: {exc.msg} at line {line}") from None
+    except RecursionError:
+        raise StoreError(f"import file {path.name} is nested too deeply to be a history export") from None
+    return data
+
+
+_ENTRY_FIELDS = ("id", "kind", "title", "text", "pinned", "sensitive", "version", "created_at", "updated_at")
 _EDITABLE = ("text", "kind", "title", "pinned", "sensitive")
 _ENTRY_COLUMNS = ", ".join(_ENTRY_FIELDS)
 _CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uff66-\uff9f]")
