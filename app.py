@@ -506,7 +506,13 @@ def serve(args, engine, store, read_only):
     study_page = build_study_page(desk)
     study_page.queue(default_concurrency_limit=8, max_size=256)
 
-    app = fastapi.FastAPI(middleware=host_guard_middleware(args.host))
+    from starlette.middleware import Middleware
+
+    from ui.limits import StrangerLimits
+
+    limits = Middleware(StrangerLimits, pages={STUDY_PATH: set(study_page.fns), "/": set(owner_page.fns)},
+                        public=STUDY_PATH)  # what strangers can make the server do is bounded (ui/limits.py)
+    app = fastapi.FastAPI(middleware=host_guard_middleware(args.host) + [limits])
     common = dict(server_name=args.host, server_port=args.port, ssr_mode=False, enable_monitoring=False,
                   mcp_server=False, run_history=False, max_file_size=MAX_UPLOAD, show_error=False,
                   css_paths=[ASSETS / "style.css"],

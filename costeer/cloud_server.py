@@ -35,6 +35,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
+from .asgi import TooLarge, read_body, replay, reply
 from .models import LoadedModel
 
 DEFAULT_MAX_LOGPROBS = 20  # vLLM's default cap
@@ -42,6 +43,38 @@ DEFAULT_MAX_ROWS = 32  # a speculative side-by-side round: 2 streams x up to 8 p
 DEFAULT_MAX_REQUEST_TOKENS = 16384
 DEFAULT_CACHE_MB = 1024
 TOKENS_PER_FORWARD = 2048  # rows x chunk length of one prefill forward: bounds memory and time between checks
+CHARS_PER_TOKEN = 8  # a text prompt longer than max_request_tokens x this is refused before tokenizing
+BODY_TIMEOUT_S = 10.0  # a request body not received within this is refused (408): a half-sent request is dropped
+
+
+def max_body_bytes(max_request_tokens: int) -> int:
+    """The largest request body read: room for max_request_tokens ids as JSON, or their text."""
+    return max(2**20, 16 * max_request_tokens)
+
+
+class Bounded:
+    """ASGI middleware in front of every route: a body over `max_bytes` is refused (413) before it
+    is read whole, and one that does not arrive within `timeout_s` (408); the app then reads the
+    body from memory. Nothing over the limit is parsed, tokenized or logged."""
+
+    def __init__(self, app, max_bytes: int, timeout_s: float = BODY_TIMEOUT_S):
+        self.app, self.max_bytes, self.timeout_s = app, max_bytes, timeout_s
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
+            return await reply(send, 413, f"request body is {length.decode(errors='replace')[:20]} bytes; the "
+                                           f"limit is {self.max_bytes} (--max-request-tokens x 16)")
+        try:
+            body = await read_body(receive, self.max_bytes, self.timeout_s)
+        except asyncio.TimeoutError:
+            return await reply(send, 408, f"request body not received within {self.timeout_s:g} s")
+        except TooLarge:
+            return await reply(send, 413, f"request body is over {self.max_bytes} bytes, the limit "
+                                          "(--max-request-tokens x 16)")
+        await self.app(scope, replay(body, receive), send)
 
 
 class Cancelled(Exception):
@@ -105,8 +138,11 @@ class _Batch:
 
     @property
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for layer in self.cache.layers
-                   for t in (getattr(layer, "keys", None), getattr(layer, "values", None)) if t is not None)
+        """Everything the batch keeps: the KV cache and each row's mask, position and log-probs
+        (a row's log-probs are a whole vocabulary: 196 kB here, more than its cache at first)."""
+        kv = sum(t.numel() * t.element_size() for layer in self.cache.layers
+                 for t in (getattr(layer, "keys", None), getattr(layer, "values", None)) if t is not None)
+        return kv + sum(t.numel() * t.element_size() for t in (self.mask, self.next_pos, self.logprobs))
 
     def select(self, idx: list[int]):
         if idx != list(range(len(self.rows))):
@@ -256,7 +292,8 @@ def check_audit_log(path: str | None):
 
 def create_app(lm: LoadedModel, audit_log: str | None = None, max_logprobs: int = DEFAULT_MAX_LOGPROBS,
                max_rows: int = DEFAULT_MAX_ROWS, max_request_tokens: int = DEFAULT_MAX_REQUEST_TOKENS,
-               cache_mb: int = DEFAULT_CACHE_MB) -> FastAPI:
+               cache_mb: int = DEFAULT_CACHE_MB):
+    """The FastAPI app behind `Bounded` (the body limit and timeout), as an ASGI app."""
     check_audit_log(audit_log)
     stopping = threading.Event()
     worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="costeer-model")  # one forward at a time
@@ -276,11 +313,16 @@ def create_app(lm: LoadedModel, audit_log: str | None = None, max_logprobs: int 
     async def invalid(request: Request, exc: RequestValidationError):
         return JSONResponse({"detail": _one_line(exc)}, status_code=400)
 
-    def audit(body: BaseModel | dict, path: str):
+    def audit(body: BaseModel | dict, path: str, refused: str | None = None):
+        """Accepted requests in full; a refused one as a bounded summary (never its body)."""
         if audit_log:
-            record = body.model_dump(exclude_none=True) if isinstance(body, BaseModel) else body
+            if refused is not None:
+                record = {"time": time.time(), "path": path, "refused": refused[:200]}
+            else:
+                record = {"time": time.time(), "path": path,
+                          "body": body.model_dump(exclude_none=True) if isinstance(body, BaseModel) else body}
             with audit_lock, open(audit_log, "a", encoding="utf-8") as f:
-                f.write(json.dumps({"time": time.time(), "path": path, "body": record}, ensure_ascii=False) + "\n")
+                f.write(json.dumps(record, ensure_ascii=False) + "\n")
 
     stats = {"cancelled": 0, "completed": 0}
 
@@ -300,21 +342,25 @@ def create_app(lm: LoadedModel, audit_log: str | None = None, max_logprobs: int 
                                             "max_model_len": context}]}
 
     @app.post("/tokenize")
-    def tokenize(body: TokenizeRequest):
-        audit(body, "/tokenize")
+    def tokenize(body: TokenizeRequest):  # a plain def: FastAPI runs it on a thread, not the event loop
         text = body.prompt if body.prompt is not None else body.content
-        if text is None:
-            return JSONResponse({"detail": "prompt (or content) must be a string"}, status_code=400)
+        problem = "prompt (or content) must be a string" if text is None else _text_problem(text, max_request_tokens)
+        if problem:
+            audit(body, "/tokenize", refused=problem)
+            return JSONResponse({"detail": problem}, status_code=400)
+        audit(body, "/tokenize")
         ids = tok(text, add_special_tokens=body.add_special_tokens)["input_ids"]
         return {"tokens": ids, "count": len(ids), "max_model_len": context}
 
     @app.post("/v1/completions", response_model=CompletionResponse)
     async def completions(body: CompletionRequest, request: Request):
-        audit(body, "/v1/completions")
-        try:
-            prompts = _check_request(body, tok, vocab, context, max_logprobs, max_rows, max_request_tokens)
+        try:  # on a thread: a text prompt is tokenized there (bounded in length first)
+            prompts = await asyncio.to_thread(_check_request, body, tok, vocab, context, max_logprobs, max_rows,
+                                              max_request_tokens)
         except Refused as exc:
+            await asyncio.to_thread(audit, body, "/v1/completions", str(exc))
             return JSONResponse({"detail": str(exc)}, status_code=400)
+        await asyncio.to_thread(audit, body, "/v1/completions")
         cancel = threading.Event()
         future = asyncio.get_running_loop().run_in_executor(worker, _complete, cache, tok, body, prompts, cancel)
         try:
@@ -339,7 +385,7 @@ def create_app(lm: LoadedModel, audit_log: str | None = None, max_logprobs: int 
                                                           "cache_hits": cache.hits, "cache_misses": cache.misses,
                                                           "cache_bytes": cache.nbytes})
 
-    return app
+    return Bounded(app, max_body_bytes(max_request_tokens))
 
 
 def _one_line(exc: RequestValidationError) -> str:
@@ -355,15 +401,28 @@ def _one_line(exc: RequestValidationError) -> str:
     return "; ".join(parts) or "invalid request"
 
 
+def _text_problem(text: str, max_request_tokens: int) -> str | None:
+    """A text over what the request limit could ever take is refused before it is tokenized."""
+    limit = max_request_tokens * CHARS_PER_TOKEN
+    if len(text) > limit:
+        return (f"prompt: {len(text)} characters; the limit is {limit} (--max-request-tokens x {CHARS_PER_TOKEN}), "
+                "checked before tokenizing")
+    return None
+
+
 def _check_request(body: CompletionRequest, tok, vocab, context, max_logprobs, max_rows, max_request_tokens):
     """The prompts as tuples of ids, or Refused naming the limit."""
     k = body.logprobs or 0
-    if k > max_logprobs:
-        raise Refused(f"logprobs must be an integer in [0, {max_logprobs}] (server cap --max-logprobs)")
+    if k > min(max_logprobs, vocab):
+        raise Refused(f"logprobs must be an integer in [0, {min(max_logprobs, vocab)}] (server cap --max-logprobs"
+                      f"{', and the vocabulary size' if max_logprobs > vocab else ''})")
     if body.temperature not in (0, 0.0, None):
         raise Refused("only temperature 0 is served: sampling happens on the device")
     prompt = body.prompt
     if isinstance(prompt, str):
+        problem = _text_problem(prompt, max_request_tokens)
+        if problem:
+            raise Refused(problem)
         prompts = [tok(prompt, add_special_tokens=False)["input_ids"]]
     elif prompt and all(isinstance(x, int) for x in prompt):
         prompts = [prompt]

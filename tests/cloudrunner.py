@@ -6,15 +6,16 @@ from apprunner import free_port, running_process
 
 
 @contextmanager
-def running_cloud(audit_log=None, *extra, timeout=180):
+def running_cloud(audit_log=None, *extra, timeout=180, process=False):
+    """Yields the URL (and, with `process`, the Popen too)."""
     port = free_port()
     args = ["-m", "costeer", "serve-cloud", "--port", str(port), *extra]
     if audit_log:
         args += ["--audit-log", str(audit_log)]
     log = f"{audit_log}.server.log" if audit_log else tempfile.mktemp(suffix=".cloud.log")
     url = f"http://127.0.0.1:{port}"
-    with running_process(args, url + "/health", log, timeout):
-        yield url
+    with running_process(args, url + "/health", log, timeout) as proc:
+        yield (url, proc) if process else url
 
 
 def remote_cloud(url, lm, **kw):

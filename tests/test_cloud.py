@@ -325,3 +325,86 @@ def test_http_errors_name_the_path(faulty, lm):
     _Faulty.mode = "llama-cpp-python"  # 404 everywhere but /extras/tokenize
     with pytest.raises(CloudError, match="POST /v1/completions was refused: HTTP 404"):
         remote_cloud(faulty, lm).next_logprobs([[1, 2]])
+
+
+def _rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
+
+
+def _post_big(url: str, path: str, body: dict) -> tuple[int, dict]:
+    """POST as a client that keeps sending while the server may already have refused: the reply
+    is read whatever happened to the rest of the body."""
+    import http.client
+
+    data = json.dumps(body).encode()
+    host, port = url.rsplit("/", 1)[1].split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    conn.putrequest("POST", path)
+    conn.putheader("Content-Type", "application/json")
+    conn.putheader("Content-Length", str(len(data)))
+    conn.endheaders()
+    try:
+        for i in range(0, len(data), 1 << 16):
+            conn.send(data[i:i + (1 << 16)])
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # refused before the body was read: what is being tested
+    r = conn.getresponse()
+    out = r.status, json.loads(r.read())
+    conn.close()
+    return out
+
+
+def test_huge_bodies_are_refused_before_any_work_and_health_keeps_answering(tmp_path):
+    """Issue 23: a 20 MB text prompt froze /health for 25 s and kept ~2 GB; a 5 MB /tokenize took
+    6.8 s; refused bodies were written to the audit log in full; logprobs over the vocabulary
+    gave a 500 with a traceback; a half-sent body was held 50 s+."""
+    import socket
+
+    audit = tmp_path / "audit.jsonl"
+    with running_cloud(audit, "--max-logprobs", "100000", process=True) as (url, proc):
+        _post(url + "/v1/completions", {"prompt": "warm up", "max_tokens": 1})
+        before = _rss_mb(proc.pid)
+        health = []
+
+        def probe():
+            while len(health) < 1000 and not done.is_set():
+                t = time.perf_counter()
+                with urllib.request.urlopen(url + "/health", timeout=30) as r:
+                    assert r.status == 200
+                health.append(time.perf_counter() - t)
+                time.sleep(0.05)
+
+        done = threading.Event()
+        prober = threading.Thread(target=probe)
+        prober.start()
+        try:
+            for path, body, words in (
+                    ("/v1/completions", {"prompt": "word " * 4_000_000, "max_tokens": 1}, "the limit is"),
+                    ("/tokenize", {"prompt": "x" * 5_000_000}, "the limit is"),
+                    ("/v1/completions", {"prompt": "y" * 200_000, "max_tokens": 1}, "checked before tokenizing"),
+                    ("/tokenize", {"content": "z" * 200_000}, "checked before tokenizing"),
+                    ("/v1/completions", {"prompt": [1, 2], "max_tokens": 1, "logprobs": 60000},
+                     "logprobs must be an integer in [0, 49152]")):
+                t = time.perf_counter()
+                status, out = _post_big(url, path, body)
+                took = time.perf_counter() - t
+                assert status in (400, 413) and words in out["detail"], (path, status, out)
+                assert took < 2.0, (path, took)
+            with socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1])), timeout=30) as s:
+                s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                          b"Content-Length: 100\r\n\r\n{\"prompt\": ")  # and then nothing
+                t = time.perf_counter()
+                reply = b""
+                while chunk := s.recv(4096):  # the server closes after its answer
+                    reply += chunk
+                reply = reply.decode()
+                assert " 408 " in reply.split("\r\n")[0] and "not received within" in reply
+                assert time.perf_counter() - t < 15
+        finally:
+            done.set()
+            prober.join()
+        assert max(health) < 1.0, max(health)
+        assert _rss_mb(proc.pid) - before < 200, (before, _rss_mb(proc.pid))
+        assert audit.stat().st_size < 20_000  # refused bodies are summarized, never written
+        assert [json.loads(line).get("refused", "")[:30] for line in open(audit)][-3:] != ["", "", ""]

@@ -144,3 +144,40 @@ def test_cli_and_app_switch_the_hub_off(tmp_path):
     r = run_cli(["-m", "costeer", "generate", "--prompt", "hi", "--cloud-model", "Qwen/Qwen2.5-0.5B-Instruct"],
                 env=env_clean | {"PYTHONPATH": str(ROOT)})
     assert r.returncode == 1 and "--allow-downloads" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_strangers_get_bounded_work_from_the_raters_page_and_the_login(tmp_path):
+    """Issue 23: without any token, the raters' page took 50 uploads (110 MB), held 3,000 unread
+    queue joins (+210 MB), answered an unknown fn_index with a 500 and a traceback; the login took
+    443 wrong passwords a second."""
+    import json
+
+    db = tmp_path / "c.db"
+    with running_app(db, "--auth", "demo:s3cret") as url:
+        boundary = "b0undary"
+        body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"a.json\"\r\n"
+                "Content-Type: application/json\r\n\r\n{}\r\n" f"--{boundary}--\r\n").encode()
+        status, text = _get(f"{url}study/gradio_api/upload", method="POST", data=body,
+                            headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+        assert status == 403 and b"no uploads" in text
+
+        def join(fn_index):
+            data = json.dumps({"data": [], "fn_index": fn_index, "session_hash": "s", "event_data": None,
+                               "trigger_id": None}).encode()
+            return _get(f"{url}study/gradio_api/queue/join", method="POST", data=data,
+                        headers={"Content-Type": "application/json"})
+
+        for bad in (10_000, -1, "0", None, 10**30):
+            status, text = join(bad)
+            assert status == 404 and b"no such function" in text, (bad, status, text[:200])
+        statuses = [join(0)[0] for _ in range(150)]  # a real function of the page: its load
+        assert statuses[:40] == [200] * 40 and statuses.count(429) >= 50, statuses
+
+        login = []
+        for _ in range(12):
+            login.append(_get(f"{url}login", method="POST", data=b"username=demo&password=wrong",
+                              headers={"Content-Type": "application/x-www-form-urlencoded"})[0])
+        assert login[:3] == [400, 400, 400] or login[:3] == [401, 401, 401], login
+        assert login.count(429) >= 8, login  # after the free tries, each waits longer
+    log = open(f"{db}.app.log", encoding="utf-8").read()
+    assert "Traceback" not in log, log[-2000:]

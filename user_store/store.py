@@ -399,10 +399,12 @@ def read_import(path) -> object:
     try:
         if not path.is_file():  # a FIFO would block, /dev/zero never ends
             raise StoreError(f"import file {path.name}: not a regular file")
+        size = path.stat().st_size
         with open(path, "rb") as f:
-            raw_bytes = f.read(MAX_IMPORT_BYTES + 1)
-        if len(raw_bytes) > MAX_IMPORT_BYTES:
-            raise StoreError(f"import file {path.name} is over {MAX_IMPORT_BYTES / 1e6:g} MB, the limit")
+            raw_bytes = f.read(MAX_IMPORT_BYTES + 1)  # the stat could be stale: never read more
+        if max(size, len(raw_bytes)) > MAX_IMPORT_BYTES:
+            raise StoreError(f"import file {path.name} is {max(size, len(raw_bytes)) / 1e6:.1f} MB; the limit is "
+                             f"{MAX_IMPORT_BYTES / 1e6:g} MB")
         raw = raw_bytes.decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise StoreError(f"cannot read import file {path.name}: {exc}") from exc
