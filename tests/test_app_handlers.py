@@ -9,7 +9,7 @@ import pytest
 
 from ui.fields import Refused
 from ui.handlers import DEMO_DECODING, Session, Studio, new_conversation, persona_files
-from user_store import StoreError, UserStore
+from user_store import StaleEntry, StoreError, UserStore
 
 KENJI = "Kenji (Osaka, vegetarian, jazz)"
 TAB = SimpleNamespace(session_hash="tab-1")
@@ -158,8 +158,13 @@ def test_history_editing_by_id(studio):
     assert len(rows) == 10 and rows[0][4] is True  # pinned first
     rows, box = studio.add_entry(KENJI, "Allergic to peanuts", "profile", "Allergy", True, False)
     new = [r for r in rows if r[3] == "Allergic to peanuts"][0]
-    rows = studio.update_entry(KENJI, new[0], "Allergic to peanuts and cashews", "profile", "Allergy", False, True)
+    version = studio.store.entry(new[0])["version"]
+    rows, saved = studio.update_entry(KENJI, new[0], "Allergic to peanuts and cashews", "profile", "Allergy", False,
+                                      True, version)
     assert [r for r in rows if r[0] == new[0]][0][3].endswith("cashews") and [r for r in rows if r[0] == new[0]][0][5] is True
+    assert saved == version + 1
+    with pytest.raises(StaleEntry, match="changed in another tab or window"):  # the form still holds the old version
+        studio.update_entry(KENJI, new[0], "Allergic to peanuts (stale)", "profile", "Allergy", False, True, version)
     with pytest.raises(Refused, match="text: empty"):
         studio.update_entry(KENJI, new[0], " ", "profile", "", False, False)
     visible, question, pending = studio.ask_delete(KENJI, new[0])
