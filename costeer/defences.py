@@ -83,7 +83,7 @@ def sent_deny_ids(transcript, stream: str, ids) -> dict[str, int]:
     ids = set(int(i) for i in ids)
     drafts = [t for r in transcript.drafts.get(stream, []) for t in r]
     return {"chosen": sum(t in ids for t in transcript.token_ids.get(stream, [])),
-            "drafts": sum(t in ids for t in drafts), "drafts_sent": len(drafts)}
+            "drafts": sum(t in ids for t in drafts), "rejected_drafts": len(drafts)}
 
 
 def deny_margin(p: torch.Tensor, b: torch.Tensor, ids: torch.Tensor) -> float:

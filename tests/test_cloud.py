@@ -62,6 +62,11 @@ def test_prefix_cache_makes_a_step_incremental(cloud_url, lm):
     _, second = _post(cloud_url + "/v1/completions", {"prompt": ids + [100], "max_tokens": 1, "logprobs": 1})
     assert second["usage"]["cache_hits"] == first["usage"]["cache_hits"] + 1
     assert second["usage"]["cache_misses"] == first["usage"]["cache_misses"]
+    # the bound counts what a kept batch holds besides its KV cache: a row's log-probs are a whole
+    # vocabulary (issue 23: --cache-mb 64 reported 61.9 MiB while the RSS grew 330 MB)
+    with urllib.request.urlopen(cloud_url + "/stats") as r:
+        stats = json.loads(r.read())
+    assert stats["cache_bytes"] >= stats["cache_batches"] * lm.vocab_size * 4
 
 
 @pytest.mark.parametrize("body, message", [

@@ -172,7 +172,8 @@ def deny_check_text(deny: dict) -> str:
               f"{sent['chosen']} chosen token(s) the cloud received are on it ({words}): the cloud alone made them at "
               f"least as likely, steering did not add to them" if held else
               f"{sent['chosen']} chosen token(s) the cloud received are on it ({words})")
-    drafts = f"; {sent['drafts']} of the {sent['drafts_sent']} rejected drafts it saw are on it" if sent["drafts_sent"] else ""
+    drafts = (f"; {sent['drafts']} of the {sent['rejected_drafts']} rejected drafts it saw are on it"
+              if sent["rejected_drafts"] else "")
     verdict = ("guarantee held over everything sent" if held else
                "⚠️ the guarantee failed for what was sent, please report it")
     return (f"Deny-list: {deny['ids']} tokens from your sensitive entries; {chosen}{drafts}. {verdict} "
