@@ -16,6 +16,7 @@ from pathlib import Path
 from costeer.loading import add_model_args, bounded_int
 from costeer.models import cache_dir, set_offline
 from costeer.policy import SteeringParams
+from ui.limits import JOIN_BURST, JOIN_RATE
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 MAX_UPLOAD = "5mb"  # imports larger than this are refused before they reach the handler
@@ -434,6 +435,18 @@ def log_refusals():
     log.propagate = False
 
 
+def join_limit(text: str) -> tuple[int, float]:
+    """--rater-joins BURST,RATE: an integer in [1, 100000] and a rate in (0, 10000] per second."""
+    burst, _, rate = text.partition(",")
+    try:
+        burst, rate = int(burst), float(rate)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"give BURST,RATE such as 600,100; got {text[:40]!r}") from None
+    if not 1 <= burst <= 100_000 or not 0 < rate <= 10_000:
+        raise argparse.ArgumentTypeError(f"BURST must be in [1, 100000] and RATE in (0, 10000], got {text[:40]!r}")
+    return burst, rate
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description="CoSteer Studio")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
@@ -443,6 +456,9 @@ def parse_args(argv=None):
     p.add_argument("--auth", default=None, help="USER:PASS required to open the app")
     p.add_argument("--insecure-no-auth", action="store_true",
                    help="allow a non-loopback --host without --auth (anyone on the network can read all histories)")
+    p.add_argument("--rater-joins", type=join_limit, default=(JOIN_BURST, JOIN_RATE), metavar="BURST,RATE",
+                   help=f"queue joins one address may make on the raters' page at once, then per second "
+                        f"(default {JOIN_BURST},{JOIN_RATE:g}: a dozen scripted raters on one address fit)")
     args = p.parse_args(argv)
     if args.auth and ":" not in args.auth:
         p.error("--auth must be USER:PASS")
@@ -511,7 +527,7 @@ def serve(args, engine, store, read_only):
     from ui.limits import StrangerLimits
 
     limits = Middleware(StrangerLimits, pages={STUDY_PATH: set(study_page.fns), "/": set(owner_page.fns)},
-                        public=STUDY_PATH)  # what strangers can make the server do is bounded (ui/limits.py)
+                        public=STUDY_PATH, joins=args.rater_joins)  # what strangers can make the server do is bounded (ui/limits.py)
     app = fastapi.FastAPI(middleware=host_guard_middleware(args.host) + [limits])
     common = dict(server_name=args.host, server_port=args.port, ssr_mode=False, enable_monitoring=False,
                   mcp_server=False, run_history=False, max_file_size=MAX_UPLOAD, show_error=False,

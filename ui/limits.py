@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from costeer.asgi import TooLarge, read_body, replay, reply
 
 MAX_JOIN_BYTES = 4 * 2**20  # a queue join carries the form's values: the largest is a 100 kB history entry
-JOIN_BURST = 60  # joins one address may make at once on the raters' page (a pair is two: next, vote)
-JOIN_RATE = 5.0  # ... and per second after that: twenty raters behind one address, voting every 8 s
+JOIN_BURST = 600  # joins one address may make at once on the raters' page (a pair is two: next, vote)
+JOIN_RATE = 100.0  # ... and per second after that: 12 scripted raters on one address make ~90 (README)
 JOIN_TIMEOUT_S = 30.0
 MAX_ADDRESSES = 10_000  # addresses remembered for the limits; past that the oldest are forgotten
 LOGIN_FREE_FAILURES = 3  # wrong passwords an address may try before each next try waits
@@ -42,8 +42,9 @@ class StrangerLimits:
     """`pages`: {path prefix: the ids of that page's functions}, longest prefix first; `public`: the
     prefix of the page that needs no login (the raters')."""
 
-    def __init__(self, app, pages: dict[str, set[int]], public: str):
+    def __init__(self, app, pages: dict[str, set[int]], public: str, joins: tuple[int, float] = (JOIN_BURST, JOIN_RATE)):
         self.app, self.public = app, public
+        self.burst, self.rate = joins
         self.pages = dict(sorted(pages.items(), key=lambda kv: -len(kv[0])))
         self.joins: dict[str, Bucket] = {}
         self.failures: dict[str, tuple[int, float]] = {}  # address -> (failed logins in a row, when the last was)
@@ -61,7 +62,7 @@ class StrangerLimits:
         if rest.rstrip("/") == "login":
             return await self.login(scope, receive, send, client)
         if rest.rstrip("/").endswith("queue/join"):
-            if prefix == self.public and not self._bucket(client).take(JOIN_RATE, JOIN_BURST):
+            if prefix == self.public and not self._bucket(client).take(self.rate, self.burst):
                 return await reply(send, 429, "too many requests from this address; wait a moment and try again")
             try:
                 body = await read_body(receive, MAX_JOIN_BYTES, JOIN_TIMEOUT_S)
@@ -104,7 +105,7 @@ class StrangerLimits:
     def _bucket(self, client: str) -> Bucket:
         if client not in self.joins:
             _forget_oldest(self.joins, lambda b: b.at)
-            self.joins[client] = Bucket(JOIN_BURST)
+            self.joins[client] = Bucket(self.burst)
         return self.joins[client]
 
 
