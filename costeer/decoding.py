@@ -114,41 +114,20 @@ class CoSteerEngine:
         prompts = self._cloud_prompts(messages, unsteered_messages or messages, context, mode, sampling)
         from . import speculative
 
+        reply = Reply(self, prompts, params, sampling, gate, reference, defences, transcript)
         if speculative.check_speculate(speculate) > 1 or overlap:
+            yield from speculative.rounds(reply, messages, unsteered_messages or messages, context, speculate)
+        else:
+            yield from self._per_token(reply, messages, context, gate is not None)
 
-            yield from speculative.stream(self, prompts, messages, unsteered_messages or messages, context, params,
-                                          sampling, transcript, gate, reference, defences, speculate)
-            return
-        plan = self.arrangement.open(prompts, messages, context, gate is not None, sampling.max_new_tokens)
-        seed = resolve_seed(sampling)
-        steer = processor(params, gate, reference, defences, seed)
-        deny = torch.tensor(defences.deny_ids, dtype=torch.long) if defences and defences.deny_ids else None
-        choose = {s: Chooser(sampling, seed, ids) for s, ids in prompts.items()}  # same seed: the streams draw alike
-        texts = {s: TextStream(self.cloud.tokenizer, sampling.stop) for s in prompts}
-        self._record(transcript, prompts)
+    def _per_token(self, reply: "Reply", messages, context, gated: bool) -> Iterator[TokenEvent]:
+        """The paper's schedule: one cloud forward (or round trip) per token, every live stream."""
+        plan = self.arrangement.open(reply.prompts, messages, context, gated, reply.max_new)
         answer: list[int] = []  # the steered answer so far, in cloud token ids
-        for step in range(sampling.max_new_tokens):
-            events = []
-            for s in plan.live:
-                b_cloud = plan.base(s)  # what the cloud said: exact, or its top-k and -inf elsewhere
-                b = torch.log_softmax(b_cloud, dim=-1)
-                d, start = None, time.perf_counter()
-                if s == "steered" and steer.wants_delta(b_cloud):
-                    d = plan.delta(answer)
-                device_ms = (time.perf_counter() - start) * 1000 if d is not None else 0.0
-                start = time.perf_counter()
-                p = steer(b, d) if s == "steered" else b
-                token = choose[s](p)
-                ev = self._event(s, step, token, b, p, s == "steered" and d is None, plan.cloud_ms, device_ms)
-                ev.steer_ms = (time.perf_counter() - start) * 1000
-                if deny is not None and s == "steered":
-                    ev.deny_margin = deny_margin(p, b, deny)
-                events.append(ev)
-            for ev in events:
-                self._finish(ev, texts[ev.stream], last=step == sampling.max_new_tokens - 1)
-                if transcript is not None:
-                    transcript.token_ids[ev.stream].append(ev.token_id)
-                yield ev
+        for step in range(reply.max_new):
+            events = [reply.decide(s, step, plan.base(s), lambda: plan.delta(answer), plan.cloud_ms)[0]
+                      for s in plan.live]
+            yield from events
             chosen = {ev.stream: ev.token_id for ev in events if not ev.finish}
             if not chosen:
                 return
@@ -172,43 +151,11 @@ class CoSteerEngine:
                    sampling.max_new_tokens)
         return prompts
 
-    def _record(self, transcript: CloudTranscript | None, prompts: dict[str, list[int]]):
-        if transcript is not None:
-            for s, ids in prompts.items():
-                transcript.prompt_ids[s] = list(ids)
-                transcript.prompt_text[s] = self.cloud.tokenizer.decode(ids)
-                transcript.token_ids[s] = []
-                transcript.drafts[s] = []
-
-    def _event(self, stream, step, token, b, p, skipped, cloud_ms, device_ms) -> TokenEvent:
-        base_logprob = max(float(b[token]), LOGPROB_FLOOR)  # a token outside a remote top-k has -inf
-        if stream == "unsteered":
-            top = self._top(b)
-            return TokenEvent(stream, step, token, "", False, top, top, 0.0, cloud_ms=cloud_ms,
-                              base_logprob=base_logprob)
-        changed = int(torch.argmax(p)) != int(torch.argmax(b))
-        return TokenEvent(stream, step, token, "", changed, self._top(b), self._top(p), kl_divergence(p, b),
-                          device_skipped=skipped, cloud_ms=cloud_ms, device_ms=device_ms, base_logprob=base_logprob)
-
-    def _finish(self, ev: TokenEvent, text: TextStream, last: bool):
-        if ev.token_id in self.cloud.eos_ids:
-            ev.finish, ev.text = "eos", text.flush()
-            return
-        ev.text, hit_stop = text.add(ev.token_id)
-        if hit_stop:
-            ev.finish = "stop"
-        elif last:
-            ev.finish = "length"
-            ev.text += text.flush()
-
-    def _piece(self, token_id: int) -> str:
+    def piece(self, token_id: int) -> str:
+        """A token id's text in the cloud's vocabulary (cached: the readouts show the top-5 each step)."""
         if token_id not in self._pieces:
             self._pieces[token_id] = self.cloud.tokenizer.decode([token_id])
         return self._pieces[token_id]
-
-    def _top(self, logprobs: torch.Tensor) -> list[tuple[str, float]]:
-        values, ids = torch.topk(logprobs, TOP_K_SHOWN)
-        return [(self._piece(int(i)), round(math.exp(float(v)), 4)) for v, i in zip(values, ids)]
 
     def generate(self, messages, context="", mode="side_by_side", params=SteeringParams(),
                  sampling=Sampling(), transcript: CloudTranscript | None = None,
@@ -233,6 +180,86 @@ class CoSteerEngine:
         if speculate != 1 or overlap:
             result["speculation"] = {s: v.as_dict() for s, v in spec.items()}
         return result
+
+
+class Reply:
+    """One reply being decided: the steering processor (defences inside), each stream's chooser and
+    text, and the transcript of what the cloud received. `decide` is the one place a token is
+    chosen and recorded; a schedule (the per-token loop, speculative.rounds) only says which
+    positions to decide with which b, and when."""
+
+    def __init__(self, engine: CoSteerEngine, prompts: dict[str, list[int]], params: SteeringParams,
+                 sampling: Sampling, gate, reference: bool, defences: Defences | None,
+                 transcript: CloudTranscript | None):
+        self.engine, self.prompts, self.params, self.sampling = engine, prompts, params, sampling
+        self.defences, self.transcript = defences, transcript
+        self.seed = resolve_seed(sampling)
+        self.max_new = sampling.max_new_tokens
+        self.steer = processor(params, gate, reference, defences, self.seed)
+        self.deny = torch.tensor(defences.deny_ids, dtype=torch.long) if defences and defences.deny_ids else None
+        self.choose = {s: Chooser(sampling, self.seed, ids) for s, ids in prompts.items()}  # same seed: alike draws
+        self.texts = {s: TextStream(engine.cloud.tokenizer, sampling.stop) for s in prompts}
+        if transcript is not None:
+            for s, ids in prompts.items():
+                transcript.prompt_ids[s] = list(ids)
+                transcript.prompt_text[s] = engine.cloud.tokenizer.decode(ids)
+                transcript.token_ids[s], transcript.drafts[s] = [], []
+
+    def decide(self, s: str, position: int, b_cloud: torch.Tensor, delta, cloud_ms: float = 0.0,
+               device_ms: float = 0.0, draft: tuple[int, torch.Tensor | None] | None = None
+               ) -> tuple[TokenEvent, bool]:
+        """Stream `s`'s token at `position`, next to the paper's equation:
+            b = log_softmax(b_cloud);  d = delta() (the device, when the gate wants it);
+            p = steer(b, d) = log_softmax(b + C d) with the defences;  token ~ p,
+        or, given a speculative `draft` (x, q), keep x or replace it (Chooser.verify). The token is
+        recorded as sent to the cloud. Returns the event and whether the draft was kept."""
+        b = torch.log_softmax(b_cloud, dim=-1)
+        steered = s == "steered"
+        d, start = None, time.perf_counter()
+        if steered and self.steer.wants_delta(b_cloud):
+            d = delta()
+            device_ms += (time.perf_counter() - start) * 1000
+        start = time.perf_counter()
+        p = self.steer(b, d) if steered else b
+        token, kept = (self.choose[s](p), False) if draft is None else self.choose[s].verify(p, *draft)
+        ev = self._event(s, position, token, b, p, steered and d is None, cloud_ms, device_ms)
+        ev.steer_ms = (time.perf_counter() - start) * 1000
+        if self.deny is not None and steered:
+            ev.deny_margin = deny_margin(p, b, self.deny)
+        self._finish(ev, self.texts[s], last=position == self.max_new - 1)
+        if self.transcript is not None:
+            self.transcript.token_ids[s].append(token)
+        return ev, kept
+
+    def _event(self, stream, step, token, b, p, skipped, cloud_ms, device_ms) -> TokenEvent:
+        base_logprob = max(float(b[token]), LOGPROB_FLOOR)  # a token outside a remote top-k has -inf
+        if stream == "unsteered":
+            top = self._top(b)
+            return TokenEvent(stream, step, token, "", False, top, top, 0.0, cloud_ms=cloud_ms,
+                              base_logprob=base_logprob)
+        changed = int(torch.argmax(p)) != int(torch.argmax(b))
+        return TokenEvent(stream, step, token, "", changed, self._top(b), self._top(p), kl_divergence(p, b),
+                          device_skipped=skipped, cloud_ms=cloud_ms, device_ms=device_ms, base_logprob=base_logprob)
+
+    def _finish(self, ev: TokenEvent, text: TextStream, last: bool):
+        if ev.token_id in self.engine.eos_ids:
+            ev.finish, ev.text = "eos", text.flush()
+            return
+        ev.text, hit_stop = text.add(ev.token_id)
+        if hit_stop:
+            ev.finish = "stop"
+        elif last:
+            ev.finish = "length"
+            ev.text += text.flush()
+
+    def _top(self, logprobs: torch.Tensor) -> list[tuple[str, float]]:
+        values, ids = torch.topk(logprobs, TOP_K_SHOWN)
+        return [(self.engine.piece(int(i)), round(math.exp(float(v)), 4)) for v, i in zip(values, ids)]
+
+    def rejected(self, s: str, drafts: list[int]):
+        """Drafted tokens the cloud scored and the answer does not hold: sent all the same."""
+        if self.transcript is not None:
+            self.transcript.drafts[s].append(list(drafts))
 
 
 def build_engine(cloud_lm: LoadedModel, device_lm: LoadedModel | None = None) -> CoSteerEngine:

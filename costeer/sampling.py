@@ -81,7 +81,7 @@ class Chooser:
         self._seen_tensor: torch.Tensor | None = None
         self.followers: dict[tuple[int, ...], set[int]] = {}  # (n-1)-gram -> tokens that completed it
         for t in prompt_ids:
-            self._remember(int(t))
+            self.remember(int(t))
 
     def fork(self) -> "Chooser":
         """A copy that can remember a draft without touching this stream's history (speculative.py:
@@ -97,7 +97,7 @@ class Chooser:
             self.generator = torch.Generator(device=device).manual_seed(self.seed)
         return self.generator
 
-    def _remember(self, token: int):
+    def remember(self, token: int):
         self.ids.append(token)
         if token not in self.seen:
             self.seen[token] = None
@@ -133,7 +133,7 @@ class Chooser:
             token = int(torch.argmax(self.controlled(logprobs)))
         else:
             token = int(torch.multinomial(self.probs(logprobs), 1, generator=self.generator_for(logprobs.device)))
-        self._remember(token)
+        self.remember(token)
         return token
 
     def verify(self, logprobs: torch.Tensor, draft: int, q: torch.Tensor | None) -> tuple[int, bool]:
@@ -145,7 +145,7 @@ class Chooser:
                       distribution the draft was drawn from."""
         if self.sampling.greedy:
             token = int(torch.argmax(self.controlled(logprobs)))
-            self._remember(token)
+            self.remember(token)
             return token, token == draft
         p = self.probs(logprobs)
         gen = self.generator_for(p.device)
@@ -157,7 +157,7 @@ class Chooser:
             if float(residual.sum()) <= 0:  # p <= q everywhere: only when p == q, where a rejection cannot happen
                 residual = p
             token, kept = int(torch.multinomial(residual, 1, generator=gen)), False
-        self._remember(token)
+        self.remember(token)
         return token, kept
 
 

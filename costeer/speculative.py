@@ -35,11 +35,9 @@ from dataclasses import dataclass
 import torch
 
 from .cloud import top_k_cut
-from .defences import deny_margin, without
-from .policy import effective_strength
-from .sampling import Chooser, final_probs, resolve_seed
+from .defences import without
+from .sampling import Chooser, final_probs
 from .steering import processor
-from .text import TextStream
 
 MAX_SPECULATE = 8  # tokens per round trip: a side-by-side round is 2 x 8 rows, serve-cloud's default cap is 32
 
@@ -117,7 +115,7 @@ class Drafter:
         else:
             q = final_probs(scores, self.sampling)
             x = int(torch.multinomial(q, 1, generator=self.generator))
-        control._remember(x)
+        control.remember(x)
         return x, q
 
 
@@ -155,100 +153,100 @@ class Lane:
             self.reset()
 
 
-def stream(engine, prompts: dict[str, list[int]], messages, unsteered_messages, context, params, sampling,
-           transcript, gate, reference, defences, speculate: int):
-    """Yield TokenEvents, as `CoSteerEngine.stream` does, `speculate` tokens at most per round trip."""
+def rounds(reply, messages, unsteered_messages, context, speculate: int):
+    """Yield TokenEvents, as the per-token loop does, `speculate` tokens at most per round trip.
+    Every token is decided by `reply.decide` (decoding.Reply), the per-token loop's own step."""
     K = check_speculate(speculate)
+    engine, prompts, max_new = reply.engine, reply.prompts, reply.max_new
     cloud, device = engine.cloud, engine.device
     if device.vocab_map is not None:
         raise ValueError("speculate: drafting needs the cloud's tokenizer on the device, and this pair has two "
                          "(use speculate 1)")
-    max_new = sampling.max_new_tokens
-    seed = resolve_seed(sampling)
-    choose = {s: Chooser(sampling, seed, ids) for s, ids in prompts.items()}
-    deny = torch.tensor(defences.deny_ids, dtype=torch.long) if defences and defences.deny_ids else None
     lanes = {}
     for s in prompts:
         rows = device.open(messages, context, max_new) if s == "steered" else device.open_base(unsteered_messages, max_new)
         # the drafts' own processor: the same steering and defences, its noise drawn apart from the
         # answer's so that verification sees the per-token loop's noise
-        drafter = Drafter(s, rows, processor(params, None, False, defences, seed, salt=0xD4AF7), deny, sampling,
-                          torch.Generator().manual_seed(seed ^ 0x5EED), getattr(cloud, "top_k", None))
-        lanes[s] = Lane(drafter, choose[s], engine.eos_ids)
+        drafter = Drafter(s, rows, processor(reply.params, None, False, reply.defences, reply.seed, salt=0xD4AF7),
+                          reply.deny, reply.sampling, torch.Generator().manual_seed(reply.seed ^ 0x5EED),
+                          getattr(cloud, "top_k", None))
+        lanes[s] = Lane(drafter, reply.choose[s], engine.eos_ids)
     scorer = cloud.scorer(list(prompts.values()))
-    steer = processor(params, gate, reference, defences, seed)
-    texts = {s: TextStream(cloud.tokenizer, sampling.stop) for s in prompts}
-    engine._record(transcript, prompts)
     live = list(prompts)
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="costeer-cloud") if getattr(cloud, "remote", False) else None
     round_trip = -1
     try:
         while live:
             round_trip += 1
-            drafts, device_ms = {}, {s: 0.0 for s in live}
-            for s in live:  # 1. the draft: what the lane has, completed position by position
-                lane, start = lanes[s], time.perf_counter()
-                k = min(K - 1, max_new - len(lane.answer) - 1)
-                while lane.can_step(k):
-                    lane.step()
-                drafts[s] = lane.toks[:k]
-                device_ms[s] += (time.perf_counter() - start) * 1000
-            # 2. score every position in one request; meanwhile the device drafts on (the steered
-            #    lane first: its last position's delta is needed to verify)
+            drafts, device_ms = _draft(lanes, live, K, max_new)
+            # score every position in one request; meanwhile the device drafts on (the steered lane
+            # first: its last position's delta is needed to verify)
             request = lambda: _timed(scorer.score, [lanes[s].answer if s in live else None for s in prompts],  # noqa: E731
                                      [drafts.get(s) for s in prompts])
             future = pool.submit(request) if pool else None
-            while True:
-                ahead = [s for s in live if lanes[s].can_step(min(len(drafts[s]) + K, max_new - len(lanes[s].answer)))]
-                needed = [s for s in ahead if s == "steered" and len(lanes[s].ds) <= len(drafts[s])]
-                if not needed and (future is None or future.done() or not ahead):
-                    break
-                s = (needed or ahead)[0]
-                start = time.perf_counter()
-                lanes[s].step()
-                device_ms[s] += (time.perf_counter() - start) * 1000
+            _draft_ahead(lanes, live, drafts, K, max_new, future, device_ms)
             scored, cloud_ms = future.result() if future else request()
-            # 3. verify: CoSteer's own choice at each position, up to the first rejected draft
             for s, b_rows in zip(list(prompts), scored):
-                if b_rows is None:
-                    continue
-                lane, draft, emitted = lanes[s], drafts[s], []
-                for i in range(len(draft) + 1):
-                    b_cloud = b_rows[i]
-                    b = torch.log_softmax(b_cloud, dim=-1)
-                    start = time.perf_counter()
-                    d = lane.ds[i] if s == "steered" and steer.wants_delta(b_cloud) else None
-                    p = steer(b, d) if s == "steered" else b
-                    x = draft[i] if i < len(draft) else None
-                    token, kept = (choose[s](p), False) if x is None else choose[s].verify(p, x, lane.qs[i])
-                    ev = engine._event(s, len(lane.answer) + i, token, b, p, s == "steered" and d is None,
-                                       cloud_ms if i == 0 else 0.0, device_ms[s] if i == 0 else 0.0)
-                    ev.steer_ms = (time.perf_counter() - start) * 1000
-                    ev.drafted, ev.round = kept, round_trip
-                    ev.drafts_sent = len(draft) if i == 0 else 0
-                    if deny is not None and s == "steered":
-                        ev.deny_margin = deny_margin(p, b, deny)
-                    engine._finish(ev, texts[s], last=len(lane.answer) + i == max_new - 1)
-                    emitted.append(token)
-                    done = ev.finish is not None
-                    if x is not None and (not kept or done):  # drafts the cloud saw that the answer will not hold
-                        unused = draft[i + (1 if kept else 0):]
-                        ev.rejected_drafts = len(unused)
-                        ev.outside_top_k = not kept and not bool(torch.isfinite(b_cloud[x]))
-                        if transcript is not None:
-                            transcript.drafts[s].append(unused)
-                    if transcript is not None:
-                        transcript.token_ids[s].append(token)
-                    yield ev
-                    if done:
-                        live.remove(s)
-                        break
-                    if x is not None and not kept:
-                        break
-                lane.advance(emitted)
+                if b_rows is not None:
+                    yield from _verify(reply, s, lanes[s], drafts[s], b_rows, round_trip, cloud_ms, device_ms[s], live)
     finally:
         if pool:
             pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _draft(lanes, live, K: int, max_new: int) -> tuple[dict, dict]:
+    """Each live lane's draft for this round: what it has, completed position by position."""
+    drafts, device_ms = {}, {s: 0.0 for s in live}
+    for s in live:
+        lane, start = lanes[s], time.perf_counter()
+        k = min(K - 1, max_new - len(lane.answer) - 1)
+        while lane.can_step(k):
+            lane.step()
+        drafts[s] = lane.toks[:k]
+        device_ms[s] += (time.perf_counter() - start) * 1000
+    return drafts, device_ms
+
+
+def _draft_ahead(lanes, live, drafts, K: int, max_new: int, future, device_ms):
+    """While the request is in flight: the steered lane's last delta first (verification needs
+    it), then the next round's drafts, until the answer arrives."""
+    while True:
+        ahead = [s for s in live if lanes[s].can_step(min(len(drafts[s]) + K, max_new - len(lanes[s].answer)))]
+        needed = [s for s in ahead if s == "steered" and len(lanes[s].ds) <= len(drafts[s])]
+        if not needed and (future is None or future.done() or not ahead):
+            return
+        s = (needed or ahead)[0]
+        start = time.perf_counter()
+        lanes[s].step()
+        device_ms[s] += (time.perf_counter() - start) * 1000
+
+
+def _verify(reply, s: str, lane: "Lane", draft: list[int], b_rows, round_trip: int, cloud_ms: float,
+            device_ms: float, live: list[str]):
+    """CoSteer's own choice at each scored position, up to the first rejected draft; the drafts the
+    cloud saw that the answer will not hold are recorded as sent."""
+    emitted = []
+    for i in range(len(draft) + 1):
+        x = draft[i] if i < len(draft) else None
+        ev, kept = reply.decide(s, len(lane.answer) + i, b_rows[i], lambda: lane.ds[i],
+                                cloud_ms if i == 0 else 0.0, device_ms if i == 0 else 0.0,
+                                None if x is None else (x, lane.qs[i]))
+        ev.drafted, ev.round = kept, round_trip
+        ev.drafts_sent = len(draft) if i == 0 else 0
+        emitted.append(ev.token_id)
+        done = ev.finish is not None
+        if x is not None and (not kept or done):
+            unused = draft[i + (1 if kept else 0):]
+            ev.rejected_drafts = len(unused)
+            ev.outside_top_k = not kept and not bool(torch.isfinite(b_rows[i][x]))
+            reply.rejected(s, unused)
+        yield ev
+        if done:
+            live.remove(s)
+            break
+        if x is not None and not kept:
+            break
+    lane.advance(emitted)
 
 
 def _timed(fn, *args):

@@ -165,7 +165,7 @@ def test_gate_skips_device_passes_and_caches_stay_consistent(engine):
         b = torch.log_softmax(fresh[0], -1)
         p = steer_from_logprobs(b, torch.log_softmax(fresh[1], -1) - b, C)
         assert int(torch.argmax(p)) == ids[i]
-        top = [(engine._piece(int(t)), round(float(v), 4)) for v, t in zip(*torch.topk(p.exp(), 5))]
+        top = [(engine.piece(int(t)), round(float(v), 4)) for v, t in zip(*torch.topk(p.exp(), 5))]
         assert [t for t, _ in top] == [t for t, _ in events[i].top_steered]
     for e in events:
         if e.device_skipped:
