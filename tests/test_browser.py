@@ -244,15 +244,23 @@ def test_import_goes_into_the_files_user_and_html_in_it_is_text(new_page, app, t
     assert page.locator("[data-testid='toast-body'] a").count() == 0  # not a link
 
 
+def two_history_tabs(new_page, row: int):
+    """Two tabs on Jay's History, each showing the table down to `row`."""
+    from playwright.sync_api import expect
+
+    tabs = new_page(), new_page()
+    for tab in tabs:
+        pick_user(tab, JAY)
+        tab.get_by_role("tab", name="History").click()
+        expect(cell(tab, row, 3)).to_be_visible(timeout=30_000)
+    return tabs
+
+
 def test_two_tabs_delete_then_edit_acts_on_the_right_id(new_page, app):
     from playwright.sync_api import expect
 
     store = UserStore(app[1])
-    tab_a, tab_b = new_page(), new_page()
-    for tab in (tab_a, tab_b):
-        pick_user(tab, JAY)
-        tab.get_by_role("tab", name="History").click()
-        expect(cell(tab, 3, 3)).to_be_visible(timeout=30_000)
+    tab_a, tab_b = two_history_tabs(new_page, 3)
     rows = [e["id"] for e in store.entries(JAY)]
     cell(tab_b, 0, 3).click()
     expect(tab_b.locator("#entry-id input")).to_have_value(str(rows[0]))
@@ -279,11 +287,8 @@ def test_two_tabs_editing_one_entry_the_stale_save_is_refused_not_lost(new_page,
     from playwright.sync_api import expect
 
     store = UserStore(app[1])
-    tab_a, tab_b = new_page(), new_page()
+    tab_a, tab_b = two_history_tabs(new_page, 1)
     for tab in (tab_a, tab_b):
-        pick_user(tab, JAY)
-        tab.get_by_role("tab", name="History").click()
-        expect(cell(tab, 1, 3)).to_be_visible(timeout=30_000)
         cell(tab, 1, 3).click()
     entry = store.entries(JAY)[1]
     for tab in (tab_a, tab_b):
