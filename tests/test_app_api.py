@@ -94,4 +94,3 @@ def test_a_read_only_database_is_said_at_start_and_refused_in_words(tmp_path):
     log = open(f"{db}.app.log", encoding="utf-8").read()
     assert "app: warning: could not save to ro.db: the database file is read-only" in log
     assert "Traceback" not in log
-

@@ -217,28 +217,27 @@ class UserStore:
                                  f"(version {current['version']}, yours {version}); nothing was saved: reload it, "
                                  "then edit again")
             if merged["sensitive"] or card_line(merged) != card_line(current):
-                self._unshare(db, current)  # marked sensitive, or its old wording is no longer the user's
+                self._unshare(db, current, self._owner(db, entry_id))  # marked sensitive, or its old wording is no longer the user's
 
     def delete_entry(self, entry_id: int):
         with self._write() as db:
             current = self.entry(entry_id)
-            current["user"] = db.execute("SELECT u.name FROM users u JOIN entries e ON e.user_id = u.id WHERE e.id = ?",
-                                         [entry_id]).fetchone()[0]
+            owner = self._owner(db, entry_id)
             db["entries"].delete(entry_id)
-            self._unshare(db, current)
+            self._unshare(db, current, owner)
 
-    def _unshare(self, db, entry: dict):
+    def _unshare(self, db, entry: dict, user: str):
         """Remove an entry from every stored copy a rater can see (the persona cards of studies),
         in the transaction that deletes it or marks it sensitive."""
-        owner = db.execute("SELECT u.name FROM users u JOIN entries e ON e.user_id = u.id WHERE e.id = ?",
-                           [entry["id"]]).fetchone()
-        if owner is None:  # deleted already: the caller looked it up first
-            owner = [entry["user"]]
         line = card_line(entry)
-        for item in db.query("SELECT id, card FROM study_items WHERE persona = ?", [owner[0]]):
+        for item in db.query("SELECT id, card FROM study_items WHERE persona = ?", [user]):
             card = without_line(item["card"], line)
             if card != item["card"]:
-                db["study_items"].update(item["id"], {"card": card or f"{owner[0]} (no profile entries shared)"})
+                db["study_items"].update(item["id"], {"card": card or f"{user} (no profile entries shared)"})
+
+    def _owner(self, db, entry_id: int) -> str:
+        return db.execute("SELECT u.name FROM users u JOIN entries e ON e.user_id = u.id WHERE e.id = ?",
+                          [entry_id]).fetchone()[0]
 
     def entry(self, entry_id: int) -> dict:
         rows = self._rows("entries", "id = ?", [entry_id], select=_ENTRY_COLUMNS) if isinstance(entry_id, int) else []
@@ -331,7 +330,7 @@ class UserStore:
             if mode == "replace":
                 for old in db["entries"].rows_where("user_id = ?", [uid], select=_ENTRY_COLUMNS):
                     db["entries"].delete(old["id"])
-                    self._unshare(db, {**old, "user": name})
+                    self._unshare(db, old, name)
             existing = {(r["kind"], r["title"] or "", r["text"]): r for r in db["entries"].rows_where(
                 "user_id = ?", [uid], select="id, kind, title, text, sensitive")}
             added = skipped = 0
