@@ -216,8 +216,8 @@ class UserStore:
                 raise StaleEntry(f"entry #{entry_id} was changed in another tab or window since you opened it "
                                  f"(version {current['version']}, yours {version}); nothing was saved: reload it, "
                                  "then edit again")
-            if merged["sensitive"] or card_line(merged) != card_line(current):
-                self._unshare(db, current, self._owner(db, entry_id))  # marked sensitive, or its old wording is no longer the user's
+            if merged["sensitive"] or card_line(merged) != card_line(current):  # marked sensitive, or reworded
+                self._unshare(db, current, self._owner(db, entry_id))
 
     def delete_entry(self, entry_id: int):
         with self._write() as db:
