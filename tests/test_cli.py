@@ -148,3 +148,19 @@ def test_replace_of_another_users_history_needs_yes(tmp_path):
     assert "Likes fado" in run_cli([*db, "entries", "Ana"]).stdout  # nothing deleted
     assert run_cli([*db, "import", str(f), "--mode", "replace", "--yes"]).returncode == 0
     assert "Likes fado" not in run_cli([*db, "entries", "Ana"]).stdout
+
+
+def test_the_installed_commands_are_the_modules_commands(tmp_path):
+    """`pip install -e .` (scripts/install.sh) gives `costeer`, `costeer-store` and `costeer-studio`:
+    the same parsers as `python -m costeer`, `python -m user_store` and `python app.py`, from any folder."""
+    import shutil
+    import subprocess
+
+    for command, word in (("costeer", "serve-cloud"), ("costeer-store", "import"), ("costeer-studio", "--cloud-model")):
+        path = shutil.which(command)
+        assert path, f"{command} is not on PATH: run scripts/install.sh"
+        r = subprocess.run([path, "--help"], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+        assert r.returncode == 0 and word in r.stdout, (command, r.stderr[-500:])
+    r = subprocess.run([shutil.which("costeer"), "generate", "--prompt", "hi", "--T", "0"], capture_output=True,
+                       text=True, cwd=tmp_path, timeout=120)
+    assert r.returncode == 2 and "T must be an integer in [1, 1000]" in r.stderr and "Traceback" not in r.stderr
