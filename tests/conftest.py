@@ -29,6 +29,12 @@ def engine(lm):
     return CoSteerEngine.one_model(lm)
 
 
+def docs_text() -> str:
+    """The README and every page of docs/, as one text: what the doc tests search."""
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    return "\n".join(p.read_text(encoding="utf-8") for p in pages)
+
+
 def run_cli(args, env=None, **kw):
     """Run a project CLI in a child process, as a user would."""
     import subprocess

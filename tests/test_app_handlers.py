@@ -298,9 +298,9 @@ def test_personas_are_distinct_and_have_examples():
 
 
 def test_demo_decoding_is_documented():
-    from conftest import ROOT
+    from conftest import docs_text
 
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    readme = docs_text()
     assert f"repetition penalty {DEMO_DECODING['repetition_penalty']}" in readme
     assert f"no repeated {DEMO_DECODING['no_repeat_ngram_size']}-grams" in readme
 

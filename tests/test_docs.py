@@ -1,9 +1,11 @@
-"""The README keeps up with the code: commands, options, endpoints, the two opening commands."""
+"""The README and docs/ keep up with the code: commands, options, endpoints, the two opening
+commands; the README stays short and every page it links exists."""
 import re
 
-from conftest import ROOT
+from conftest import ROOT, docs_text
 
 README = (ROOT / "README.md").read_text(encoding="utf-8")
+DOCS = docs_text()  # the README and every page of docs/
 
 
 def test_readme_opens_with_exactly_two_commands():
@@ -21,11 +23,11 @@ def test_every_cli_command_and_option_is_documented():
     parser = build_parser()
     sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
     for name, p in sub.choices.items():
-        assert f"python -m costeer {name}" in README, name
+        assert f"python -m costeer {name}" in DOCS, name
         for action in p._actions:
             for opt in action.option_strings:
                 if opt.startswith("--") and opt != "--help":
-                    assert opt in README, f"{name} {opt}"
+                    assert opt in DOCS, f"{name} {opt}"
 
 
 def test_store_cli_and_app_api_are_documented():
@@ -33,11 +35,11 @@ def test_store_cli_and_app_api_are_documented():
 
     sub = next(a for a in build_parser()._actions if a.__class__.__name__ == "_SubParsersAction")
     for name in sub.choices:
-        assert re.search(rf"python -m user_store .*\b{name}\b", README), name
+        assert re.search(rf"python -m user_store .*\b{name}\b", DOCS), name
     for endpoint in ("/generate_pair", "/add_history", "/history", "/ratings_summary", "/create_user", "/load_persona",
                      "/create_study", "/study_status", "/cancel_study", "/add_raters", "/leaderboard", "/next_pair",
                      "/vote"):
-        assert f"`{endpoint}`" in README
+        assert f"`{endpoint}`" in DOCS
 
 
 def test_app_options_are_documented():
@@ -45,5 +47,16 @@ def test_app_options_are_documented():
 
     for opt in ("--host", "--port", "--db", "--cloud-model", "--local-model", "--auth", "--cloud-url",
                 "--insecure-no-auth", "--allow-downloads", "--top-k"):
-        assert opt in README and opt in (ROOT / "app.py").read_text()
+        assert opt in DOCS and opt in (ROOT / "app.py").read_text()
     assert app.parse_args([]).host == "127.0.0.1"
+
+
+def test_the_readme_is_short_and_its_links_resolve():
+    """A newcomer reads the README in minutes; the rest is one page per topic in docs/, each linked."""
+    assert len(README.splitlines()) <= 250
+    pages = sorted(p.name for p in (ROOT / "docs").glob("*.md"))
+    assert pages and all(f"(docs/{name})" in README for name in pages), pages
+    for page in [ROOT / "README.md", *(ROOT / "docs").glob("*.md")]:
+        for target in re.findall(r"\]\(([^)#]+?)(?:#[^)]*)?\)", page.read_text(encoding="utf-8")):
+            if not target.startswith("http"):
+                assert (page.parent / target).exists(), f"{page.name}: broken link {target}"
