@@ -24,7 +24,7 @@ DEFAULTS = SteeringParams()
 
 
 def slider(spec, value, step, label, elem_id=None, **kw):
-    """A slider offering exactly the range its field allows (ui/fields.py)."""
+    """A slider offering exactly the range its field allows (fields/__init__.py)."""
     from ui.components import FieldSlider
 
     return FieldSlider(spec.lo, spec.hi, value, step=step, label=label, elem_id=elem_id or spec.name, **kw)
@@ -35,7 +35,7 @@ def build_app(studio, desk):
     ui/study_page.py."""
     import gradio as gr
 
-    from ui import fields as F
+    import fields as F
     from ui.components import FieldNumber
     from ui.guard import check_arity, for_api, for_ui
     from ui.handlers import (DEMO_DECODING, KIND_CHOICES, MESSAGE_HINT, PAPER_DECODING, new_conversation, persona_examples,

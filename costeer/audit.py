@@ -11,10 +11,9 @@ unsteered `llm` answer to the same message (paired), and the attacker's chance l
 from __future__ import annotations
 
 import statistics
-import zlib
 from collections import Counter
 
-from .privacy import PersonaAttacker, cloud_view, deny_list, distinctive_terms, exposure
+from .privacy import PersonaAttacker, cloud_view, distinctive_terms, exposure
 from .stats import bootstrap_ci
 
 
@@ -22,20 +21,6 @@ def attacker_model(engine):
     """The cloud's model when it runs in this process; else the device's, standing in for it."""
     lm = getattr(engine.cloud, "lm", None)
     return (lm, "the cloud model") if lm is not None else (engine.device.lm, "the device model, standing in for the cloud")
-
-
-def row_defences(tokenizer, row, method: str):
-    """The Defences a CoSteer variant runs with on this row (None for none): `deny=all` puts
-    the words of every history entry's distinctive terms on the deny-list; the noise is seeded
-    by the row's id, so a rerun gives the same answers."""
-    from .defences import Defences
-    from .eval import method_defences
-
-    spec = method_defences(method)
-    if not (spec["deny"] or spec["sigma"] or spec["tau"] is not None):
-        return None
-    deny = deny_list([{**e, "sensitive": True} for e in row.profile], tokenizer) if spec["deny"] else ()
-    return Defences(deny_ids=deny, tau=spec["tau"], sigma=spec["sigma"], seed=zlib.crc32(row.id.encode()))
 
 
 class PrivacyAudit:

@@ -15,12 +15,14 @@ import statistics
 import sys
 import tempfile
 import time
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from .audit import row_defences
+from .defences import Defences
 from .decoding import CoSteerEngine, ConfidenceGate, Sampling, system_with_context
 from .policy import SteeringParams, effective_strength
+from .privacy import deny_list
 from .stats import bootstrap_ci, repeated_ngram_share
 from user_store.formats import eval_row, item_text
 
@@ -141,13 +143,22 @@ def method_defences(name: str) -> dict:
         if parts["deny"] != "all":
             raise ValueError(f"method {name!r}: deny must be 'all' (every history entry sensitive), got {parts['deny']!r}")
         out["deny"] = True
-    from .defences import Defences
-
     try:
         Defences(tau=out["tau"], sigma=out["sigma"])  # the ranges, checked before any work
     except ValueError as exc:
         raise ValueError(f"method {name!r}: {exc}") from None
     return out
+
+
+def row_defences(tokenizer, row, method: str):
+    """The Defences a CoSteer variant runs with on this row (None for none): `deny=all` puts
+    the words of every history entry's distinctive terms on the deny-list; the noise is seeded
+    by the row's id, so a rerun gives the same answers."""
+    spec = method_defences(method)
+    if not (spec["deny"] or spec["sigma"] or spec["tau"] is not None):
+        return None
+    deny = deny_list([{**e, "sensitive": True} for e in row.profile], tokenizer) if spec["deny"] else ()
+    return Defences(deny_ids=deny, tau=spec["tau"], sigma=spec["sigma"], seed=zlib.crc32(row.id.encode()))
 
 
 def parse_method(name: str) -> SteeringParams | None:

@@ -3,7 +3,7 @@
 A setting is everything that shapes an answer: the steering parameters (T, η, λ, α, β), the
 decoding and the confidence gate. The unsteered baseline (the cloud model alone, no personal
 data) is always one of the settings. Every value is checked against the app's field specs
-(ui/fields.py), so a study accepts exactly the ranges the Chat tab offers, and a refusal names
+(fields/__init__.py), so a study accepts exactly the ranges the Chat tab offers, and a refusal names
 the setting and the field.
 """
 from __future__ import annotations
@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 from costeer.decoding import ConfidenceGate, Sampling
 from costeer.policy import SteeringParams, effective_strength
-from ui import fields as F
-from ui.fields import Refused
+import fields as F
+from fields import Refused
 
 BASELINE = "unsteered"
 STEERING_KEYS = ("T", "eta", "lam", "alpha", "beta")

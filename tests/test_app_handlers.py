@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from ui.fields import Refused
+from fields import Refused
 from ui.handlers import DEMO_DECODING, Session, Studio, new_conversation, persona_files
 from user_store import StaleEntry, StoreError, UserStore
 

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 
 from apprunner import running_app
-from ui.fields import Refused
+from fields import Refused
 from ui.handlers import Studio, new_conversation
 from user_store import StoreError, UserStore
 

@@ -12,7 +12,7 @@ import pytest
 from studies import design
 from studies.export import battles, to_csv, to_jsonl
 from studies.leaderboard import agreement, attention, leaderboard, list_lines, position_bias, ratings
-from ui.fields import Refused
+from fields import Refused
 from user_store import AlreadyVoted, BadLink, NotIssued, UserStore
 
 LABELS = ["unsteered", "gentle", "paper", "strong"]

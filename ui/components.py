@@ -1,4 +1,4 @@
-"""Gradio's Slider and Number, with the range check left to ui/fields.py.
+"""Gradio's Slider and Number, with the range check left to fields/__init__.py.
 
 Stock Slider/Number refuse an out-of-range value themselves, before the handler runs, with
 "Value 9 is greater than maximum value 5." and a traceback in the server log, and without

@@ -17,7 +17,7 @@ import gradio as gr
 from costeer.cloud import CloudError
 from user_store import StoreError
 
-from .fields import Refused
+from fields import Refused
 
 log = logging.getLogger("costeer.app")
 EXPECTED = (Refused, StoreError, CloudError, ValueError)  # ValueError: the engine's own checks (e.g. too long)

@@ -1,4 +1,4 @@
-"""Handlers behind the app's components: check the inputs (ui/fields.py), call the engine and the
+"""Handlers behind the app's components: check the inputs (fields/__init__.py), call the engine and the
 store, format (ui/render.py). They hold no algorithm: steering lives in `costeer`, storage and
 retrieval in `user_store`. Refusals are raised as `Refused`; ui/guard.py shows them.
 
@@ -34,11 +34,10 @@ from costeer.plots import score_and_strength
 from costeer.policy import SteeringParams, effective_strength
 from costeer.stats import overlap_score, repeated_ngram_share, summarize_votes
 from studies.export import spreadsheet_safe
-from user_store import KINDS, VOTES, NoUserName, UserStore
-from user_store.store import read_import
+from user_store import KINDS, VOTES, NoUserName, UserStore, read_import
 
-from . import fields as F
-from .fields import Refused
+import fields as F
+from fields import Refused
 from .guard import EXPECTED, info, refusal, warn
 from .render import (TOKENS_EMPTY, md_text, TOKENS_OPEN, bubble, latency_html, privacy_html, settings_line, status_html,
                      strength_markdown, token_span, tokens_html)

@@ -1,5 +1,5 @@
 """Handlers for rating studies: the owner's (create, watch, cancel, results, exports) and the
-rater's (next pair, vote). They check their inputs (ui/fields.py) and call the study store
+rater's (next pair, vote). They check their inputs (fields/__init__.py) and call the study store
 (user_store/studies.py), the pre-generator and the analysis (studies/); they hold no algorithm.
 
 A rater handler gets the study id and the link token with every call and checks them; its
@@ -23,8 +23,8 @@ from studies.pregenerate import Pregenerator
 from user_store import UserStore
 from user_store.formats import card_line
 
-from . import fields as F
-from .fields import Refused
+import fields as F
+from fields import Refused
 from .guard import EXPECTED, refusal
 from .render import esc, md_text
 

@@ -1,7 +1,8 @@
-"""The device-side personal history store (SQLite through sqlite-utils)."""
-from .studies import AlreadyVoted, BadLink, NotIssued, UnknownStudy
-from .store import (KINDS, VOTES, NoUserName, StaleEntry, StoreError, UnknownEntry, UnknownUser, UserStore,
-                    default_db_path)
+"""The device-side personal history store (SQLite through sqlite-utils), and rating studies in the same file."""
+from .checks import VOTES
+from .database import StoreError, default_db_path
+from .store import KINDS, NoUserName, StaleEntry, UnknownEntry, UnknownUser, UserStore, read_import
+from .studies import AlreadyVoted, BadLink, NotIssued, StudyStore, UnknownStudy
 
-__all__ = ["UserStore", "StoreError", "NoUserName", "UnknownUser", "UnknownEntry", "StaleEntry", "KINDS", "VOTES", "default_db_path",
-           "AlreadyVoted", "BadLink", "NotIssued", "UnknownStudy"]
+__all__ = ["UserStore", "StudyStore", "StoreError", "NoUserName", "UnknownUser", "UnknownEntry", "StaleEntry", "KINDS",
+           "VOTES", "default_db_path", "read_import", "AlreadyVoted", "BadLink", "NotIssued", "UnknownStudy"]

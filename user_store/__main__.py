@@ -5,7 +5,7 @@ import argparse
 import json
 import sys
 
-from .store import KINDS, StoreError, UserStore, default_db_path, read_import
+from . import KINDS, StoreError, UserStore, default_db_path, read_import
 
 
 def build_parser():

@@ -19,3 +19,6 @@ def text_problem(value: str) -> str | None:
     ch = m.group()
     what = "a NUL character" if ch == "\x00" else f"a lone surrogate (U+{ord(ch):04X}, half of an emoji or other character)"
     return f"contains {what} at character {m.start() + 1}; remove it and try again"
+
+
+VOTES = ("A", "B", "tie", "both_bad")  # a rater's choice between two answers

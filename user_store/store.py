@@ -1,49 +1,25 @@
 """UserStore: each user's personal history in one local SQLite file, and the app's ratings.
 
-One connection per store, shared across threads behind a lock (Gradio runs handlers on
-worker threads; sqlite3's check_same_thread is turned off for that reason). Every write runs
-in `BEGIN IMMEDIATE` so a read-then-write never fails with SQLITE_BUSY half way, and is
-committed before the method returns. WAL journal, synchronous=FULL: an acknowledged write
-survives a killed process and a power cut.
-"""
+The connection and its write transactions are `database.Database`."""
 from __future__ import annotations
 
 import json
-import os
 import re
-import sqlite3
-import threading
-import time
-from contextlib import contextmanager
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
-import sqlite_utils
-
-from .checks import text_problem
+from .checks import VOTES, text_problem
+from .database import Database, StoreError, check_text, utc_now
 from .formats import TEXT_FIELDS, card_line, is_writing, item_text, without_line
-from .schema import migrate
 
 KINDS = ("profile", "preference", "writing", "chat", "note")
 MAX_TEXT_BYTES = 100_000
 MAX_TITLE_CHARS = 500
 MAX_NAME_CHARS = 100
 MAX_IMPORT_BYTES = 5_000_000
-VOTES = ("A", "B", "tie", "both_bad")
 EXPORT_FORMAT = "costeer-user"
-BUSY_TIMEOUT_MS = 10_000
 MAX_RESULTS = 1000  # search -k
 MAX_CONTEXT_TOKENS = 100_000
-
-
-def default_db_path() -> Path:
-    """$COSTEER_DB, else ./data/costeer.db."""
-    return Path(os.environ.get("COSTEER_DB") or Path("data") / "costeer.db")
-
-
-class StoreError(ValueError):
-    """Bad input to the store; the message names what is wrong."""
 
 
 class UnknownUser(StoreError):
@@ -62,38 +38,8 @@ class StaleEntry(StoreError):
     """An edit made from an older version of the entry: someone saved in between."""
 
 
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
-
-
-class UserStore:
-    def __init__(self, path: str | os.PathLike | None = None):
-        self.path = Path(path) if path is not None else default_db_path()
-        try:
-            self._open()
-        except (sqlite3.Error, OSError) as exc:  # a directory, not a database, /proc, no permission
-            reason = getattr(exc, "strerror", None) or str(exc)
-            raise StoreError(f"cannot open the database {self.path}: {reason}") from None
-
-    def _open(self):
-        if self.path.is_dir():
-            raise OSError(f"{self.path} is a directory, not an SQLite file")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(str(self.path), timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False)
-        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute("PRAGMA synchronous = FULL")
-        conn.execute("PRAGMA foreign_keys = ON")
-        self.db = sqlite_utils.Database(conn)
-        self._lock = threading.RLock()
-        with self._lock:
-            self._begin_immediate()
-            try:
-                migrate(self.db)
-                self.db.conn.commit()
-            except BaseException:
-                self.db.conn.rollback()
-                raise
+class UserStore(Database):
+    """Each user's personal history and the live A/B votes; `studies` are in the same file."""
 
     @property
     def studies(self):
@@ -102,85 +48,22 @@ class UserStore:
 
         return StudyStore(self)
 
-    def close(self):
-        with self._lock:
-            self.db.conn.close()
-
-    # -- transactions -------------------------------------------------------------
-    def _begin_immediate(self):
-        for attempt in range(5):  # busy_timeout already waited; retry a few times more
-            try:
-                self.db.conn.execute("BEGIN IMMEDIATE")
-                return
-            except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) or attempt == 4:
-                    raise
-                time.sleep(0.05 * 2**attempt)
-
-    @contextmanager
-    def _write(self):
-        """One write transaction: all or nothing, committed when the block ends."""
-        with self._lock:
-            if self.db.conn.in_transaction:  # nested call from another write: a savepoint
-                with self.db.atomic():
-                    yield self.db
-                return
-            try:
-                self._begin_immediate()
-                try:
-                    yield self.db
-                    self.db.conn.commit()
-                except BaseException:
-                    self.db.conn.rollback()
-                    raise
-            except sqlite3.OperationalError as exc:
-                raise StoreError(self._write_failure(exc)) from None
-
-    def _write_failure(self, exc: sqlite3.OperationalError) -> str:
-        """A write SQLite refused, in words; the transaction was rolled back, nothing was saved."""
-        reason = str(exc)
-        if "readonly" in reason or "read-only" in reason:
-            reason = "the database file is read-only"
-        elif "full" in reason:
-            reason = "the disk (or the database's size limit) is full"
-        elif "locked" in reason:
-            reason = "the database is busy in another program; try again"
-        return f"could not save to {self.path.name}: {reason}. Nothing was changed."
-
-    def writable_problem(self) -> str | None:
-        """Why writes will fail (checked at start-up so the app can warn), or None."""
-        with self._lock:
-            try:
-                self._begin_immediate()
-                self.db.conn.execute("CREATE TABLE IF NOT EXISTS _write_probe (x)")
-                self.db.conn.rollback()
-            except sqlite3.OperationalError as exc:
-                if self.db.conn.in_transaction:
-                    self.db.conn.rollback()
-                return self._write_failure(exc)
-        return None
-
-    def _rows(self, table: str, where: str | None = None, args=(), **kw) -> list[dict]:
-        """`rows_where` under the store's lock, as a list (the connection is shared by threads)."""
-        with self._lock:
-            return list(self.db[table].rows_where(where, args, **kw))
-
     # -- users ----------------------------------------------------------------------
     def add_user(self, name: str) -> int:
         name = _check_name(name)
-        with self._write() as db:
-            return db["users"].lookup({"name": name}, {"created_at": _now()})
+        with self.write() as db:
+            return db["users"].lookup({"name": name}, {"created_at": utc_now()})
 
     def users(self) -> list[str]:
-        return [r["name"] for r in self._rows("users", select="name", order_by="name")]
+        return [r["name"] for r in self.rows("users", select="name", order_by="name")]
 
     def delete_user(self, name: str):
-        with self._write() as db:
+        with self.write() as db:
             db["users"].delete(self._user_id(name))  # entries go with it: ON DELETE CASCADE
             db.execute("UPDATE study_items SET card = ? WHERE persona = ?", [f"{name} (no profile entries shared)", name])
 
     def _user_id(self, name: str) -> int:
-        rows = self._rows("users", "name = ?", [name], select="id", limit=1)
+        rows = self.rows("users", "name = ?", [name], select="id", limit=1)
         if not rows:
             raise UnknownUser(f"unknown user {name!r}")
         return rows[0]["id"]
@@ -190,8 +73,8 @@ class UserStore:
                   sensitive: bool = False) -> int:
         """`sensitive` puts the entry's distinctive words on the steering deny-list (costeer/defences.py)."""
         fields = _check_entry({"text": text, "kind": kind, "title": title, "pinned": pinned, "sensitive": sensitive})
-        with self._write() as db:
-            now = _now()
+        with self.write() as db:
+            now = utc_now()
             return db["entries"].insert({"user_id": self._user_id(user), **fields,
                                          "created_at": now, "updated_at": now}).last_pk
 
@@ -204,13 +87,13 @@ class UserStore:
             raise StoreError(f"update_entry: unknown field(s) {sorted(unknown)}; allowed: {', '.join(_EDITABLE)}")
         if version is not None and (isinstance(version, bool) or not isinstance(version, int)):
             raise StoreError(f"version must be an integer, got {version!r}")
-        with self._write() as db:
+        with self.write() as db:
             current = self.entry(entry_id)
             merged = _check_entry({k: fields.get(k, current[k]) for k in _EDITABLE})
             assignments = ", ".join(f"{k} = ?" for k in merged)
             changed = db.execute(f"UPDATE entries SET {assignments}, updated_at = ?, version = version + 1 "
                                  "WHERE id = ? AND version = ?",
-                                 [*merged.values(), _now(), entry_id,
+                                 [*merged.values(), utc_now(), entry_id,
                                   current["version"] if version is None else version]).rowcount
             if not changed:
                 raise StaleEntry(f"entry #{entry_id} was changed in another tab or window since you opened it "
@@ -220,7 +103,7 @@ class UserStore:
                 self._unshare(db, current, self._owner(db, entry_id))
 
     def delete_entry(self, entry_id: int):
-        with self._write() as db:
+        with self.write() as db:
             current = self.entry(entry_id)
             owner = self._owner(db, entry_id)
             db["entries"].delete(entry_id)
@@ -240,7 +123,7 @@ class UserStore:
                           [entry_id]).fetchone()[0]
 
     def entry(self, entry_id: int) -> dict:
-        rows = self._rows("entries", "id = ?", [entry_id], select=_ENTRY_COLUMNS) if isinstance(entry_id, int) else []
+        rows = self.rows("entries", "id = ?", [entry_id], select=_ENTRY_COLUMNS) if isinstance(entry_id, int) else []
         if not rows:
             raise UnknownEntry(f"unknown entry id {entry_id!r}")
         return rows[0]
@@ -250,7 +133,7 @@ class UserStore:
         if kind is not None and kind not in KINDS:
             raise StoreError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
         where = "user_id = ?" + (" AND kind = ?" if kind else "")
-        return self._rows("entries", where, [uid, kind] if kind else [uid], select=_ENTRY_COLUMNS,
+        return self.rows("entries", where, [uid, kind] if kind else [uid], select=_ENTRY_COLUMNS,
                           order_by="pinned DESC, id")
 
     # -- retrieval ------------------------------------------------------------------
@@ -262,7 +145,7 @@ class UserStore:
         match, short = _fts_query(query or "")
         results: list[dict] = []
         if match:  # already quoted term by term: sqlite-utils' own quoting would join them with AND
-            with self._lock:
+            with self.lock:
                 results = [{**{c: r[c] for c in _ENTRY_FIELDS}, "score": r["rank"]} for r in self.db["entries"].search(
                     match, where="user_id = :uid", where_args={"uid": uid}, limit=k, include_rank=True)]
         # Terms shorter than a trigram (e.g. a two-character Japanese word) fall back to LIKE.
@@ -270,7 +153,7 @@ class UserStore:
             seen = {r["id"] for r in results}
             like = " OR ".join(["text LIKE ? ESCAPE '\\' OR coalesce(title, '') LIKE ? ESCAPE '\\'"] * len(short))
             args = [p for t in short for p in (f"%{_like_escape(t)}%",) * 2]
-            for r in self._rows("entries", f"user_id = ? AND ({like})", [uid, *args], select=_ENTRY_COLUMNS, order_by="id"):
+            for r in self.rows("entries", f"user_id = ? AND ({like})", [uid, *args], select=_ENTRY_COLUMNS, order_by="id"):
                 if r["id"] not in seen and len(results) < k:
                     results.append({**r, "score": None})
         return results
@@ -325,7 +208,7 @@ class UserStore:
             raise StoreError(f"mode must be 'merge' or 'replace', got {mode!r}")
         name, items = _parse_import(data, user)
         name = _check_name(name)
-        with self._write() as db:
+        with self.write() as db:
             uid = self.add_user(name)
             if mode == "replace":
                 for old in db["entries"].rows_where("user_id = ?", [uid], select=_ENTRY_COLUMNS):
@@ -334,7 +217,7 @@ class UserStore:
             existing = {(r["kind"], r["title"] or "", r["text"]): r for r in db["entries"].rows_where(
                 "user_id = ?", [uid], select="id, kind, title, text, sensitive")}
             added = skipped = 0
-            now = _now()
+            now = utc_now()
             for item in items:
                 key = (item["kind"], item["title"] or "", item["text"])
                 if key in existing:
@@ -374,17 +257,17 @@ class UserStore:
         for field, value in (("answer_a", answer_a), ("answer_b", answer_b)):
             if not isinstance(value, str):
                 raise StoreError(f"{field} must be text, got {type(value).__name__}")
-            _check_text(value, field)
-        _check_text(json.dumps(conversation, ensure_ascii=False, default=str), "conversation")
-        with self._write() as db:
+            check_text(value, field)
+        check_text(json.dumps(conversation, ensure_ascii=False, default=str), "conversation")
+        with self.write() as db:
             return db["votes"].insert({
                 "rater": rater, "user": str(user), "conversation": json.dumps(conversation, ensure_ascii=False),
                 "answer_a": answer_a, "answer_b": answer_b, "steered_side": steered_side, "vote": vote,
                 "params": json.dumps(params, sort_keys=True), "cloud_model": cloud_model,
-                "local_model": local_model, "created_at": _now()}).last_pk
+                "local_model": local_model, "created_at": utc_now()}).last_pk
 
     def votes(self) -> list[dict]:
-        rows = self._rows("votes", order_by="id")
+        rows = self.rows("votes", order_by="id")
         for r in rows:
             r["conversation"] = json.loads(r["conversation"])
             r["params"] = json.loads(r["params"])
@@ -449,16 +332,10 @@ def _like_escape(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
-def _check_text(value: str, field: str):
-    problem = text_problem(value)
-    if problem:
-        raise StoreError(f"{field} {problem}")
-
-
 def _check_name(name, field: str = "user name") -> str:
     if not isinstance(name, str) or not name.strip():
         raise StoreError(f"{field} must be non-empty text")
-    _check_text(name, field)
+    check_text(name, field)
     name = name.strip()
     if len(name) > MAX_NAME_CHARS:
         raise StoreError(f"{field} must be at most {MAX_NAME_CHARS} characters, got {len(name)}")
@@ -470,7 +347,7 @@ def _check_entry(fields: dict) -> dict:
     sensitive = fields.get("sensitive", False)
     if not isinstance(text, str) or not text.strip():
         raise StoreError("text must be non-empty (not only whitespace)")
-    _check_text(text, "text")
+    check_text(text, "text")
     if len(text.encode("utf-8")) > MAX_TEXT_BYTES:
         raise StoreError(f"text must be at most {MAX_TEXT_BYTES} bytes (100 kB), got {len(text.encode('utf-8'))}")
     if kind not in KINDS:
@@ -478,7 +355,7 @@ def _check_entry(fields: dict) -> dict:
     if title is not None:
         if not isinstance(title, str):
             raise StoreError(f"title must be text or null, got {type(title).__name__}")
-        _check_text(title, "title")
+        check_text(title, "title")
         title = title.strip() or None
         if title and len(title) > MAX_TITLE_CHARS:
             raise StoreError(f"title must be at most {MAX_TITLE_CHARS} characters, got {len(title)}")

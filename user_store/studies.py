@@ -15,7 +15,8 @@ import random
 import secrets
 
 from .schedule import Candidate, attention_due, choose, swapped
-from .store import VOTES, StoreError, UserStore, _check_text, _now
+from .checks import VOTES
+from .database import Database, StoreError, check_text, utc_now
 
 STATUSES = ("generating", "ready", "cancelled", "failed")
 TOKEN_BYTES = 16
@@ -42,11 +43,11 @@ def token_hash(token: str) -> str:
 
 
 class StudyStore:
-    def __init__(self, store: UserStore):
+    def __init__(self, store: Database):
         self.store = store
 
     def _query(self, sql: str, args=()) -> list[dict]:
-        with self.store._lock:
+        with self.store.lock:
             return list(self.store.db.query(sql, args))
 
     # -- design ---------------------------------------------------------------------
@@ -56,12 +57,12 @@ class StudyStore:
         """items: {persona, prompt, card}; settings: {label, baseline, config}, the baseline first;
         pairs: indices into settings, formed for every item. All or nothing."""
         for field, value in (("name", name), ("instructions", instructions)):
-            _check_text(value, field)
-        with self.store._write() as db:
+            check_text(value, field)
+        with self.store.write() as db:
             sid = db["studies"].insert({
                 "name": name, "instructions": instructions, "status": "generating", "all_pairs": int(all_pairs),
                 "pairs_per_rater": pairs_per_rater, "attention_every": attention_every, "cloud_model": cloud_model,
-                "local_model": local_model, "problem": None, "created_at": _now()}).last_pk
+                "local_model": local_model, "problem": None, "created_at": utc_now()}).last_pk
             setting_ids = [db["study_settings"].insert({"study_id": sid, "label": s["label"], "baseline": int(s["baseline"]),
                                                         "config": json.dumps(s["config"], sort_keys=True)}).last_pk
                            for s in settings]
@@ -75,36 +76,36 @@ class StudyStore:
         """New rater links; the tokens are returned once and only their hashes kept."""
         self.study(study_id)
         out = []
-        with self.store._write() as db:
+        with self.store.write() as db:
             for name in names:
-                _check_text(name, "rater name")
+                check_text(name, "rater name")
                 token = secrets.token_urlsafe(TOKEN_BYTES)
                 rid = db["study_raters"].insert({"study_id": study_id, "name": name, "token_hash": token_hash(token),
-                                                 "created_at": _now()}).last_pk
+                                                 "created_at": utc_now()}).last_pk
                 out.append({"rater": rid, "name": name, "token": token})
         return out
 
     def study(self, study_id: int) -> dict:
-        rows = self.store._rows("studies", "id = ?", [study_id]) if isinstance(study_id, int) else []
+        rows = self.store.rows("studies", "id = ?", [study_id]) if isinstance(study_id, int) else []
         if not rows:
             raise UnknownStudy(f"unknown study {study_id!r}")
         return rows[0]
 
     def studies(self) -> list[dict]:
-        return self.store._rows("studies", order_by="id DESC")
+        return self.store.rows("studies", order_by="id DESC")
 
     def settings(self, study_id: int) -> list[dict]:
-        rows = self.store._rows("study_settings", "study_id = ?", [study_id], order_by="id")
+        rows = self.store.rows("study_settings", "study_id = ?", [study_id], order_by="id")
         for r in rows:
             r["config"] = json.loads(r["config"])
         return rows
 
     def raters(self, study_id: int) -> list[dict]:
-        return self.store._rows("study_raters", "study_id = ?", [study_id], select="id, name, created_at", order_by="id")
+        return self.store.rows("study_raters", "study_id = ?", [study_id], select="id, name, created_at", order_by="id")
 
     def set_status(self, study_id: int, status: str, problem: str | None = None):
         assert status in STATUSES
-        with self.store._write() as db:
+        with self.store.write() as db:
             db["studies"].update(study_id, {"status": status, "problem": problem})
 
     # -- answers --------------------------------------------------------------------
@@ -117,10 +118,10 @@ class StudyStore:
                WHERE i.study_id = ? AND a.id IS NULL ORDER BY i.id, s.id""", [study_id])
 
     def add_answer(self, item_id: int, setting_id: int, text: str, tokens: int):
-        _check_text(text, "answer")
-        with self.store._write() as db:
+        check_text(text, "answer")
+        with self.store.write() as db:
             db["study_answers"].insert({"item_id": item_id, "setting_id": setting_id, "text": text, "tokens": tokens,
-                                        "created_at": _now()}, ignore=True)  # a resumed run may redo one
+                                        "created_at": utc_now()}, ignore=True)  # a resumed run may redo one
 
     def progress(self, study_id: int) -> dict:
         study = self.study(study_id)
@@ -136,7 +137,7 @@ class StudyStore:
 
     # -- raters ---------------------------------------------------------------------
     def rater(self, study_id: int, token: str) -> dict:
-        rows = self.store._rows("study_raters", "token_hash = ? AND study_id = ?", [token_hash(token), study_id])
+        rows = self.store.rows("study_raters", "token_hash = ? AND study_id = ?", [token_hash(token), study_id])
         if not rows:
             raise BadLink("this rater link is not valid for this study (ask the study's owner for a new link)")
         return rows[0]
@@ -145,7 +146,7 @@ class StudyStore:
         """The rater's open pair if they have one (a reload shows the same pair), else a new one.
         {"done": True} when they have rated their share; {"waiting": True} while answers are
         still being generated."""
-        with self.store._write() as db:
+        with self.store.write() as db:
             study = self.study(rater["study_id"])
             open_ = self._query("""SELECT x.id FROM study_issues x LEFT JOIN study_votes v ON v.issue_id = x.id
                                    WHERE x.rater_id = ? AND v.id IS NULL ORDER BY x.id LIMIT 1""", [rater["id"]])
@@ -168,7 +169,7 @@ class StudyStore:
                     iid = db["study_issues"].insert({
                         "rater_id": rater["id"], "pair_id": r["pair_id"], "attention_of": r["id"],
                         "left_setting": swapped(r["left_setting"], r["setting_a"], r["setting_b"]),
-                        "issued_at": _now()}).last_pk
+                        "issued_at": utc_now()}).last_pk
                     return self.issued(rater, iid)
             if mine["voted"] >= target:
                 return {"done": True, "rated": mine["voted"], "target": target}
@@ -188,11 +189,11 @@ class StudyStore:
                 return {"done": True, "rated": mine["voted"], "target": target}
             pair, left = picked
             iid = db["study_issues"].insert({"rater_id": rater["id"], "pair_id": pair.pair_id, "left_setting": left,
-                                             "attention_of": None, "issued_at": _now()}).last_pk
+                                             "attention_of": None, "issued_at": utc_now()}).last_pk
             return self.issued(rater, iid)
 
     def count_pairs(self, study_id: int) -> int:
-        with self.store._lock:
+        with self.store.lock:
             return self.store.db["study_pairs"].count_where("study_id = ?", [study_id])
 
     def issued(self, rater: dict, issue_id: int) -> dict:
@@ -215,7 +216,7 @@ class StudyStore:
         """Store one vote for a pair issued to this rater; returns the reveal (which setting was A, B)."""
         if choice not in VOTES:
             raise StoreError(f"vote must be one of {', '.join(VOTES)}, got {choice!r}")
-        with self.store._write() as db:
+        with self.store.write() as db:
             rows = self._query(
                 """SELECT x.id, x.rater_id, x.left_setting, p.setting_a, p.setting_b,
                           (SELECT label FROM study_settings WHERE id = x.left_setting) AS label_left,
@@ -226,7 +227,7 @@ class StudyStore:
                 raise NotIssued(f"pair #{issue_id} was not issued to this rater link; ask for the next pair")
             if db["study_votes"].count_where("issue_id = ?", [issue_id]):  # under the write lock
                 raise AlreadyVoted(f"pair #{issue_id} already has your vote; votes are final")
-            vid = db["study_votes"].insert({"issue_id": issue_id, "choice": choice, "created_at": _now()}).last_pk
+            vid = db["study_votes"].insert({"issue_id": issue_id, "choice": choice, "created_at": utc_now()}).last_pk
         return {"vote": vid, "A": rows[0]["label_left"], "B": rows[0]["label_right"]}
 
     # -- results --------------------------------------------------------------------

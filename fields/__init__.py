@@ -1,6 +1,7 @@
 """Every input the app takes, with the range it allows. The sliders are built from these specs and
 every handler and named endpoint checks its arguments against them, so the API accepts exactly
-what the UI offers, and a refusal names the field and the allowed range.
+what the UI offers, and a refusal names the field and the allowed range. It imports no Gradio and
+nothing of ui/, so the domain layer (studies/) checks study settings against the same specs.
 """
 from __future__ import annotations
 
