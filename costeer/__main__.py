@@ -13,7 +13,7 @@ from .loading import load_engine_or_exit
 from .models import DEFAULT_MODEL, DTYPES, ModelLoadError, load_model, set_offline
 from .loading import text_arg, writable_file_problem
 from .policy import T_MAX, SteeringParams, effective_strength
-from .speculative import MAX_SPECULATE
+from .spec import MAX_SPECULATE, DecodeSpec
 
 
 def add_decoding_args(p: argparse.ArgumentParser):
@@ -31,7 +31,34 @@ def decoding(args, max_new_tokens: int):
 
 
 def cmd_generate(args, parser):
-    from .decoding import CloudTranscript, ConfidenceGate, Defences, Sampling
+    from .decoding import Defences
+
+    noise, gate, params, sampling = _generate_settings(args, parser)
+    context = _context_arg(args, parser)
+    engine = load_engine_or_exit(args)
+    defences = noise
+    if args.deny:
+        from .privacy import deny_token_ids
+
+        defences = Defences(deny_token_ids(engine.cloud.tokenizer, args.deny), noise.tau, noise.sigma, noise.seed)
+    summary, transcript = _generate(engine, args, parser, context, params, sampling, gate, defences)
+    if args.json:
+        print(json.dumps(_generate_json(engine, args, params, sampling, defences, summary, transcript),
+                         ensure_ascii=False))
+    else:
+        C = effective_strength(params)
+        print(f"== unsteered (cloud model alone, no personal context) ==\n{summary['unsteered'].text}\n")
+        print(f"== steered (CoSteer, effective strength C = {C:.3f}) ==\n{summary['steered'].text}")
+        if args.speculate > 1:
+            st = summary["steered"].speculation
+            print(f"\n(speculate {args.speculate}: {st.rounds} round trips for {st.tokens} steered tokens; "
+                  f"{st.accepted} of {st.drafted} drafts kept; {st.rejected} drafted tokens the cloud saw and the "
+                  f"answer did not keep)", file=sys.stderr)
+
+
+def _generate_settings(args, parser):
+    """The noise, the gate, the steering and the decoding, each checked (a bad value exits 2 naming it)."""
+    from .decoding import ConfidenceGate, Defences, Sampling
 
     try:
         noise = Defences(tau=args.tau, sigma=args.sigma, seed=args.seed)  # the deny-list's ids need the tokenizer
@@ -42,72 +69,56 @@ def cmd_generate(args, parser):
                             repetition_penalty=args.repetition_penalty, no_repeat_ngram_size=args.no_repeat_ngram_size)
     except ValueError as exc:
         parser.error(str(exc))
-    context = args.context or ""
-    if args.context_file:
-        try:
-            context = Path(args.context_file).read_text(encoding="utf-8")
-        except OSError as exc:
-            parser.error(f"--context-file: cannot read {args.context_file}: {exc.strerror}")
-        except UnicodeDecodeError as exc:
-            parser.error(f"--context-file: {args.context_file} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} "
-                         f"at offset {exc.start})")
-    from .cloud import CloudError
-    from .latency import Latency
-    from .defences import sent_deny_ids
-    from .speculative import Speculation
+    return noise, gate, params, sampling
 
-    engine = load_engine_or_exit(args)
-    defences = noise
-    if args.deny:
-        from .privacy import deny_token_ids
 
-        defences = Defences(deny_token_ids(engine.cloud.tokenizer, args.deny), noise.tau, noise.sigma, noise.seed)
-    messages = [{"role": "user", "content": args.prompt}]
-    texts = {"unsteered": "", "steered": ""}
-    transcript = CloudTranscript()
-    skipped = steps = 0
-    latency = Latency()
-    spec = {}
+def _context_arg(args, parser) -> str:
+    if not args.context_file:
+        return args.context or ""
     try:
-        margin = None
-        for ev in engine.stream(messages, context, "side_by_side", params, sampling, transcript, gate=gate,
-                                defences=defences, speculate=args.speculate, overlap=args.overlap):
-            latency.add(ev)
-            spec.setdefault(ev.stream, Speculation()).add(ev)
-            texts[ev.stream] += ev.text
-            if ev.stream == "steered":
-                skipped, steps = skipped + ev.device_skipped, steps + 1
-                if defences.deny_ids:
-                    margin = ev.deny_margin if margin is None else max(margin, ev.deny_margin)
+        return Path(args.context_file).read_text(encoding="utf-8")
+    except OSError as exc:
+        parser.error(f"--context-file: cannot read {args.context_file}: {exc.strerror}")
+    except UnicodeDecodeError as exc:
+        parser.error(f"--context-file: {args.context_file} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} "
+                     f"at offset {exc.start})")
+
+
+def _generate(engine, args, parser, context, params, sampling, gate, defences):
+    """Both answers side by side, folded (summary.ReplySummary), and the transcript of what the
+    cloud received."""
+    from .cloud import CloudError
+    from .decoding import CloudTranscript
+    from .summary import ReplySummary
+
+    transcript = CloudTranscript()
+    try:
+        summary = ReplySummary.of(engine.stream([{"role": "user", "content": args.prompt}], context, DecodeSpec("side_by_side", params, sampling, gate=gate, defences=defences, speculate=args.speculate, overlap=args.overlap), transcript))
     except ValueError as exc:  # the request does not fit a model's context
         parser.error(str(exc))
     except CloudError as exc:
         print(f"costeer: error: {exc}", file=sys.stderr)
         sys.exit(1)
-    latency.done()
-    C = effective_strength(params)
-    if args.json:
-        print(json.dumps({"unsteered": texts["unsteered"], "steered": texts["steered"], "effective_strength": C,
-                          "params": params.as_dict(), "sampling": sampling.as_dict(), "latency": latency.summary(),
-                          "cloud_model": engine.cloud.name,
-                          "local_model": engine.device.name, "same_model": engine.same_model,
-                          "seed": sampling.seed, "device_skipped": skipped, "steered_steps": steps,
-                          "defences": {"sigma": defences.sigma, "tau": defences.tau, "deny_ids": len(defences.deny_ids),
-                                       "deny_margin_max": margin,
-                                       "deny_ids_sent": sent_deny_ids(transcript, "steered", defences.deny_ids)},
-                          "speculate": args.speculate, "overlap": args.overlap,
-                          "speculation": {s: v.as_dict() for s, v in spec.items()} if args.speculate > 1 or args.overlap
-                          else None,
-                          "rejected_drafts": {s: tokenizer_decode(engine, ids) for s, ids in transcript.drafts.items()}},
-                         ensure_ascii=False))
-    else:
-        print(f"== unsteered (cloud model alone, no personal context) ==\n{texts['unsteered']}\n")
-        print(f"== steered (CoSteer, effective strength C = {C:.3f}) ==\n{texts['steered']}")
-        if args.speculate > 1:
-            st = spec.get("steered", Speculation())
-            print(f"\n(speculate {args.speculate}: {st.rounds} round trips for {st.tokens} steered tokens; "
-                  f"{st.accepted} of {st.drafted} drafts kept; {st.rejected} drafted tokens the cloud saw and the "
-                  f"answer did not keep)", file=sys.stderr)
+    return summary, transcript
+
+
+def _generate_json(engine, args, params, sampling, defences, summary, transcript) -> dict:
+    from .defences import sent_deny_ids
+
+    steered = summary["steered"]
+    return {"unsteered": summary["unsteered"].text, "steered": steered.text,
+            "effective_strength": effective_strength(params), "params": params.as_dict(),
+            "sampling": sampling.as_dict(), "latency": summary.latency.summary(), "cloud_model": engine.cloud.name,
+            "local_model": engine.device.name, "same_model": engine.same_model, "seed": sampling.seed,
+            "device_skipped": steered.device_skipped, "steered_steps": steered.tokens,
+            "defences": {"sigma": defences.sigma, "tau": defences.tau, "deny_ids": len(defences.deny_ids),
+                         "deny_margin_max": steered.deny_margin if defences.deny_ids else None,
+                         "deny_ids_sent": sent_deny_ids(transcript, "steered", defences.deny_ids)},
+            "speculate": args.speculate, "overlap": args.overlap,
+            "speculation": {s: v.speculation.as_dict() for s, v in summary.streams.items()}
+            if args.speculate > 1 or args.overlap
+            else None,
+            "rejected_drafts": {s: tokenizer_decode(engine, ids) for s, ids in transcript.drafts.items()}}
 
 
 def tokenizer_decode(engine, ids: list[int]) -> dict:

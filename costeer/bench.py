@@ -20,6 +20,7 @@ from .device import DeviceLM
 from .policy import SteeringParams
 from .prompts import build_prompts
 from .rows import ModelRows
+from .spec import DecodeSpec
 
 BENCH_PROMPTS = [
     ("Write a short story about a lighthouse keeper who finds a message in a bottle.",
@@ -51,7 +52,7 @@ def naive_engine(engine: CoSteerEngine) -> CoSteerEngine:
 def naive_steered_events(engine: CoSteerEngine, messages, context, params, sampling):
     """What the published per-token loop does: the cloud's and the device's forwards apart, and the
     T-step FTRL update (the reference steering processor) instead of the closed form."""
-    return naive_engine(engine).stream(messages, context, "steered", params, sampling, reference=True)
+    return naive_engine(engine).stream(messages, context, DecodeSpec("steered", params, sampling, reference=True))
 
 
 def run_bench(engine: CoSteerEngine, tokens: int = 64, repeats: int = 3, sampling: Sampling | None = None) -> dict:
@@ -61,17 +62,17 @@ def run_bench(engine: CoSteerEngine, tokens: int = 64, repeats: int = 3, samplin
     sampling = sampling or Sampling(max_new_tokens=tokens)
     controlled = replace(sampling, repetition_penalty=1.1, no_repeat_ngram_size=4)
     modes = {
-        "plain": lambda m, c: engine.stream(m, c, "unsteered", params, sampling),
-        "steered": lambda m, c: engine.stream(m, c, "steered", params, sampling),
-        "side_by_side": lambda m, c: engine.stream(m, c, "side_by_side", params, sampling),
+        "plain": lambda m, c: engine.stream(m, c, DecodeSpec("unsteered", params, sampling)),
+        "steered": lambda m, c: engine.stream(m, c, DecodeSpec("steered", params, sampling)),
+        "side_by_side": lambda m, c: engine.stream(m, c, DecodeSpec("side_by_side", params, sampling)),
         "naive_steered": lambda m, c: naive_steered_events(engine, m, c, params, sampling),
-        "steered_repetition_control": lambda m, c: engine.stream(m, c, "steered", params, controlled),
+        "steered_repetition_control": lambda m, c: engine.stream(m, c, DecodeSpec("steered", params, controlled)),
     }
     per_token = {k: [] for k in modes}
     first = {k: [] for k in modes}
     steps = {k: [] for k in modes}
     # warm-up: the first forward of a process pays for allocations and kernel selection
-    list(engine.stream([{"role": "user", "content": "Hi"}], "", "steered", params, Sampling(max_new_tokens=4)))
+    list(engine.stream([{"role": "user", "content": "Hi"}], "", DecodeSpec("steered", params, Sampling(max_new_tokens=4))))
     for _ in range(repeats):
         for prompt, context in BENCH_PROMPTS:
             messages = [{"role": "user", "content": prompt}]
@@ -189,8 +190,8 @@ def http_vs_in_process(engine: CoSteerEngine, tokens: int = 32, repeats: int = 2
         for _ in range(repeats):
             for prompt, context in BENCH_PROMPTS:
                 m = [{"role": "user", "content": prompt}]
-                runs["in_process"].append(_timed(engine.stream(m, context, "steered", params, sampling))[1])
-                runs["http"].append(_timed(remote.stream(m, context, "steered", params, sampling))[1])
+                runs["in_process"].append(_timed(engine.stream(m, context, DecodeSpec("steered", params, sampling)))[1])
+                runs["http"].append(_timed(remote.stream(m, context, DecodeSpec("steered", params, sampling)))[1])
         cloud_throughput(url, lm.tokenizer, 1, 4)  # warm-up
         throughput = {f"serve_cloud_requests_per_s_{c}_clients": cloud_throughput(url, lm.tokenizer, c, 16)["requests_per_s"]
                       for c in (1, 4)}
@@ -211,14 +212,14 @@ def gate_bench(engine: CoSteerEngine, tokens: int = 64, repeats: int = 2, thresh
     for _ in range(repeats):
         for prompt, context in BENCH_PROMPTS:
             m = [{"role": "user", "content": prompt}]
-            runs["ungated"].append(_timed(engine.stream(m, context, "steered", params, sampling))[1])
+            runs["ungated"].append(_timed(engine.stream(m, context, DecodeSpec("steered", params, sampling)))[1])
             events = []
 
             def record(it):
                 for ev in it:
                     events.append(ev)
                     yield ev
-            runs["gated"].append(_timed(record(engine.stream(m, context, "steered", params, sampling, gate=gate)))[1])
+            runs["gated"].append(_timed(record(engine.stream(m, context, DecodeSpec("steered", params, sampling, gate=gate))))[1])
             skipped += sum(ev.device_skipped for ev in events)
             steps += len(events)
     ungated, gated = statistics.median(runs["ungated"]), statistics.median(runs["gated"])
@@ -241,7 +242,7 @@ def defences_bench(engine: CoSteerEngine, tokens: int = 64, repeats: int = 2) ->
         for prompt, context in BENCH_PROMPTS:
             m = [{"role": "user", "content": prompt}]
             for k, d in settings.items():
-                runs[k].append(_timed(engine.stream(m, context, "steered", params, sampling, defences=d))[1])
+                runs[k].append(_timed(engine.stream(m, context, DecodeSpec("steered", params, sampling, defences=d)))[1])
     ms = {k: statistics.median(v) for k, v in runs.items()}
     return {"deny_list_ids": len(deny), "deny_steered_ms_per_token": round(ms["deny"], 2),
             "noise_steered_ms_per_token": round(ms["noise"], 2),

@@ -290,22 +290,113 @@ def check_audit_log(path: str | None):
             pass
 
 
+class AuditLog:
+    """`--audit-log`: accepted requests in full, a refused one as a bounded summary (never its
+    body), one JSON line each. Written from threads (the caller keeps it off the event loop)."""
+
+    def __init__(self, path: str | None):
+        check_audit_log(path)
+        self.path, self.lock = path, threading.Lock()
+
+    def write(self, body: BaseModel | dict, path: str, refused: str | None = None):
+        if not self.path:
+            return
+        if refused is not None:
+            record = {"time": time.time(), "path": path, "refused": refused[:200]}
+        else:
+            record = {"time": time.time(), "path": path,
+                      "body": body.model_dump(exclude_none=True) if isinstance(body, BaseModel) else body}
+        with self.lock, open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+
+class CloudService:
+    """What the routes do: one model on one worker thread, its prefix caches, the audit log and
+    the counters. `create_app` only maps routes onto these methods."""
+
+    def __init__(self, lm: LoadedModel, audit_log: str | None, max_logprobs: int, max_rows: int,
+                 max_request_tokens: int, cache_mb: int):
+        self.audit = AuditLog(audit_log)
+        self.lm, self.tok, self.vocab, self.context = lm, lm.tokenizer, lm.vocab_size, lm.context_limit
+        self.max_logprobs, self.max_rows, self.max_request_tokens = max_logprobs, max_rows, max_request_tokens
+        self.stopping = threading.Event()
+        self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="costeer-model")  # one forward at a time
+        self.cache = PrefixCache(lm, cache_mb * 2**20, self.stopping)
+        self.stats = {"cancelled": 0, "completed": 0}
+
+    def shutdown(self):
+        self.stopping.set()  # a forward in progress ends at its next chunk
+        self.worker.shutdown(wait=False, cancel_futures=True)
+
+    def server_stats(self):
+        c = self.cache
+        return {**self.stats, "cache_hits": c.hits, "cache_misses": c.misses, "cache_bytes": c.nbytes,
+                "cache_batches": len(c.entries)}
+
+    def models(self):
+        self.audit.write({}, "/v1/models")
+        return {"object": "list", "data": [{"id": self.lm.name, "object": "model", "owned_by": "costeer",
+                                            "max_model_len": self.context}]}
+
+    def tokenize(self, body: TokenizeRequest):  # a plain def: FastAPI runs it on a thread, not the event loop
+        text = body.prompt if body.prompt is not None else body.content
+        problem = "prompt (or content) must be a string" if text is None else _text_problem(text, self.max_request_tokens)
+        if problem:
+            self.audit.write(body, "/tokenize", refused=problem)
+            return JSONResponse({"detail": problem}, status_code=400)
+        self.audit.write(body, "/tokenize")
+        ids = self.tok(text, add_special_tokens=body.add_special_tokens)["input_ids"]
+        return {"tokens": ids, "count": len(ids), "max_model_len": self.context}
+
+    async def completions(self, body: CompletionRequest, request: Request):
+        try:  # on a thread: a text prompt is tokenized there (bounded in length first)
+            prompts = await asyncio.to_thread(_check_request, body, self.tok, self.vocab, self.context,
+                                              self.max_logprobs, self.max_rows, self.max_request_tokens)
+        except Refused as exc:
+            await asyncio.to_thread(self.audit.write, body, "/v1/completions", str(exc))
+            return JSONResponse({"detail": str(exc)}, status_code=400)
+        await asyncio.to_thread(self.audit.write, body, "/v1/completions")
+        try:
+            choices = await self._run(body, prompts, request)
+        except Cancelled:
+            self.stats["cancelled"] += 1
+            return JSONResponse({"detail": "cancelled"}, status_code=499)
+        except asyncio.CancelledError:  # shutting down: uvicorn's grace period is over
+            self.stats["cancelled"] += 1
+            return JSONResponse({"detail": "the server is shutting down"}, status_code=503)
+        self.stats["completed"] += 1
+        c = self.cache
+        n_prompt = sum(len(p) for p in prompts)
+        n_done = sum(len(ch.logprobs.tokens) if ch.logprobs else 0 for ch in choices)
+        return CompletionResponse(id=f"cmpl-{uuid.uuid4().hex}", created=int(time.time()), model=self.lm.name,
+                                  choices=choices, usage={"prompt_tokens": n_prompt, "completion_tokens": n_done,
+                                                          "cache_hits": c.hits, "cache_misses": c.misses,
+                                                          "cache_bytes": c.nbytes})
+
+    async def _run(self, body, prompts, request: Request):
+        """The forward on the worker thread; a client that goes away cancels it between chunks."""
+        cancel = threading.Event()
+        future = asyncio.get_running_loop().run_in_executor(self.worker, _complete, self.cache, self.tok, body,
+                                                            prompts, cancel)
+        try:
+            while not future.done():
+                await asyncio.wait([future], timeout=0.05)
+                if not future.done() and await request.is_disconnected():
+                    cancel.set()
+            return future.result()
+        finally:
+            cancel.set()  # also when this task itself is cancelled (shutdown): the worker stops
+
+
 def create_app(lm: LoadedModel, audit_log: str | None = None, max_logprobs: int = DEFAULT_MAX_LOGPROBS,
                max_rows: int = DEFAULT_MAX_ROWS, max_request_tokens: int = DEFAULT_MAX_REQUEST_TOKENS,
                cache_mb: int = DEFAULT_CACHE_MB):
-    """The FastAPI app behind `Bounded` (the body limit and timeout), as an ASGI app."""
-    check_audit_log(audit_log)
-    stopping = threading.Event()
-    worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="costeer-model")  # one forward at a time
-    cache = PrefixCache(lm, cache_mb * 2**20, stopping)
-    audit_lock = threading.Lock()
-    tok, vocab = lm.tokenizer, lm.vocab_size
-    context = lm.context_limit
+    """The routes, behind `Bounded` (the body limit and timeout), as an ASGI app."""
+    service = CloudService(lm, audit_log, max_logprobs, max_rows, max_request_tokens, cache_mb)
 
     async def lifespan(app):
         yield
-        stopping.set()  # a forward in progress ends at its next chunk
-        worker.shutdown(wait=False, cancel_futures=True)
+        service.shutdown()
 
     app = FastAPI(title="CoSteer cloud (OpenAI-compatible completions subset)", lifespan=lifespan)
 
@@ -313,78 +404,14 @@ def create_app(lm: LoadedModel, audit_log: str | None = None, max_logprobs: int 
     async def invalid(request: Request, exc: RequestValidationError):
         return JSONResponse({"detail": _one_line(exc)}, status_code=400)
 
-    def audit(body: BaseModel | dict, path: str, refused: str | None = None):
-        """Accepted requests in full; a refused one as a bounded summary (never its body)."""
-        if audit_log:
-            if refused is not None:
-                record = {"time": time.time(), "path": path, "refused": refused[:200]}
-            else:
-                record = {"time": time.time(), "path": path,
-                          "body": body.model_dump(exclude_none=True) if isinstance(body, BaseModel) else body}
-            with audit_lock, open(audit_log, "a", encoding="utf-8") as f:
-                f.write(json.dumps(record, ensure_ascii=False) + "\n")
-
-    stats = {"cancelled": 0, "completed": 0}
-
     @app.get("/health")
     def health():
         return {"status": "ok"}
 
-    @app.get("/stats")
-    def server_stats():
-        return {**stats, "cache_hits": cache.hits, "cache_misses": cache.misses, "cache_bytes": cache.nbytes,
-                "cache_batches": len(cache.entries)}
-
-    @app.get("/v1/models")
-    def models():
-        audit({}, "/v1/models")
-        return {"object": "list", "data": [{"id": lm.name, "object": "model", "owned_by": "costeer",
-                                            "max_model_len": context}]}
-
-    @app.post("/tokenize")
-    def tokenize(body: TokenizeRequest):  # a plain def: FastAPI runs it on a thread, not the event loop
-        text = body.prompt if body.prompt is not None else body.content
-        problem = "prompt (or content) must be a string" if text is None else _text_problem(text, max_request_tokens)
-        if problem:
-            audit(body, "/tokenize", refused=problem)
-            return JSONResponse({"detail": problem}, status_code=400)
-        audit(body, "/tokenize")
-        ids = tok(text, add_special_tokens=body.add_special_tokens)["input_ids"]
-        return {"tokens": ids, "count": len(ids), "max_model_len": context}
-
-    @app.post("/v1/completions", response_model=CompletionResponse)
-    async def completions(body: CompletionRequest, request: Request):
-        try:  # on a thread: a text prompt is tokenized there (bounded in length first)
-            prompts = await asyncio.to_thread(_check_request, body, tok, vocab, context, max_logprobs, max_rows,
-                                              max_request_tokens)
-        except Refused as exc:
-            await asyncio.to_thread(audit, body, "/v1/completions", str(exc))
-            return JSONResponse({"detail": str(exc)}, status_code=400)
-        await asyncio.to_thread(audit, body, "/v1/completions")
-        cancel = threading.Event()
-        future = asyncio.get_running_loop().run_in_executor(worker, _complete, cache, tok, body, prompts, cancel)
-        try:
-            while not future.done():
-                await asyncio.wait([future], timeout=0.05)
-                if not future.done() and await request.is_disconnected():
-                    cancel.set()
-            choices = future.result()
-        except Cancelled:
-            stats["cancelled"] += 1
-            return JSONResponse({"detail": "cancelled"}, status_code=499)
-        except asyncio.CancelledError:  # shutting down: uvicorn's grace period is over
-            stats["cancelled"] += 1
-            return JSONResponse({"detail": "the server is shutting down"}, status_code=503)
-        finally:
-            cancel.set()  # also when this task itself is cancelled (shutdown): the worker stops
-        stats["completed"] += 1
-        n_prompt = sum(len(p) for p in prompts)
-        n_done = sum(len(c.logprobs.tokens) if c.logprobs else 0 for c in choices)
-        return CompletionResponse(id=f"cmpl-{uuid.uuid4().hex}", created=int(time.time()), model=lm.name,
-                                  choices=choices, usage={"prompt_tokens": n_prompt, "completion_tokens": n_done,
-                                                          "cache_hits": cache.hits, "cache_misses": cache.misses,
-                                                          "cache_bytes": cache.nbytes})
-
+    app.get("/stats")(service.server_stats)
+    app.get("/v1/models")(service.models)
+    app.post("/tokenize")(service.tokenize)
+    app.post("/v1/completions", response_model=CompletionResponse)(service.completions)
     return Bounded(app, max_body_bytes(max_request_tokens))
 
 

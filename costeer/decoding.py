@@ -23,13 +23,13 @@ from .cloud import CloudLM
 from .defences import Defences, deny_margin
 from .device import DeviceLM
 from .models import LoadedModel
-from .policy import SteeringParams, effective_strength
+from .policy import effective_strength
 from .prompts import build_prompts, check_fits, conversation_ids, system_with_context  # noqa: F401  (re-exported)
-from .sampling import Chooser, Sampling, resolve_seed
+from .sampling import Chooser, Sampling, resolve_seed  # noqa: F401  (re-exported)
+from .spec import MODES, DecodeSpec  # noqa: F401  (re-exported)
 from .steering import ConfidenceGate, kl_divergence, processor  # noqa: F401
 from .text import TextStream
 
-MODES = ("unsteered", "steered", "side_by_side")
 TOP_K_SHOWN = 5
 LOGPROB_FLOOR = -30.0  # base_logprob of a token the cloud gave no log-prob for (outside its top-k)
 
@@ -100,25 +100,22 @@ class CoSteerEngine:
     def eos_ids(self) -> frozenset[int]:
         return self.cloud.eos_ids
 
-    def stream(self, messages: list[dict], context: str = "", mode: str = "steered",
-               params: SteeringParams = SteeringParams(), sampling: Sampling = Sampling(),
-               transcript: CloudTranscript | None = None, unsteered_messages: list[dict] | None = None,
-               gate: ConfidenceGate | None = None, reference: bool = False,
-               defences: Defences | None = None, speculate: int = 1, overlap: bool = False) -> Iterator[TokenEvent]:
-        """Yield TokenEvents until every stream of `mode` has finished. `unsteered_messages` lets
-        the unsteered stream continue its own conversation in a multi-turn side-by-side chat;
-        `reference` steers with the paper's explicit T-step loop instead of the closed form;
-        `defences` (the deny-list, noise) act on d on the device, before it steers;
-        `speculate` K > 1 lets the device draft so that one cloud round trip yields up to K tokens,
-        and `overlap` runs the device's passes while the request is in flight (speculative.py)."""
-        prompts = self._cloud_prompts(messages, unsteered_messages or messages, context, mode, sampling)
-        from . import speculative
+    def stream(self, messages: list[dict], context: str = "", spec: DecodeSpec = DecodeSpec(),
+               transcript: CloudTranscript | None = None,
+               unsteered_messages: list[dict] | None = None) -> Iterator[TokenEvent]:
+        """Yield TokenEvents until every stream of `spec.mode` has finished; `spec` (spec.py) says
+        how to decode. `transcript` records what the cloud received; `unsteered_messages` lets the
+        unsteered stream continue its own conversation in a multi-turn side-by-side chat. Each token
+        is decided by `Reply.decide`; the schedule (per token here, or speculative.rounds) only
+        says which positions to decide, with which b, and when."""
+        prompts = self._cloud_prompts(messages, unsteered_messages or messages, context, spec)
+        reply = Reply(self, prompts, spec, transcript)
+        if spec.speculative:
+            from . import speculative
 
-        reply = Reply(self, prompts, params, sampling, gate, reference, defences, transcript)
-        if speculative.check_speculate(speculate) > 1 or overlap:
-            yield from speculative.rounds(reply, messages, unsteered_messages or messages, context, speculate)
+            yield from speculative.rounds(reply, messages, unsteered_messages or messages, context)
         else:
-            yield from self._per_token(reply, messages, context, gate is not None)
+            yield from self._per_token(reply, messages, context, spec.gate is not None)
 
     def _per_token(self, reply: "Reply", messages, context, gated: bool) -> Iterator[TokenEvent]:
         """The paper's schedule: one cloud forward (or round trip) per token, every live stream."""
@@ -136,19 +133,16 @@ class CoSteerEngine:
             plan.advance(chosen)
 
     # -- the loop's helpers ----------------------------------------------------------------
-    def _cloud_prompts(self, messages, unsteered_messages, context, mode, sampling) -> dict[str, list[int]]:
+    def _cloud_prompts(self, messages, unsteered_messages, context, spec: DecodeSpec) -> dict[str, list[int]]:
         """The cloud-visible prompt of each stream, checked against the cloud's window (the device
-        checks its own when it opens its rows)."""
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+        checks its own when it opens its rows). `context` is not read: it is the device's alone."""
         for msgs in (messages, unsteered_messages):
             if not msgs or msgs[-1].get("role") != "user":
                 raise ValueError("messages must end with a user message")
-        streams = ["unsteered", "steered"] if mode == "side_by_side" else [mode]
         tok = self.cloud.tokenizer
-        prompts = {s: conversation_ids(tok, unsteered_messages if s == "unsteered" else messages) for s in streams}
+        prompts = {s: conversation_ids(tok, unsteered_messages if s == "unsteered" else messages) for s in spec.streams}
         check_fits("the cloud model's", max(len(p) for p in prompts.values()), self.cloud.context_limit,
-                   sampling.max_new_tokens)
+                   spec.sampling.max_new_tokens)
         return prompts
 
     def piece(self, token_id: int) -> str:
@@ -157,28 +151,18 @@ class CoSteerEngine:
             self._pieces[token_id] = self.cloud.tokenizer.decode([token_id])
         return self._pieces[token_id]
 
-    def generate(self, messages, context="", mode="side_by_side", params=SteeringParams(),
-                 sampling=Sampling(), transcript: CloudTranscript | None = None,
-                 gate: ConfidenceGate | None = None, defences: Defences | None = None, speculate: int = 1,
-                 overlap: bool = False) -> dict:
+    def generate(self, messages, context: str = "", spec: DecodeSpec = DecodeSpec("side_by_side"),
+                 transcript: CloudTranscript | None = None) -> dict:
         """Run `stream` to the end; return the texts per stream, how many tokens steering changed
         and how many device passes the gate skipped (and, speculating, the drafts per stream)."""
-        from .speculative import Speculation
+        from .summary import ReplySummary
 
-        out, spec = {}, {}
-        changed = skipped = steps = 0
-        for ev in self.stream(messages, context, mode, params, sampling, transcript, gate=gate, defences=defences,
-                              speculate=speculate, overlap=overlap):
-            spec.setdefault(ev.stream, Speculation()).add(ev)
-            out[ev.stream] = out.get(ev.stream, "") + ev.text
-            if ev.stream == "steered":
-                changed += int(ev.changed)
-                skipped += int(ev.device_skipped)
-                steps += 1
-        result = {"texts": out, "changed_tokens": changed, "device_skipped": skipped, "steered_steps": steps,
-                  "effective_strength": effective_strength(params)}
-        if speculate != 1 or overlap:
-            result["speculation"] = {s: v.as_dict() for s, v in spec.items()}
+        summary = ReplySummary.of(self.stream(messages, context, spec, transcript))
+        steered = summary["steered"]
+        result = {"texts": summary.texts(), "changed_tokens": steered.changed, "device_skipped": steered.device_skipped,
+                  "steered_steps": steered.tokens, "effective_strength": effective_strength(spec.params)}
+        if spec.speculative:
+            result["speculation"] = {s: v.speculation.as_dict() for s, v in summary.streams.items()}
         return result
 
 
@@ -188,14 +172,14 @@ class Reply:
     chosen and recorded; a schedule (the per-token loop, speculative.rounds) only says which
     positions to decide with which b, and when."""
 
-    def __init__(self, engine: CoSteerEngine, prompts: dict[str, list[int]], params: SteeringParams,
-                 sampling: Sampling, gate, reference: bool, defences: Defences | None,
+    def __init__(self, engine: CoSteerEngine, prompts: dict[str, list[int]], spec: DecodeSpec,
                  transcript: CloudTranscript | None):
-        self.engine, self.prompts, self.params, self.sampling = engine, prompts, params, sampling
-        self.defences, self.transcript = defences, transcript
+        self.engine, self.prompts, self.spec, self.transcript = engine, prompts, spec, transcript
+        self.params, self.sampling, self.defences = spec.params, spec.sampling, spec.defences
+        sampling, defences = spec.sampling, spec.defences
         self.seed = resolve_seed(sampling)
         self.max_new = sampling.max_new_tokens
-        self.steer = processor(params, gate, reference, defences, self.seed)
+        self.steer = processor(spec.params, spec.gate, spec.reference, defences, self.seed)
         self.deny = torch.tensor(defences.deny_ids, dtype=torch.long) if defences and defences.deny_ids else None
         self.choose = {s: Chooser(sampling, self.seed, ids) for s, ids in prompts.items()}  # same seed: alike draws
         self.texts = {s: TextStream(engine.cloud.tokenizer, sampling.stop) for s in prompts}

@@ -23,7 +23,9 @@ from .defences import Defences
 from .decoding import CoSteerEngine, ConfidenceGate, Sampling, system_with_context
 from .policy import SteeringParams, effective_strength
 from .privacy import deny_list
+from .spec import DecodeSpec
 from .stats import bootstrap_ci, repeated_ngram_share
+from .summary import ReplySummary
 from user_store.formats import eval_row, item_text
 
 BASE_METHODS = ("llm", "slm_ctx", "llm_ctx", "costeer")
@@ -265,18 +267,12 @@ class Evaluator:
             engine, messages, mode, ctx = self.engine, question, "steered", context
         transcript = CloudTranscript()
         start = time.perf_counter()
-        text, tokens, skipped, margin = "", 0, 0, None
-        for ev in engine.stream(messages, ctx, mode, params or SteeringParams(), self.sampling, transcript,
-                                gate=gate, defences=defences):
-            text += ev.text
-            tokens += 1
-            skipped += int(ev.device_skipped)
-            if defences is not None and defences.deny_ids:
-                margin = ev.deny_margin if margin is None else max(margin, ev.deny_margin)
+        answer = ReplySummary.of(engine.stream(messages, ctx, DecodeSpec(mode, params or SteeringParams(), self.sampling, gate=gate, defences=defences), transcript))[mode]
         seconds = time.perf_counter() - start
-        out = {"id": row.id, "method": method, "text": text, "tokens": tokens, "seconds": seconds,
-               "device_skipped": skipped, "repeated_4grams": repeated_ngram_share(text), "deny_margin": margin,
-               **score(self.sc, text, row.reference)}
+        margin = answer.deny_margin if defences is not None and defences.deny_ids else None
+        out = {"id": row.id, "method": method, "text": answer.text, "tokens": answer.tokens, "seconds": seconds,
+               "device_skipped": answer.device_skipped, "repeated_4grams": repeated_ngram_share(answer.text),
+               "deny_margin": margin, **score(self.sc, answer.text, row.reference)}
         if audit is not None:
             out.update(audit.measure(row, method, transcript, None if method == "slm_ctx" else mode))
         return out

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import time
 
-from .decoding import TokenEvent
-
 
 class Latency:
     def __init__(self):
@@ -21,7 +19,7 @@ class Latency:
         self.device_ms = self.steer_ms = self.ui_ms = 0.0
         self.tokens: dict[str, int] = {}
 
-    def add(self, ev: TokenEvent):
+    def add(self, ev):  # a decoding.TokenEvent
         now = time.perf_counter() - self.start
         if self.first_token_s is None:
             self.first_token_s = now

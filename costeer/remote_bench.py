@@ -19,6 +19,7 @@ from .device import DeviceLM
 from .netdelay import DelayProxy
 from .policy import SteeringParams
 from .speculative import Speculation
+from .spec import DecodeSpec
 
 RTTS_MS = (0, 25, 50, 100)
 SPECULATE = (2, 4, 8)
@@ -30,8 +31,7 @@ def _run(engine, messages, context, tokens, speculate, overlap):
     leave out a speculative answer's first round and flatter it."""
     spec, ids, times = Speculation(), [], []
     start = time.perf_counter()
-    for ev in engine.stream(messages, context, "steered", SteeringParams(), Sampling(max_new_tokens=tokens),
-                            speculate=speculate, overlap=overlap):
+    for ev in engine.stream(messages, context, DecodeSpec("steered", SteeringParams(), Sampling(max_new_tokens=tokens), speculate=speculate, overlap=overlap)):
         times.append(time.perf_counter())
         ids.append(ev.token_id)
         spec.add(ev)

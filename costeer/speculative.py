@@ -39,15 +39,6 @@ from .defences import without
 from .sampling import Chooser, final_probs
 from .steering import processor
 
-MAX_SPECULATE = 8  # tokens per round trip: a side-by-side round is 2 x 8 rows, serve-cloud's default cap is 32
-
-
-def check_speculate(k) -> int:
-    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_SPECULATE:
-        raise ValueError(f"speculate must be an integer in [1, {MAX_SPECULATE}] (1 = off), got {k!r}")
-    return k
-
-
 @dataclass
 class Speculation:
     """One answer's drafting, for the readouts: round trips, drafted, kept and rejected tokens."""
@@ -153,10 +144,10 @@ class Lane:
             self.reset()
 
 
-def rounds(reply, messages, unsteered_messages, context, speculate: int):
-    """Yield TokenEvents, as the per-token loop does, `speculate` tokens at most per round trip.
-    Every token is decided by `reply.decide` (decoding.Reply), the per-token loop's own step."""
-    K = check_speculate(speculate)
+def rounds(reply, messages, unsteered_messages, context):
+    """Yield TokenEvents, as the per-token loop does, `reply.spec.speculate` tokens at most per
+    round trip. Every token is decided by `reply.decide` (decoding.Reply), the per-token loop's own step."""
+    K = reply.spec.speculate
     engine, prompts, max_new = reply.engine, reply.prompts, reply.max_new
     cloud, device = engine.cloud, engine.device
     if device.vocab_map is not None:

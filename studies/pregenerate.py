@@ -17,6 +17,8 @@ from typing import Callable
 
 from costeer.decoding import CoSteerEngine, Defences
 from costeer.privacy import deny_list
+from costeer.spec import DecodeSpec
+from costeer.summary import ReplySummary
 from user_store import UserStore
 
 from .design import Setting
@@ -106,12 +108,10 @@ class Pregenerator:
                 studies.add_answer(item_id, base_id, *self._answer(study_id, messages, "", "unsteered", b)["unsteered"])
 
     def _answer(self, study_id: int, messages, context, mode, s: Setting, defences=None) -> dict[str, tuple[str, int]]:
-        text: dict[str, str] = {}
-        tokens: dict[str, int] = {}
-        for ev in self.engine.stream(messages, context, mode, s.params, s.sampling, gate=s.gate, defences=defences):
+        summary = ReplySummary()
+        for ev in self.engine.stream(messages, context, DecodeSpec(mode, s.params, s.sampling, gate=s.gate, defences=defences)):
             if self._is_cancelled(study_id):
                 raise Cancelled
-            text[ev.stream] = text.get(ev.stream, "") + ev.text
-            tokens[ev.stream] = tokens.get(ev.stream, 0) + 1
+            summary.add(ev)
         streams = {"side_by_side": ("steered", "unsteered")}.get(mode, (mode,))
-        return {k: (text.get(k, ""), tokens.get(k, 0)) for k in streams}  # an answer may be empty (EOS first)
+        return {k: (summary[k].text, summary[k].tokens) for k in streams}  # an answer may be empty (EOS first)

@@ -8,7 +8,7 @@ PACKAGES = ("costeer", "fields", "studies", "ui", "user_store")
 # The engine's core: steering, the token loop, models, the cloud and device sides. Evaluation, the
 # benchmarks, the CLI and the HTTP server are costeer's outer ring and may use more.
 OUTER = {"costeer.__main__", "costeer.eval", "costeer.audit", "costeer.bench", "costeer.remote_bench",
-         "costeer.cloud_server", "costeer.asgi", "costeer.loading", "costeer.latency", "costeer.plots",
+         "costeer.cloud_server", "costeer.asgi", "costeer.loading", "costeer.plots",
          "costeer.netdelay"}
 SERVING = ("gradio", "fastapi", "starlette", "uvicorn", "sqlite_utils", "sqlite3")
 
@@ -101,3 +101,17 @@ def test_the_package_face_shows_the_engine():
     assert costeer.CoSteerEngine is CoSteerEngine and costeer.build_engine is build_engine
     assert {"CoSteerEngine", "build_engine", "SteeringParams", "Sampling", "load_model"} <= set(costeer.__all__)
     assert all(getattr(costeer, name) is not None for name in costeer.__all__)
+
+
+def test_no_function_is_longer_than_a_screen():
+    """60 lines: a function that does one job fits on a screen. The CLIs' argument parsers are
+    lists of options and are left out."""
+    parsers = {"build_parser"}
+    long = []
+    for name, path in modules().items():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name not in parsers:
+                lines = node.end_lineno - node.lineno + 1
+                if lines > 60:
+                    long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({lines} lines)")
+    assert long == [], long

@@ -15,6 +15,7 @@ from cloudrunner import remote_cloud, remote_engine, running_cloud
 from conftest import run_cli
 from costeer.cloud import CloudError, RemoteCloud
 from costeer.decoding import Sampling, build_prompts
+from costeer.spec import DecodeSpec
 
 FRIDAY = [{"role": "user", "content": "Suggest a plan for my Friday evening."}]
 OSAKA = "I am a strict vegetarian living in Osaka. I love jazz and quiet places. I always answer in short bullet points."
@@ -85,9 +86,9 @@ def test_remote_engine_steers_among_the_clouds_top_k(cloud_url, lm, engine):
     r_engine = remote_engine(cloud_url, lm, top_k=20)
     assert r_engine.cloud.model_id == lm.name
     greedy = Sampling(max_new_tokens=16)
-    events = list(r_engine.stream(FRIDAY, OSAKA, "side_by_side", sampling=greedy))
+    events = list(r_engine.stream(FRIDAY, OSAKA, DecodeSpec("side_by_side", sampling=greedy)))
     local = {}
-    for ev in engine.stream(FRIDAY, OSAKA, "side_by_side", sampling=greedy):
+    for ev in engine.stream(FRIDAY, OSAKA, DecodeSpec("side_by_side", sampling=greedy)):
         local.setdefault(ev.stream, []).append(ev.token_id)
     remote_ids = {}
     for ev in events:

@@ -6,6 +6,7 @@ from costeer import SteeringParams
 from costeer.bench import naive_steered_events
 from costeer.decoding import CloudTranscript, Sampling, build_prompts
 from costeer.rows import LazyRows, ModelRows
+from costeer.spec import DecodeSpec
 
 FRIDAY = [{"role": "user", "content": "Suggest a plan for my Friday evening."}]
 OSAKA = ("I am a strict vegetarian living in Osaka. I love jazz and quiet places. "
@@ -15,7 +16,7 @@ GREEDY = Sampling(max_new_tokens=24)
 
 def _texts(engine, mode, context=OSAKA, messages=FRIDAY, params=SteeringParams(), sampling=GREEDY):
     out, ids = {}, {}
-    for ev in engine.stream(messages, context, mode, params, sampling):
+    for ev in engine.stream(messages, context, DecodeSpec(mode, params, sampling)):
         out[ev.stream] = out.get(ev.stream, "") + ev.text
         ids.setdefault(ev.stream, []).append(ev.token_id)
     return out, ids
@@ -64,7 +65,7 @@ def test_empty_context_means_no_steering(engine):
 
 
 def test_events_carry_what_the_ui_needs(engine):
-    events = list(engine.stream(FRIDAY, OSAKA, "side_by_side", SteeringParams(), GREEDY))
+    events = list(engine.stream(FRIDAY, OSAKA, DecodeSpec("side_by_side", SteeringParams(), GREEDY)))
     steered = [e for e in events if e.stream == "steered"]
     assert {e.stream for e in events} == {"steered", "unsteered"}
     assert any(e.changed for e in steered)
@@ -82,7 +83,7 @@ def test_events_carry_what_the_ui_needs(engine):
 
 
 def test_max_new_tokens_and_finish_reason(engine):
-    events = list(engine.stream(FRIDAY, OSAKA, "steered", SteeringParams(), Sampling(max_new_tokens=5)))
+    events = list(engine.stream(FRIDAY, OSAKA, DecodeSpec("steered", SteeringParams(), Sampling(max_new_tokens=5))))
     assert len(events) == 5 and events[-1].finish == "length"
 
 
@@ -105,7 +106,7 @@ def test_seeded_sampling_is_reproducible(engine):
 
 def test_cloud_transcript_holds_no_personal_context(engine):
     t = CloudTranscript()
-    events = list(engine.stream(FRIDAY, OSAKA, "side_by_side", SteeringParams(), GREEDY, transcript=t))
+    events = list(engine.stream(FRIDAY, OSAKA, DecodeSpec("side_by_side", SteeringParams(), GREEDY), t))
     for stream in ("steered", "unsteered"):
         assert "Osaka" not in t.prompt_text[stream] and "vegetarian" not in t.prompt_text[stream]
         assert "Friday" in t.prompt_text[stream]
@@ -127,7 +128,7 @@ def test_bad_sampling_names_the_field(kwargs, field):
 
 def test_bad_mode_and_messages(engine):
     with pytest.raises(ValueError, match="mode"):
-        list(engine.stream(FRIDAY, "", "both"))
+        list(engine.stream(FRIDAY, "", DecodeSpec("both")))
     with pytest.raises(ValueError, match="user message"):
         list(engine.stream([{"role": "assistant", "content": "hi"}], ""))
 
@@ -137,7 +138,7 @@ def test_multi_turn_each_stream_keeps_its_conversation(engine):
     steered_conv = FRIDAY + [{"role": "assistant", "content": "- Jazz kissa\n- Tofu dinner"}, follow]
     unsteered_conv = FRIDAY + [{"role": "assistant", "content": "Dinner and a movie."}, follow]
     both = {}
-    for ev in engine.stream(steered_conv, OSAKA, "side_by_side", SteeringParams(), GREEDY, unsteered_messages=unsteered_conv):
+    for ev in engine.stream(steered_conv, OSAKA, DecodeSpec("side_by_side", SteeringParams(), GREEDY), unsteered_messages=unsteered_conv):
         both[ev.stream] = both.get(ev.stream, "") + ev.text
     alone_u, _ = _texts(engine, "unsteered", messages=unsteered_conv)
     alone_s, _ = _texts(engine, "steered", messages=steered_conv)
@@ -150,7 +151,7 @@ def test_gate_skips_device_passes_and_caches_stay_consistent(engine):
     from costeer.decoding import ConfidenceGate
 
     gate = ConfidenceGate(threshold=0.6, patience=1, mode="reopen")  # skip whenever the cloud's top p >= 0.4
-    events = list(engine.stream(FRIDAY, OSAKA, "steered", SteeringParams(), Sampling(max_new_tokens=40), gate=gate))
+    events = list(engine.stream(FRIDAY, OSAKA, DecodeSpec("steered", SteeringParams(), Sampling(max_new_tokens=40), gate=gate)))
     flags = [e.device_skipped for e in events]
     assert any(flags) and not all(flags)
     resumed = [i for i in range(1, len(flags)) if flags[i - 1] and not flags[i]]

@@ -17,6 +17,7 @@ from costeer.rows import LazyRows, ModelRows
 from costeer.sampling import Chooser
 from costeer.steering import ConfidenceGate, Gate, processor
 from costeer.text import TextStream
+from costeer.spec import DecodeSpec
 
 FRIDAY = [{"role": "user", "content": "Suggest a plan for my Friday evening."}]
 
@@ -58,7 +59,7 @@ def test_no_personal_data_reaches_a_cloud_in_process(lm):
     engine = CoSteerEngine(cloud, DeviceLM(lm))
     texts = {}
     for mode in ("steered", "side_by_side"):
-        for ev in engine.stream(FRIDAY, context, mode, sampling=Sampling(max_new_tokens=24)):
+        for ev in engine.stream(FRIDAY, context, DecodeSpec(mode, sampling=Sampling(max_new_tokens=24))):
             texts[(mode, ev.stream)] = texts.get((mode, ev.stream), "") + ev.text
     assert texts[("steered", "steered")] == texts[("side_by_side", "steered")]  # the split engine steers
     sent = [t for chunk in cloud.received for t in chunk]
@@ -80,8 +81,8 @@ def test_split_and_one_model_give_the_same_answers(lm, engine):
     """The single-process demo is an arrangement, not another algorithm."""
     split = CoSteerEngine(InProcessCloud(lm), DeviceLM(lm))
     context = "I am a strict vegetarian living in Osaka. I love jazz."
-    a = [ev.token_id for ev in split.stream(FRIDAY, context, "side_by_side", sampling=Sampling(max_new_tokens=20))]
-    b = [ev.token_id for ev in engine.stream(FRIDAY, context, "side_by_side", sampling=Sampling(max_new_tokens=20))]
+    a = [ev.token_id for ev in split.stream(FRIDAY, context, DecodeSpec("side_by_side", sampling=Sampling(max_new_tokens=20)))]
+    b = [ev.token_id for ev in engine.stream(FRIDAY, context, DecodeSpec("side_by_side", sampling=Sampling(max_new_tokens=20)))]
     assert engine.same_model and not split.same_model and a == b
 
 
@@ -98,7 +99,7 @@ def test_reference_processor_equals_closed_form(lm):
 def test_kl_is_finite_with_a_top_k_cloud(lm):
     """A top-k cloud leaves -inf outside its top-k; KL must not be NaN there."""
     engine = CoSteerEngine(InProcessCloud(lm, top_k=20), DeviceLM(lm))
-    events = list(engine.stream(FRIDAY, "I live in Osaka and love jazz.", "steered", sampling=Sampling(max_new_tokens=12)))
+    events = list(engine.stream(FRIDAY, "I live in Osaka and love jazz.", DecodeSpec("steered", sampling=Sampling(max_new_tokens=12))))
     assert events and all(math.isfinite(ev.kl) and ev.kl >= 0 for ev in events)
     assert any(ev.kl > 0 for ev in events)
 
@@ -168,10 +169,8 @@ def gemma():
 def test_gate_paper_mode_never_reopens_and_reopen_mode_does(engine):
     context = "I am a strict vegetarian living in Osaka. I love jazz and quiet places."
     sampling = Sampling(max_new_tokens=40)
-    paper = [ev.device_skipped for ev in engine.stream(FRIDAY, context, "steered", sampling=sampling,
-                                                       gate=ConfidenceGate(0.6, 1, "paper"))]
-    reopen = [ev.device_skipped for ev in engine.stream(FRIDAY, context, "steered", sampling=sampling,
-                                                        gate=ConfidenceGate(0.6, 1, "reopen"))]
+    paper = [ev.device_skipped for ev in engine.stream(FRIDAY, context, DecodeSpec("steered", sampling=sampling, gate=ConfidenceGate(0.6, 1, "paper")))]
+    reopen = [ev.device_skipped for ev in engine.stream(FRIDAY, context, DecodeSpec("steered", sampling=sampling, gate=ConfidenceGate(0.6, 1, "reopen")))]
     first = paper.index(True)
     assert all(paper[first:])  # closed for good
     assert any(a and not b for a, b in zip(reopen, reopen[1:]))  # closes and opens again

@@ -6,6 +6,7 @@ import torch
 
 from costeer.cpu_linear import WeightLeftLinear
 from costeer.models import ModelLoadError, cache_dir, load_model, load_pair
+from costeer.spec import DecodeSpec
 
 
 def test_bundled_model_loads_from_the_converted_cache(lm):
@@ -45,8 +46,7 @@ def test_a_local_folder_works_as_device_model(tiny_folder, lm):
     cloud, local = load_pair(None, str(tiny_folder))
     assert local is not cloud and local.name == str(tiny_folder)
     engine = build_engine(cloud, local)
-    events = list(engine.stream([{"role": "user", "content": "Hi"}], "I like tea.", "side_by_side",
-                                sampling=Sampling(max_new_tokens=4)))
+    events = list(engine.stream([{"role": "user", "content": "Hi"}], "I like tea.", DecodeSpec("side_by_side", sampling=Sampling(max_new_tokens=4))))
     assert {e.stream for e in events} == {"steered", "unsteered"}
 
 

@@ -18,6 +18,7 @@ from costeer.policy import SteeringParams
 from costeer.privacy import (PersonaAttacker, audit_reply, deny_list, deny_token_ids, deny_words, distinctive_terms, exposure,
                              term_spans)
 from costeer.steering import ClosedForm
+from costeer.spec import DecodeSpec
 from user_store import StoreError, UserStore
 from user_store.schema import migrate
 
@@ -109,10 +110,9 @@ def test_deny_list_guarantee_holds_at_every_step_of_real_generations(engine, sto
     steps, plain_exposed = 0, 0
     for prompt in ("Suggest a plan for my Friday evening.", "Plan a day trip for me.", "Recommend some music."):
         messages = [{"role": "user", "content": prompt}]
-        plain = engine.generate(messages, context, "steered", sampling=Sampling(max_new_tokens=48))
+        plain = engine.generate(messages, context, DecodeSpec("steered", sampling=Sampling(max_new_tokens=48)))
         plain_exposed += len(exposure(terms, plain["texts"]["steered"]).exposed)
-        for ev in engine.stream(messages, context, "side_by_side", sampling=Sampling(max_new_tokens=48),
-                                defences=Defences(deny_ids=deny)):
+        for ev in engine.stream(messages, context, DecodeSpec("side_by_side", sampling=Sampling(max_new_tokens=48), defences=Defences(deny_ids=deny))):
             if ev.stream == "steered" and not ev.device_skipped:
                 assert ev.deny_margin <= 1e-6, (prompt, ev.step, ev.deny_margin)
                 steps += 1
@@ -123,8 +123,7 @@ def test_deny_list_guarantee_holds_at_every_step_of_real_generations(engine, sto
 def test_noise_is_seeded_and_clipped(engine):
     messages = [{"role": "user", "content": "Plan my Friday evening."}]
     context = "Loves jazz kissa in Nakazakicho. Strict vegetarian."
-    runs = [engine.generate(messages, context, "steered", sampling=Sampling(max_new_tokens=16),
-                            defences=Defences(sigma=1.0, seed=s))["texts"]["steered"] for s in (1, 1, 2)]
+    runs = [engine.generate(messages, context, DecodeSpec("steered", sampling=Sampling(max_new_tokens=16), defences=Defences(sigma=1.0, seed=s)))["texts"]["steered"] for s in (1, 1, 2)]
     assert runs[0] == runs[1] and runs[0] != runs[2]
     clip = Defended(ClosedForm(SteeringParams()), Defences(tau=0.5), 0)
     assert float(clip.delta(torch.tensor([-3.0, 0.2, 9.0])).abs().max()) == pytest.approx(0.5)
@@ -148,8 +147,7 @@ def test_attacker_tells_a_personas_own_words_from_the_others(lm, store):
 def test_reply_audit_of_a_real_side_by_side_turn(engine, store):
     messages = [{"role": "user", "content": "Suggest a plan for my Friday evening."}]
     transcript = CloudTranscript()
-    engine.generate(messages, store.build_context(KENJI, messages[0]["content"]), "side_by_side",
-                    sampling=Sampling(max_new_tokens=32), transcript=transcript)
+    engine.generate(messages, store.build_context(KENJI, messages[0]["content"]), DecodeSpec("side_by_side", sampling=Sampling(max_new_tokens=32)), transcript)
     audit = audit_reply(store.entries(KENJI), messages, transcript, engine.cloud.tokenizer)
     reply = {s: engine.cloud.tokenizer.decode(transcript.token_ids[s], skip_special_tokens=True) for s in transcript.token_ids}
     terms = distinctive_terms(store.entries(KENJI), [messages[0]["content"]])

@@ -19,7 +19,9 @@ from costeer.netdelay import DelayProxy
 from costeer.privacy import cloud_view
 from costeer.rows import ModelRows, TrailRow
 from costeer.sampling import Chooser, final_probs
-from costeer.speculative import Speculation, check_speculate, expected_speedup, expected_tokens
+from costeer.spec import check_speculate
+from costeer.speculative import Speculation, expected_speedup, expected_tokens
+from costeer.spec import DecodeSpec
 
 PERSONAS = [
     ("Suggest a plan for my Friday evening.",
@@ -33,8 +35,8 @@ PERSONAS = [
 
 def run(engine, prompt, context, mode="steered", tokens=40, **kw):
     ids, spec, transcript = {}, {}, CloudTranscript()
-    for ev in engine.stream([{"role": "user", "content": prompt}], context, mode,
-                            sampling=kw.pop("sampling", Sampling(max_new_tokens=tokens)), transcript=transcript, **kw):
+    spec_ = DecodeSpec(mode, sampling=kw.pop("sampling", Sampling(max_new_tokens=tokens)), **kw)
+    for ev in engine.stream([{"role": "user", "content": prompt}], context, spec_, transcript):
         ids.setdefault(ev.stream, []).append(ev.token_id)
         spec.setdefault(ev.stream, Speculation()).add(ev)
     return ids, spec, transcript
@@ -219,9 +221,7 @@ def test_drafts_and_chosen_tokens_respect_the_deny_list(lm, split):
         want, _, _ = run(split, prompt, context, tokens=32, defences=Defences(deny_ids=deny, sigma=0.3, seed=1))
         margins = []
         ids, spec, transcript = [], Speculation(), CloudTranscript()
-        for ev in split.stream([{"role": "user", "content": prompt}], context, "steered",
-                               sampling=Sampling(max_new_tokens=32), transcript=transcript, speculate=4,
-                               defences=Defences(deny_ids=deny, sigma=0.3, seed=1)):
+        for ev in split.stream([{"role": "user", "content": prompt}], context, DecodeSpec("steered", sampling=Sampling(max_new_tokens=32), defences=Defences(deny_ids=deny, sigma=0.3, seed=1), speculate=4), transcript):
             ids.append(ev.token_id)
             spec.add(ev)
             margins.append(ev.deny_margin)

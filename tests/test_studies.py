@@ -14,6 +14,7 @@ from studies.export import battles, to_csv, to_jsonl
 from studies.leaderboard import agreement, attention, leaderboard, list_lines, position_bias, ratings
 from fields import Refused
 from user_store import AlreadyVoted, BadLink, NotIssued, UserStore
+from costeer.spec import DecodeSpec
 
 LABELS = ["unsteered", "gentle", "paper", "strong"]
 DECODING = {"temperature": 0.0, "top_p": 1.0, "seed": None, "max_new_tokens": 16, "repetition_penalty": 1.1,
@@ -286,8 +287,7 @@ def test_pregeneration_batches_dedupes_equal_strengths_and_resumes(engine, tmp_p
         assert answers[item, ids[1]]["text"] == answers[item, ids[2]]["text"]  # equal C: one answer for both
         assert answers[item, ids[1]]["text"] != answers[item, ids[3]]["text"]
     first = min(k[0] for k in answers)
-    alone = engine.generate([{"role": "user", "content": items[0]["prompt"]}], "", "unsteered", chosen[0].params,
-                            chosen[0].sampling)["texts"]["unsteered"]
+    alone = engine.generate([{"role": "user", "content": items[0]["prompt"]}], "", DecodeSpec("unsteered", chosen[0].params, chosen[0].sampling))["texts"]["unsteered"]
     assert answers[first, ids[0]]["text"] == alone  # the baseline from the shared pass is the cloud's own answer
     store.db["study_answers"].delete_where("setting_id = ?", [ids[3]])  # as if a restart came mid-way
     pregen.generate(sid)

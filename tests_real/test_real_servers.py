@@ -14,6 +14,7 @@ from costeer.device import DeviceLM
 from costeer.models import GEMMA_SPEC, _converted_gguf, bundled_gguf_path, load_model
 from costeer.prompts import build_prompts
 from costeer.rows import ModelRows
+from costeer.spec import DecodeSpec
 
 PERSONAS = [
     ("Suggest a plan for my Friday evening.",
@@ -30,7 +31,7 @@ def remote(url, lm, top_k=20):
 
 def ids_by_stream(engine, prompt, context, mode, tokens=32):
     out, ms = {}, []
-    for ev in engine.stream([{"role": "user", "content": prompt}], context, mode, sampling=Sampling(max_new_tokens=tokens)):
+    for ev in engine.stream([{"role": "user", "content": prompt}], context, DecodeSpec(mode, sampling=Sampling(max_new_tokens=tokens))):
         out.setdefault(ev.stream, []).append(ev.token_id)
         ms.append(ev.cloud_ms)
     return out, ms
@@ -96,7 +97,7 @@ def test_vllm_errors_are_clear_when_tokenize_is_missing_or_the_shape_is_unexpect
         engine = remote(proxy.url, lm)
         proxy.reshape = lambda path, data: {"choices": [{"index": 0, "text": "?"}]} if path == "/v1/completions" else data
         with pytest.raises(CloudError, match="unexpected response shape"):
-            list(engine.stream([{"role": "user", "content": "Hi"}], "", "unsteered", sampling=Sampling(max_new_tokens=2)))
+            list(engine.stream([{"role": "user", "content": "Hi"}], "", DecodeSpec("unsteered", sampling=Sampling(max_new_tokens=2))))
     finally:
         proxy.close()
 
@@ -177,8 +178,7 @@ def _speculated(engine, prompt, context, mode, k, tokens=32):
     from costeer.speculative import Speculation
 
     out, spec = {}, {}
-    for ev in engine.stream([{"role": "user", "content": prompt}], context, mode,
-                            sampling=Sampling(max_new_tokens=tokens), speculate=k):
+    for ev in engine.stream([{"role": "user", "content": prompt}], context, DecodeSpec(mode, sampling=Sampling(max_new_tokens=tokens), speculate=k)):
         out.setdefault(ev.stream, []).append(ev.token_id)
         spec.setdefault(ev.stream, Speculation()).add(ev)
     return out, spec

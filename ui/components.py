@@ -27,3 +27,8 @@ def FieldNumber(*args, **kwargs) -> gr.Number:  # noqa: N802
     number = gr.Number(*args, **kwargs)
     number.preprocess = _as_sent
     return number
+
+
+def slider(spec, value, step, label, elem_id=None, **kw) -> gr.Slider:
+    """A slider offering exactly the range its field allows (fields/)."""
+    return FieldSlider(spec.lo, spec.hi, value, step=step, label=label, elem_id=elem_id or spec.name, **kw)

@@ -28,8 +28,8 @@ from costeer.decoding import CloudTranscript, ConfidenceGate, CoSteerEngine, Def
 from costeer.audit import attacker_model
 from costeer.defences import sent_deny_ids
 from costeer.privacy import PersonaAttacker, audit_reply, cloud_view, deny_list
-from costeer.latency import Latency
-from costeer.speculative import Speculation
+from costeer.spec import DecodeSpec
+from costeer.summary import ReplySummary, StreamSummary
 from costeer.plots import score_and_strength
 from costeer.policy import SteeringParams, effective_strength
 from costeer.stats import overlap_score, repeated_ngram_share, summarize_votes
@@ -140,6 +140,43 @@ class Session:
 
 
 @dataclass
+class TurnScreen:
+    """What a turn shows while it runs: each side's text and state, after the conversation it
+    continues (only the sides being generated; the other is left as it is)."""
+    conv: dict
+    message: str
+    settings: dict  # stream -> the settings line its answer ends with
+    summary: ReplySummary = field(default_factory=ReplySummary)  # the answers so far, and their latency
+    states: dict = field(init=False)
+
+    def __post_init__(self):
+        self.states = {s: "generating…" for s in self.settings}
+
+    def views(self, final: bool = False) -> dict:
+        out = {}
+        for s in ("unsteered", "steered"):
+            if s not in self.settings:
+                out[s] = gr.skip()
+                continue
+            text = self.summary[s].text
+            answer = {"role": "assistant", "content": bubble(text, self.settings[s] if final else "")}
+            out[s] = self.conv[f"{s}_view"] + [{"role": "user", "content": bubble(self.message)}, answer]
+        return out
+
+
+def deny_check(defences, transcript, steered: StreamSummary, tokenizer) -> dict | None:
+    """The deny-list's check over what the cloud received for the steered answer (chosen tokens
+    and drafts): how many listed ids were sent, which words, and the largest log p − log b."""
+    if defences is None or not defences.deny_ids:
+        return None
+    listed = set(defences.deny_ids)
+    words = list(dict.fromkeys(tokenizer.decode([t]).strip() for t in transcript.token_ids["steered"] if t in listed))
+    margin = steered.deny_margin if steered.deny_margin is not None else 0.0
+    return {"ids": len(defences.deny_ids), "margin": margin,
+            "sent": sent_deny_ids(transcript, "steered", defences.deny_ids), "words": words}
+
+
+@dataclass
 class Studio:
     """Everything a handler needs, passed explicitly (no module globals)."""
 
@@ -223,91 +260,82 @@ class Studio:
             session.endings.pop(run, None)
 
     def _turn(self, session, run, user, message, side, params, sampling, gate, defences, speculate, conv):
-        skip = gr.skip()
+        """One turn's screens: the message at once, the answers as they stream, then the privacy
+        panel and the latency readout, then the attacker's guess."""
         streams = ["unsteered", "steered"] if side else ["steered"]
-        texts = {s: "" for s in streams}
-        states = {s: "generating…" for s in streams}
-        turn = {"role": "user", "content": message}
         C = effective_strength(params)
         decoding = {**sampling.as_dict(), "seed": sampling.seed}
-        settings = {s: settings_line(s, params.as_dict(), C, decoding) for s in streams}
-
-        def views(final=False):
-            out = {}
-            for s in ("unsteered", "steered"):
-                if s not in texts:
-                    out[s] = skip
-                    continue
-                answer = {"role": "assistant", "content": bubble(texts[s], settings[s] if final else "")}
-                out[s] = conv[f"{s}_view"] + [{"role": "user", "content": bubble(message)}, answer]
-            return out
-
-        latency = Latency()  # from the moment the turn starts: the first token's time includes the context search
-        busy = (gr.update(interactive=False), gr.update(visible=True))
-        v = views()
-        yield v["unsteered"], v["steered"], TOKENS_OPEN, skip, skip, status_html(states), skip, message_box(busy=True), *busy
+        # the summary's clock starts with the turn: the first token's time includes the context search
+        screen = TurnScreen(conv, message, {s: settings_line(s, params.as_dict(), C, decoding) for s in streams})
+        skip, busy = gr.skip(), (gr.update(interactive=False), gr.update(visible=True))
+        v = screen.views()
+        yield v["unsteered"], v["steered"], TOKENS_OPEN, skip, skip, status_html(screen.states), skip, \
+            message_box(busy=True), *busy
 
         context = self.context_for(user, message)
-        transcript, events, token_view = CloudTranscript(), [], TOKENS_OPEN
-        last = time.perf_counter()
-        stream = self.engine.stream(conv["steered"] + [turn], context, "side_by_side" if side else "steered", params,
-                                    sampling, transcript, unsteered_messages=conv["unsteered"] + [turn], gate=gate,
-                                    defences=defences, speculate=speculate, overlap=self.remote())
+        turn = {"role": "user", "content": message}
+        transcript, events = CloudTranscript(), []
+        stream = self.engine.stream(conv["steered"] + [turn], context, DecodeSpec("side_by_side" if side else "steered", params, sampling, gate=gate, defences=defences, speculate=speculate, overlap=self.remote()), transcript, unsteered_messages=conv["unsteered"] + [turn])
+        finished = yield from self._tokens(session, run, stream, screen, events)
+        if not finished:
+            return
+        if not session.current(run):
+            ending = session.ending(run)
+            if ending:
+                yield ending
+            return
+        screen.summary.latency.done()
+        yield from self._finish(session, run, user, screen, context, transcript, events, defences, speculate)
+
+    def _tokens(self, session, run, stream, screen: TurnScreen, events: list):
+        """Streams the answers onto the screen, at most every UPDATE_EVERY_S; returns False when
+        the turn ended early (Stop, a reset, a refusal), True when the answers are complete."""
+        skip, token_view, last = gr.skip(), TOKENS_OPEN, time.perf_counter()
         try:
             for ev in stream:
                 if not session.current(run):  # ended by Stop, a new conversation or another user
                     stream.close()
-                    screen = session.ending(run)
-                    if screen:
-                        yield screen
-                    return
-                latency.add(ev)
-                texts[ev.stream] += ev.text
+                    ending = session.ending(run)
+                    if ending:
+                        yield ending
+                    return False
+                screen.summary.add(ev)
                 if ev.stream == "steered":
                     events.append(ev)
                     token_view += token_span(ev)
                 if ev.finish:
-                    states[ev.stream] = f"done · {latency.tokens[ev.stream]} tokens"
+                    screen.states[ev.stream] = f"done · {screen.summary[ev.stream].tokens} tokens"
                 if ev.finish or time.perf_counter() - last >= UPDATE_EVERY_S:
-                    v, t = views(), time.perf_counter()
-                    status = status_html(states) if ev.finish else skip
+                    v, t = screen.views(), time.perf_counter()
+                    status = status_html(screen.states) if ev.finish else skip
                     yield v["unsteered"], v["steered"], token_view, skip, skip, status, skip, skip, skip, skip
                     last = time.perf_counter()
-                    latency.add_ui(last - t)
+                    screen.summary.latency.add_ui(last - t)
         except EXPECTED as exc:
             warn(refusal("chat", exc))
-            v = {s: conv[f"{s}_view"] if s in texts else skip for s in ("unsteered", "steered")}
-            yield (v["unsteered"], v["steered"], TOKENS_EMPTY, skip, skip, "", skip, message_box(message),
+            v = {s: screen.conv[f"{s}_view"] if s in screen.settings else skip for s in ("unsteered", "steered")}
+            yield (v["unsteered"], v["steered"], TOKENS_EMPTY, skip, skip, "", skip, message_box(screen.message),
                    gr.update(interactive=True), gr.update(visible=False))
-            return
-        if not session.current(run):
-            screen = session.ending(run)
-            if screen:
-                yield screen
-            return
-        latency.done()
-        v = views(final=True)
-        new = {**conv, "steered": conv["steered"] + [turn, {"role": "assistant", "content": texts["steered"]}],
+            return False
+        return True
+
+    def _finish(self, session, run, user, screen: TurnScreen, context, transcript, events, defences, speculate):
+        """The finished turn: the conversation each side continues, the privacy panel and the
+        latency readout; then, with two users or more, the simulated attacker's guess."""
+        skip, conv, side, summary = gr.skip(), screen.conv, "unsteered" in screen.settings, screen.summary
+        turn = {"role": "user", "content": screen.message}
+        v = screen.views(final=True)
+        new = {**conv, "steered": conv["steered"] + [turn, {"role": "assistant", "content": summary["steered"].text}],
                "steered_view": v["steered"]}
         if side:
-            new.update(unsteered=conv["unsteered"] + [turn, {"role": "assistant", "content": texts["unsteered"]}],
+            new.update(unsteered=conv["unsteered"] + [turn, {"role": "assistant", "content": summary["unsteered"].text}],
                        unsteered_view=v["unsteered"])
         echoes = [m["content"] for m in conv["steered"] if m["role"] == "assistant"]
-        audit = audit_reply(self.store.entries(user), conv["steered"] + [turn], transcript, self.engine.cloud.tokenizer)
-        deny = None
-        if defences is not None and defences.deny_ids:
-            sent = sent_deny_ids(transcript, "steered", defences.deny_ids)
-            listed = set(defences.deny_ids)
-            words = list(dict.fromkeys(self.engine.cloud.tokenizer.decode([t]).strip()
-                                       for t in transcript.token_ids["steered"] if t in listed))
-            deny = {"ids": len(defences.deny_ids), "margin": max((ev.deny_margin for ev in events), default=0.0),
-                    "sent": sent, "words": words}
-        _, reply, drafts = cloud_view(transcript, "steered", self.engine.cloud.tokenizer)
-        spec = None
-        if speculate > 1:
-            spec = Speculation()
-            for ev in events:
-                spec.add(ev)
+        tokenizer = self.engine.cloud.tokenizer
+        audit = audit_reply(self.store.entries(user), conv["steered"] + [turn], transcript, tokenizer)
+        deny = deny_check(defences, transcript, summary["steered"], tokenizer)
+        _, reply, drafts = cloud_view(transcript, "steered", tokenizer)
+        spec = summary["steered"].speculation if speculate > 1 else None
 
         def panel():
             return privacy_html(transcript, context, self.engine.same_model, echoes, audit, deny, reply, drafts)
@@ -317,14 +345,14 @@ class Studio:
         note = "the simulated cloud attacker is guessing who you are; a message sent now waits for it" \
             if guessing else ""
         yield (v["unsteered"], v["steered"], tokens_html(events), panel(),
-               latency_html(latency.summary(), self.remote(), shared, spec and spec.as_dict()),
-               status_html(states, note), new,
+               latency_html(summary.latency.summary(), self.remote(), shared, spec and spec.as_dict()),
+               status_html(screen.states, note), new,
                message_box(), gr.update(interactive=True), gr.update(visible=False))
         if guessing and session.current(run):
             self.guess(audit, user, users, transcript, conv["steered"] + [turn],
                        conv["unsteered"] + [turn] if side else None)
             if session.current(run):
-                yield skip, skip, skip, panel(), skip, status_html(states), skip, skip, skip, skip
+                yield skip, skip, skip, panel(), skip, status_html(screen.states), skip, skip, skip, skip
 
     def guess(self, audit, user, users, transcript, messages, unsteered_messages=None):
         """The simulated cloud attacker's guess among the store's users (the first MAX_CANDIDATES)."""
@@ -499,8 +527,7 @@ class Studio:
         message = F.MESSAGE.check(message).strip()
         params = make_params(T, eta, lam, alpha, beta)
         sampling = make_sampling(temperature, top_p, seed, max_new_tokens, repetition_penalty, no_repeat_ngram_size)
-        out = self.engine.generate([{"role": "user", "content": message}], self.context_for(user, message),
-                                   "side_by_side", params, sampling, defences=self.defences_for(user))
+        out = self.engine.generate([{"role": "user", "content": message}], self.context_for(user, message), DecodeSpec("side_by_side", params, sampling, defences=self.defences_for(user)))
         steered_side = self.rng.choice("AB")
         a, b = ((out["texts"]["steered"], out["texts"]["unsteered"]) if steered_side == "A"
                 else (out["texts"]["unsteered"], out["texts"]["steered"]))
@@ -535,8 +562,7 @@ class Studio:
         params = make_params(T, eta, lam)
         sampling = make_sampling(max_new_tokens=max_new_tokens, repetition_penalty=repetition_penalty,
                                  no_repeat_ngram_size=no_repeat_ngram_size)
-        out = self.engine.generate([{"role": "user", "content": message}], self.context_for(user, message),
-                                   "side_by_side", params, sampling, defences=self.defences_for(user))
+        out = self.engine.generate([{"role": "user", "content": message}], self.context_for(user, message), DecodeSpec("side_by_side", params, sampling, defences=self.defences_for(user)))
         return out["texts"]["unsteered"], out["texts"]["steered"]
 
     def history(self, user) -> list[dict]:
@@ -594,12 +620,8 @@ class Studio:
     # -- parameter explorer ----------------------------------------------------------
     def _answer(self, messages, context, mode, params, sampling, defences=None) -> dict:
         """One answer with its fluency: the mean log-probability the cloud alone gives its tokens."""
-        text, logprobs, ids = "", [], []
-        for ev in self.engine.stream(messages, context, mode, params, sampling, defences=defences):
-            text += ev.text
-            logprobs.append(ev.base_logprob)
-            ids.append(ev.token_id)
-        return {"text": text, "fluency": sum(logprobs) / max(1, len(logprobs)), "repeated": repeated_ngram_share(ids)}
+        answer = ReplySummary.of(self.engine.stream(messages, context, DecodeSpec(mode, params, sampling, defences=defences)))[mode]
+        return {"text": answer.text, "fluency": answer.fluency, "repeated": repeated_ngram_share(answer.token_ids)}
 
     def explore(self, user, message, param, values_text, T, eta, lam, alpha, beta, max_new_tokens,
                 repetition_penalty=1.0, no_repeat_ngram_size=0, progress=gr.Progress()):

@@ -41,10 +41,8 @@ def _v2(db: sqlite_utils.Database):
         created_at TEXT NOT NULL)""")
 
 
-def _v3(db: sqlite_utils.Database):
-    """Rating studies: personas x prompts x settings, answers generated ahead, pairs issued to
-    raters one at a time, at most one vote per issued pair (the UNIQUE makes a replay fail)."""
-    db.execute("""CREATE TABLE studies (
+V3_STUDIES = (  # the tables of version 3, made by _v3
+    """CREATE TABLE studies (
         id INTEGER PRIMARY KEY,
         name TEXT NOT NULL,
         instructions TEXT NOT NULL,
@@ -55,55 +53,63 @@ def _v3(db: sqlite_utils.Database):
         cloud_model TEXT,
         local_model TEXT,
         problem TEXT,
-        created_at TEXT NOT NULL)""")
-    db.execute("""CREATE TABLE study_settings (
+        created_at TEXT NOT NULL)""",
+    """CREATE TABLE study_settings (
         id INTEGER PRIMARY KEY,
         study_id INTEGER NOT NULL REFERENCES studies(id) ON DELETE CASCADE,
         label TEXT NOT NULL,
         baseline INTEGER NOT NULL,
         config TEXT NOT NULL,
-        UNIQUE (study_id, label))""")
-    db.execute("""CREATE TABLE study_items (
+        UNIQUE (study_id, label))""",
+    """CREATE TABLE study_items (
         id INTEGER PRIMARY KEY,
         study_id INTEGER NOT NULL REFERENCES studies(id) ON DELETE CASCADE,
         persona TEXT NOT NULL,
         prompt TEXT NOT NULL,
-        card TEXT NOT NULL)""")
-    db.execute("""CREATE TABLE study_answers (
+        card TEXT NOT NULL)""",
+    """CREATE TABLE study_answers (
         id INTEGER PRIMARY KEY,
         item_id INTEGER NOT NULL REFERENCES study_items(id) ON DELETE CASCADE,
         setting_id INTEGER NOT NULL REFERENCES study_settings(id) ON DELETE CASCADE,
         text TEXT NOT NULL,
         tokens INTEGER NOT NULL,
         created_at TEXT NOT NULL,
-        UNIQUE (item_id, setting_id))""")
-    db.execute("""CREATE TABLE study_pairs (
+        UNIQUE (item_id, setting_id))""",
+    """CREATE TABLE study_pairs (
         id INTEGER PRIMARY KEY,
         study_id INTEGER NOT NULL REFERENCES studies(id) ON DELETE CASCADE,
         item_id INTEGER NOT NULL REFERENCES study_items(id) ON DELETE CASCADE,
         setting_a INTEGER NOT NULL REFERENCES study_settings(id),
         setting_b INTEGER NOT NULL REFERENCES study_settings(id),
-        UNIQUE (item_id, setting_a, setting_b))""")
-    db.execute("""CREATE TABLE study_raters (
+        UNIQUE (item_id, setting_a, setting_b))""",
+    """CREATE TABLE study_raters (
         id INTEGER PRIMARY KEY,
         study_id INTEGER NOT NULL REFERENCES studies(id) ON DELETE CASCADE,
         name TEXT NOT NULL,
         token_hash TEXT NOT NULL UNIQUE,
-        created_at TEXT NOT NULL)""")
-    db.execute("""CREATE TABLE study_issues (
+        created_at TEXT NOT NULL)""",
+    """CREATE TABLE study_issues (
         id INTEGER PRIMARY KEY,
         rater_id INTEGER NOT NULL REFERENCES study_raters(id) ON DELETE CASCADE,
         pair_id INTEGER NOT NULL REFERENCES study_pairs(id) ON DELETE CASCADE,
         left_setting INTEGER NOT NULL REFERENCES study_settings(id),
         attention_of INTEGER REFERENCES study_issues(id),
-        issued_at TEXT NOT NULL)""")
-    db.execute("CREATE INDEX study_issues_rater ON study_issues(rater_id)")
-    db.execute("CREATE INDEX study_issues_pair ON study_issues(pair_id)")
-    db.execute("""CREATE TABLE study_votes (
+        issued_at TEXT NOT NULL)""",
+    "CREATE INDEX study_issues_rater ON study_issues(rater_id)",
+    "CREATE INDEX study_issues_pair ON study_issues(pair_id)",
+    """CREATE TABLE study_votes (
         id INTEGER PRIMARY KEY,
         issue_id INTEGER NOT NULL UNIQUE REFERENCES study_issues(id) ON DELETE CASCADE,
         choice TEXT NOT NULL CHECK (choice IN ('A', 'B', 'tie', 'both_bad')),
-        created_at TEXT NOT NULL)""")
+        created_at TEXT NOT NULL)""",
+)
+
+
+def _v3(db: sqlite_utils.Database):
+    """Rating studies: personas x prompts x settings, answers generated ahead, pairs issued to
+    raters one at a time, at most one vote per issued pair (the UNIQUE makes a replay fail)."""
+    for sql in V3_STUDIES:
+        db.execute(sql)
 
 
 def _v4(db: sqlite_utils.Database):

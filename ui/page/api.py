@@ -1,0 +1,80 @@
+"""The owner's page's named API (gradio_client, raw HTTP), documented in docs/app.md. Each
+endpoint is a thin function whose signature and docstring Gradio shows in view_api; the ranges
+are the UI's (fields/), checked by the handler it calls."""
+from __future__ import annotations
+
+import gradio as gr
+
+from ..guard import for_api
+from ..handlers import DEMO_DECODING
+
+
+def register(studio, desk):
+    """Adds the endpoints to the Blocks being built: the people's and the studies'."""
+    for fn in _people(studio) + _studies(desk):
+        gr.api(for_api(fn), api_name=fn.__name__)
+
+
+def _people(studio) -> list:
+    def generate_pair(user: str, message: str, T: int = 20, eta: float = 10.0, lam: float = 2.0,
+                      max_new_tokens: int = 128, repetition_penalty: float = DEMO_DECODING["repetition_penalty"],
+                      no_repeat_ngram_size: int = DEMO_DECODING["no_repeat_ngram_size"]) -> tuple[str, str]:
+        """Unsteered and steered answers to one message for one user."""
+        return studio.generate_pair(user, message, T, eta, lam, max_new_tokens, repetition_penalty,
+                                    no_repeat_ngram_size)
+
+    def history(user: str) -> list:
+        """One user's history entries (id, kind, title, text, pinned, sensitive)."""
+        return studio.history(user)
+
+    def add_history(user: str, text: str, kind: str = "note", sensitive: bool = False) -> int:
+        """Add a history entry; returns its id. `sensitive` puts its words on the steering deny-list and keeps it off raters' cards."""
+        return studio.add_history(user, text, kind, sensitive)
+
+    def create_user(name: str) -> str:
+        """Create a user (no history yet); returns the name."""
+        return studio.add_user(name)
+
+    def load_persona(persona: str) -> str:
+        """Load an example persona (assets/personas) as a user; returns the user's name."""
+        return studio.add_persona(persona)
+
+    def ratings_summary() -> dict:
+        """The live A/B tab's votes: counts and the steered win rate with a 95% interval."""
+        return studio.ratings_summary()
+
+    return [generate_pair, add_history, history, ratings_summary, create_user, load_persona]
+
+
+def _studies(desk) -> list:
+    def create_study(name: str, personas: list[str], prompts: list[str], settings: list[dict],
+                     all_pairs: bool = False, raters: int = 12, pairs_per_rater: int = 0, attention_every: int = 6,
+                     max_new_tokens: int = 128, repetition_penalty: float = DEMO_DECODING["repetition_penalty"],
+                     no_repeat_ngram_size: int = DEMO_DECODING["no_repeat_ngram_size"],
+                     instructions: str = "", cards: dict | None = None) -> dict:
+        """A study of personas x prompts x settings (+ the unsteered baseline); its answers are generated
+        in the background. `cards` ({persona: text}) is what raters see of each persona (default: its
+        profile and preference entries, none marked sensitive). Returns the study id and one link per
+        rater (shown once)."""
+        return desk.create_study(name, personas, prompts, settings, all_pairs, raters, pairs_per_rater,
+                                 attention_every, max_new_tokens, repetition_penalty, no_repeat_ngram_size,
+                                 instructions, cards)
+
+    def study_status(study: int) -> dict:
+        """Progress of a study: answers generated of total, pairs, raters, votes, status."""
+        return desk.study_status(study)
+
+    def cancel_study(study: int) -> dict:
+        """Stop generating a study's answers (those made are kept)."""
+        return desk.cancel_study(study)
+
+    def add_raters(study: int, raters: int = 1) -> dict:
+        """More rater links for a study (shown once)."""
+        return desk.add_raters(study, raters)
+
+    def leaderboard(study: int, exclude_flagged: bool = False) -> dict:
+        """Bradley-Terry scores with 95% bootstrap intervals, style-controlled scores, win matrix, per
+        persona, position bias, agreement and attention checks."""
+        return desk.leaderboard(study, exclude_flagged)
+
+    return [create_study, study_status, cancel_study, add_raters, leaderboard]

@@ -1,0 +1,34 @@
+"""The page's header: what the app is, which models play which role, and the user picker."""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import gradio as gr
+
+from ..guard import for_ui
+from ..handlers import persona_files
+from . import PRIVATE, Page
+
+
+def build(page: Page) -> SimpleNamespace:
+    engine = page.studio.engine
+    gr.Markdown("### CoSteer Studio\n**Personalize a cloud language model with data that never leaves your device.** "
+                "A small on-device model reads your private history and steers the cloud model token by token "
+                "(CoSteer, arXiv 2507.04756); the cloud only ever receives the chosen tokens.", elem_id="header")
+    if engine.same_model:
+        gr.Markdown(f"ℹ️ Demo set-up: **one model ({engine.cloud.name}) plays both roles**, cloud and device. "
+                    "It shows the mechanism, not the quality of a real cloud/device pair.", elem_id="model-note")
+    else:
+        gr.Markdown(f"Cloud model: **{engine.cloud.name}** ({engine.cloud.where}) · device model: "
+                    f"**{engine.device.name}**", elem_id="model-note")
+    banner = gr.Markdown(visible=False, elem_id="banner")
+    with gr.Row():
+        page.user = gr.Dropdown([], label="User", value=None, elem_id="user", scale=2)
+        new_name = gr.Textbox(label="New user", placeholder="name", scale=2, elem_id="new-user")
+        create = gr.Button("Create user", scale=1, elem_id="create-user")
+        persona = gr.Dropdown(list(persona_files()), label="Example persona", scale=2, elem_id="persona")
+        load = gr.Button("Load persona", scale=1, elem_id="load-persona")
+    # api_name: the UI's own events must not take the names of the API's /create_user, /load_persona
+    create.click(for_ui(page.studio.create_user), new_name, [page.user, new_name], api_name="ui_create_user", **PRIVATE)
+    load.click(for_ui(page.studio.load_persona), persona, page.user, api_name="ui_load_persona", **PRIVATE)
+    return SimpleNamespace(banner=banner)
