@@ -93,7 +93,9 @@ def _generate(engine, args, parser, context, params, sampling, gate, defences):
 
     transcript = CloudTranscript()
     try:
-        summary = ReplySummary.of(engine.stream([{"role": "user", "content": args.prompt}], context, DecodeSpec("side_by_side", params, sampling, gate=gate, defences=defences, speculate=args.speculate, overlap=args.overlap), transcript))
+        spec = DecodeSpec("side_by_side", params, sampling, gate=gate, defences=defences, speculate=args.speculate,
+                          overlap=args.overlap)
+        summary = ReplySummary.of(engine.stream([{"role": "user", "content": args.prompt}], context, spec, transcript))
     except ValueError as exc:  # the request does not fit a model's context
         parser.error(str(exc))
     except CloudError as exc:

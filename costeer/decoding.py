@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import torch
 
@@ -29,6 +29,9 @@ from .sampling import Chooser, Sampling, resolve_seed  # noqa: F401  (re-exporte
 from .spec import MODES, DecodeSpec  # noqa: F401  (re-exported)
 from .steering import ConfidenceGate, kl_divergence, processor  # noqa: F401
 from .text import TextStream
+
+if TYPE_CHECKING:
+    from .speculative import DraftRound
 
 TOP_K_SHOWN = 5
 LOGPROB_FLOOR = -30.0  # base_logprob of a token the cloud gave no log-prob for (outside its top-k)
@@ -53,11 +56,8 @@ class TokenEvent:
     steer_ms: float = 0.0  # the steering update, repetition control and the choice, for this stream
     base_logprob: float = 0.0  # log b[token]: how likely the cloud alone found the chosen token (fluency)
     deny_margin: float = 0.0  # max log p - log b over the deny-listed ids (<= 0: none made likelier)
-    drafted: bool = False  # speculation: this token is the device's draft, kept by the verification
-    rejected_drafts: int = 0  # speculation: drafted tokens the cloud saw this round and were not kept
-    outside_top_k: bool = False  # speculation: the rejected draft token was outside the cloud's top-k
-    round: int = -1  # speculation: the cloud round trip that scored this token (-1: the per-token loop)
-    drafts_sent: int = 0  # speculation: on a stream's first event of a round, how many drafts it sent
+    draft: DraftRound | None = None  # speculation only (speculative.DraftRound); None in the per-token loop
+
 
 
 @dataclass

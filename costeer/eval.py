@@ -156,11 +156,11 @@ def row_defences(tokenizer, row, method: str):
     """The Defences a CoSteer variant runs with on this row (None for none): `deny=all` puts
     the words of every history entry's distinctive terms on the deny-list; the noise is seeded
     by the row's id, so a rerun gives the same answers."""
-    spec = method_defences(method)
-    if not (spec["deny"] or spec["sigma"] or spec["tau"] is not None):
+    variant = method_defences(method)
+    if not (variant["deny"] or variant["sigma"] or variant["tau"] is not None):
         return None
-    deny = deny_list([{**e, "sensitive": True} for e in row.profile], tokenizer) if spec["deny"] else ()
-    return Defences(deny_ids=deny, tau=spec["tau"], sigma=spec["sigma"], seed=zlib.crc32(row.id.encode()))
+    deny = deny_list([{**e, "sensitive": True} for e in row.profile], tokenizer) if variant["deny"] else ()
+    return Defences(deny_ids=deny, tau=variant["tau"], sigma=variant["sigma"], seed=zlib.crc32(row.id.encode()))
 
 
 def parse_method(name: str) -> SteeringParams | None:
@@ -267,7 +267,8 @@ class Evaluator:
             engine, messages, mode, ctx = self.engine, question, "steered", context
         transcript = CloudTranscript()
         start = time.perf_counter()
-        answer = ReplySummary.of(engine.stream(messages, ctx, DecodeSpec(mode, params or SteeringParams(), self.sampling, gate=gate, defences=defences), transcript))[mode]
+        spec = DecodeSpec(mode, params or SteeringParams(), self.sampling, gate=gate, defences=defences)
+        answer = ReplySummary.of(engine.stream(messages, ctx, spec, transcript))[mode]
         seconds = time.perf_counter() - start
         margin = answer.deny_margin if defences is not None and defences.deny_ids else None
         out = {"id": row.id, "method": method, "text": answer.text, "tokens": answer.tokens, "seconds": seconds,

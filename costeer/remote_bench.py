@@ -31,7 +31,8 @@ def _run(engine, messages, context, tokens, speculate, overlap):
     leave out a speculative answer's first round and flatter it."""
     spec, ids, times = Speculation(), [], []
     start = time.perf_counter()
-    for ev in engine.stream(messages, context, DecodeSpec("steered", SteeringParams(), Sampling(max_new_tokens=tokens), speculate=speculate, overlap=overlap)):
+    spec = DecodeSpec("steered", SteeringParams(), Sampling(max_new_tokens=tokens), speculate=speculate, overlap=overlap)
+    for ev in engine.stream(messages, context, spec):
         times.append(time.perf_counter())
         ids.append(ev.token_id)
         spec.add(ev)

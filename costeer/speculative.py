@@ -24,7 +24,7 @@ with the device's passes hidden behind the network ("overlap").
 
 Privacy. A draft token the cloud saw but the answer did not keep is a token plain CoSteer never
 sends, drawn from a distribution the personal context shaped. Each is recorded in
-`CloudTranscript.drafts` (one list per round) and counted on the events (`rejected_drafts`).
+`CloudTranscript.drafts` (one list per round) and counted on the events (`TokenEvent.draft.rejected`).
 """
 from __future__ import annotations
 
@@ -38,6 +38,17 @@ from .cloud import top_k_cut
 from .defences import without
 from .sampling import Chooser, final_probs
 from .steering import processor
+
+@dataclass
+class DraftRound:
+    """What speculation adds to a token's event (speculative.py)."""
+
+    round: int  # the cloud round trip that scored this token
+    kept: bool = False  # this token is the device's draft, kept by the verification
+    sent: int = 0  # on a stream's first event of a round: how many drafts it sent
+    rejected: int = 0  # drafted tokens the cloud saw this round and were not kept
+    outside_top_k: bool = False  # the rejected draft token was outside the cloud's top-k
+
 
 @dataclass
 class Speculation:
@@ -56,15 +67,16 @@ class Speculation:
         return self.accepted / self.drafted if self.drafted else None
 
     def add(self, ev):
-        if ev.round < 0:
+        d = ev.draft
+        if d is None:
             return
-        if ev.round != self._last:
-            self.rounds, self._last = self.rounds + 1, ev.round
-        self.drafted += ev.drafts_sent
+        if d.round != self._last:
+            self.rounds, self._last = self.rounds + 1, d.round
+        self.drafted += d.sent
         self.tokens += 1
-        self.accepted += int(ev.drafted)
-        self.rejected += ev.rejected_drafts
-        self.outside_top_k += int(ev.outside_top_k)
+        self.accepted += int(d.kept)
+        self.rejected += d.rejected
+        self.outside_top_k += int(d.outside_top_k)
 
     def as_dict(self) -> dict:
         return {"round_trips": self.rounds, "drafted": self.drafted, "accepted": self.accepted,
@@ -222,14 +234,13 @@ def _verify(reply, s: str, lane: "Lane", draft: list[int], b_rows, round_trip: i
         ev, kept = reply.decide(s, len(lane.answer) + i, b_rows[i], lambda: lane.ds[i],
                                 cloud_ms if i == 0 else 0.0, device_ms if i == 0 else 0.0,
                                 None if x is None else (x, lane.qs[i]))
-        ev.drafted, ev.round = kept, round_trip
-        ev.drafts_sent = len(draft) if i == 0 else 0
+        ev.draft = DraftRound(round_trip, kept, len(draft) if i == 0 else 0)
         emitted.append(ev.token_id)
         done = ev.finish is not None
         if x is not None and (not kept or done):
             unused = draft[i + (1 if kept else 0):]
-            ev.rejected_drafts = len(unused)
-            ev.outside_top_k = not kept and not bool(torch.isfinite(b_rows[i][x]))
+            ev.draft.rejected = len(unused)
+            ev.draft.outside_top_k = not kept and not bool(torch.isfinite(b_rows[i][x]))
             reply.rejected(s, unused)
         yield ev
         if done:

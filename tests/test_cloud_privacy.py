@@ -38,7 +38,8 @@ def test_no_personal_data_reaches_the_cloud(tmp_path, lm):
                 context = store.build_context(user, prompt)
                 assert canaries[user] in context  # the device model did read the canary
                 contexts.append(context)
-                events = list(engine.stream([{"role": "user", "content": prompt}], context, DecodeSpec("side_by_side", sampling=Sampling(max_new_tokens=8))))
+                spec = DecodeSpec("side_by_side", sampling=Sampling(max_new_tokens=8))
+                events = list(engine.stream([{"role": "user", "content": prompt}], context, spec))
                 assert events
     records = [json.loads(line) for line in audit.read_text(encoding="utf-8").splitlines()]
     raw = audit.read_text(encoding="utf-8")

@@ -56,7 +56,8 @@ def test_steering_across_tokenizers_both_ways(lm, gemma):
         engine = build_engine(cloud, local)
         assert engine.vocab_map is not None and not engine.same_model
         out = {}
-        events = list(engine.stream([{"role": "user", "content": "Suggest a plan for my Friday evening."}], OSAKA, DecodeSpec("side_by_side", sampling=Sampling(max_new_tokens=20))))
+        events = list(engine.stream([{"role": "user", "content": "Suggest a plan for my Friday evening."}], OSAKA,
+                                    DecodeSpec("side_by_side", sampling=Sampling(max_new_tokens=20))))
         for ev in events:
             out[ev.stream] = out.get(ev.stream, "") + ev.text
         assert out["steered"].strip() and out["unsteered"].strip()

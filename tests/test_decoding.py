@@ -138,7 +138,8 @@ def test_multi_turn_each_stream_keeps_its_conversation(engine):
     steered_conv = FRIDAY + [{"role": "assistant", "content": "- Jazz kissa\n- Tofu dinner"}, follow]
     unsteered_conv = FRIDAY + [{"role": "assistant", "content": "Dinner and a movie."}, follow]
     both = {}
-    for ev in engine.stream(steered_conv, OSAKA, DecodeSpec("side_by_side", SteeringParams(), GREEDY), unsteered_messages=unsteered_conv):
+    for ev in engine.stream(steered_conv, OSAKA, DecodeSpec("side_by_side", SteeringParams(), GREEDY),
+                            unsteered_messages=unsteered_conv):
         both[ev.stream] = both.get(ev.stream, "") + ev.text
     alone_u, _ = _texts(engine, "unsteered", messages=unsteered_conv)
     alone_s, _ = _texts(engine, "steered", messages=steered_conv)

@@ -169,8 +169,12 @@ def gemma():
 def test_gate_paper_mode_never_reopens_and_reopen_mode_does(engine):
     context = "I am a strict vegetarian living in Osaka. I love jazz and quiet places."
     sampling = Sampling(max_new_tokens=40)
-    paper = [ev.device_skipped for ev in engine.stream(FRIDAY, context, DecodeSpec("steered", sampling=sampling, gate=ConfidenceGate(0.6, 1, "paper")))]
-    reopen = [ev.device_skipped for ev in engine.stream(FRIDAY, context, DecodeSpec("steered", sampling=sampling, gate=ConfidenceGate(0.6, 1, "reopen")))]
+    paper = [ev.device_skipped for ev in engine.stream(FRIDAY, context, DecodeSpec("steered", sampling=sampling,
+                                                                                   gate=ConfidenceGate(0.6, 1,
+                                                                                                       "paper")))]
+    reopen = [ev.device_skipped for ev in engine.stream(FRIDAY, context, DecodeSpec("steered", sampling=sampling,
+                                                                                    gate=ConfidenceGate(0.6, 1,
+                                                                                                        "reopen")))]
     first = paper.index(True)
     assert all(paper[first:])  # closed for good
     assert any(a and not b for a, b in zip(reopen, reopen[1:]))  # closes and opens again

@@ -46,7 +46,8 @@ def test_a_local_folder_works_as_device_model(tiny_folder, lm):
     cloud, local = load_pair(None, str(tiny_folder))
     assert local is not cloud and local.name == str(tiny_folder)
     engine = build_engine(cloud, local)
-    events = list(engine.stream([{"role": "user", "content": "Hi"}], "I like tea.", DecodeSpec("side_by_side", sampling=Sampling(max_new_tokens=4))))
+    spec = DecodeSpec("side_by_side", sampling=Sampling(max_new_tokens=4))
+    events = list(engine.stream([{"role": "user", "content": "Hi"}], "I like tea.", spec))
     assert {e.stream for e in events} == {"steered", "unsteered"}
 
 

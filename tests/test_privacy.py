@@ -112,7 +112,8 @@ def test_deny_list_guarantee_holds_at_every_step_of_real_generations(engine, sto
         messages = [{"role": "user", "content": prompt}]
         plain = engine.generate(messages, context, DecodeSpec("steered", sampling=Sampling(max_new_tokens=48)))
         plain_exposed += len(exposure(terms, plain["texts"]["steered"]).exposed)
-        for ev in engine.stream(messages, context, DecodeSpec("side_by_side", sampling=Sampling(max_new_tokens=48), defences=Defences(deny_ids=deny))):
+        spec = DecodeSpec("side_by_side", sampling=Sampling(max_new_tokens=48), defences=Defences(deny_ids=deny))
+        for ev in engine.stream(messages, context, spec):
             if ev.stream == "steered" and not ev.device_skipped:
                 assert ev.deny_margin <= 1e-6, (prompt, ev.step, ev.deny_margin)
                 steps += 1
@@ -123,7 +124,9 @@ def test_deny_list_guarantee_holds_at_every_step_of_real_generations(engine, sto
 def test_noise_is_seeded_and_clipped(engine):
     messages = [{"role": "user", "content": "Plan my Friday evening."}]
     context = "Loves jazz kissa in Nakazakicho. Strict vegetarian."
-    runs = [engine.generate(messages, context, DecodeSpec("steered", sampling=Sampling(max_new_tokens=16), defences=Defences(sigma=1.0, seed=s)))["texts"]["steered"] for s in (1, 1, 2)]
+    noisy = [DecodeSpec("steered", sampling=Sampling(max_new_tokens=16), defences=Defences(sigma=1.0, seed=s))
+             for s in (1, 1, 2)]
+    runs = [engine.generate(messages, context, spec)["texts"]["steered"] for spec in noisy]
     assert runs[0] == runs[1] and runs[0] != runs[2]
     clip = Defended(ClosedForm(SteeringParams()), Defences(tau=0.5), 0)
     assert float(clip.delta(torch.tensor([-3.0, 0.2, 9.0])).abs().max()) == pytest.approx(0.5)
@@ -147,7 +150,8 @@ def test_attacker_tells_a_personas_own_words_from_the_others(lm, store):
 def test_reply_audit_of_a_real_side_by_side_turn(engine, store):
     messages = [{"role": "user", "content": "Suggest a plan for my Friday evening."}]
     transcript = CloudTranscript()
-    engine.generate(messages, store.build_context(KENJI, messages[0]["content"]), DecodeSpec("side_by_side", sampling=Sampling(max_new_tokens=32)), transcript)
+    spec = DecodeSpec("side_by_side", sampling=Sampling(max_new_tokens=32))
+    engine.generate(messages, store.build_context(KENJI, messages[0]["content"]), spec, transcript)
     audit = audit_reply(store.entries(KENJI), messages, transcript, engine.cloud.tokenizer)
     reply = {s: engine.cloud.tokenizer.decode(transcript.token_ids[s], skip_special_tokens=True) for s in transcript.token_ids}
     terms = distinctive_terms(store.entries(KENJI), [messages[0]["content"]])

@@ -31,7 +31,8 @@ def test_repetition_control_matches_transformers_processors(penalty, n):
 
 
 def test_no_repeat_ngrams_holds_in_a_real_answer(engine):
-    out = engine.generate([{"role": "user", "content": "Repeat the word 'jazz' again and again."}], "", DecodeSpec("unsteered", sampling=Sampling(max_new_tokens=48, no_repeat_ngram_size=3)))
+    out = engine.generate([{"role": "user", "content": "Repeat the word 'jazz' again and again."}], "",
+                          DecodeSpec("unsteered", sampling=Sampling(max_new_tokens=48, no_repeat_ngram_size=3)))
     ids = engine.cloud.tokenizer(out["texts"]["unsteered"], add_special_tokens=False)["input_ids"]
     assert repeated_ngram_share(ids, 3) == 0.0 or len(ids) < 3
 
@@ -40,7 +41,9 @@ def test_both_streams_get_the_same_rules(engine):
     """With beta = 0 steering is off (C = 0): the two streams must then be the same text."""
     params = SteeringParams(beta=0.0)
     for rp, n in ((1.3, 0), (1.0, 3)):
-        out = engine.generate([{"role": "user", "content": "Suggest a plan for my Friday evening."}], "Strict vegetarian in Osaka.", DecodeSpec("side_by_side", params, Sampling(max_new_tokens=24, repetition_penalty=rp, no_repeat_ngram_size=n)))
+        out = engine.generate([{"role": "user", "content": "Suggest a plan for my Friday evening."}],
+                              "Strict vegetarian in Osaka.", DecodeSpec("side_by_side", params, Sampling(
+                                  max_new_tokens=24, repetition_penalty=rp, no_repeat_ngram_size=n)))
         assert out["texts"]["steered"] == out["texts"]["unsteered"]
 
 
@@ -52,7 +55,8 @@ def test_repeated_ngram_share():
 
 def test_latency_summary_counts_each_step_once(engine):
     latency = Latency()
-    for ev in engine.stream([{"role": "user", "content": "Hi"}], "ctx", DecodeSpec("side_by_side", sampling=Sampling(max_new_tokens=6))):
+    for ev in engine.stream([{"role": "user", "content": "Hi"}], "ctx",
+                            DecodeSpec("side_by_side", sampling=Sampling(max_new_tokens=6))):
         latency.add(ev)
     latency.done()
     s = latency.summary()

@@ -221,7 +221,9 @@ def test_drafts_and_chosen_tokens_respect_the_deny_list(lm, split):
         want, _, _ = run(split, prompt, context, tokens=32, defences=Defences(deny_ids=deny, sigma=0.3, seed=1))
         margins = []
         ids, spec, transcript = [], Speculation(), CloudTranscript()
-        for ev in split.stream([{"role": "user", "content": prompt}], context, DecodeSpec("steered", sampling=Sampling(max_new_tokens=32), defences=Defences(deny_ids=deny, sigma=0.3, seed=1), speculate=4), transcript):
+        decode = DecodeSpec("steered", sampling=Sampling(max_new_tokens=32),
+                            defences=Defences(deny_ids=deny, sigma=0.3, seed=1), speculate=4)
+        for ev in split.stream([{"role": "user", "content": prompt}], context, decode, transcript):
             ids.append(ev.token_id)
             spec.add(ev)
             margins.append(ev.deny_margin)

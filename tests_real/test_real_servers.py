@@ -31,7 +31,8 @@ def remote(url, lm, top_k=20):
 
 def ids_by_stream(engine, prompt, context, mode, tokens=32):
     out, ms = {}, []
-    for ev in engine.stream([{"role": "user", "content": prompt}], context, DecodeSpec(mode, sampling=Sampling(max_new_tokens=tokens))):
+    for ev in engine.stream([{"role": "user", "content": prompt}], context,
+                            DecodeSpec(mode, sampling=Sampling(max_new_tokens=tokens))):
         out.setdefault(ev.stream, []).append(ev.token_id)
         ms.append(ev.cloud_ms)
     return out, ms
@@ -178,7 +179,8 @@ def _speculated(engine, prompt, context, mode, k, tokens=32):
     from costeer.speculative import Speculation
 
     out, spec = {}, {}
-    for ev in engine.stream([{"role": "user", "content": prompt}], context, DecodeSpec(mode, sampling=Sampling(max_new_tokens=tokens), speculate=k)):
+    for ev in engine.stream([{"role": "user", "content": prompt}], context,
+                            DecodeSpec(mode, sampling=Sampling(max_new_tokens=tokens), speculate=k)):
         out.setdefault(ev.stream, []).append(ev.token_id)
         spec.setdefault(ev.stream, Speculation()).add(ev)
     return out, spec

@@ -275,7 +275,10 @@ class Studio:
         context = self.context_for(user, message)
         turn = {"role": "user", "content": message}
         transcript, events = CloudTranscript(), []
-        stream = self.engine.stream(conv["steered"] + [turn], context, DecodeSpec("side_by_side" if side else "steered", params, sampling, gate=gate, defences=defences, speculate=speculate, overlap=self.remote()), transcript, unsteered_messages=conv["unsteered"] + [turn])
+        spec = DecodeSpec("side_by_side" if side else "steered", params, sampling, gate=gate, defences=defences,
+                          speculate=speculate, overlap=self.remote())
+        stream = self.engine.stream(conv["steered"] + [turn], context, spec, transcript,
+                                    unsteered_messages=conv["unsteered"] + [turn])
         finished = yield from self._tokens(session, run, stream, screen, events)
         if not finished:
             return
@@ -527,7 +530,8 @@ class Studio:
         message = F.MESSAGE.check(message).strip()
         params = make_params(T, eta, lam, alpha, beta)
         sampling = make_sampling(temperature, top_p, seed, max_new_tokens, repetition_penalty, no_repeat_ngram_size)
-        out = self.engine.generate([{"role": "user", "content": message}], self.context_for(user, message), DecodeSpec("side_by_side", params, sampling, defences=self.defences_for(user)))
+        out = self.engine.generate([{"role": "user", "content": message}], self.context_for(user, message),
+                                   DecodeSpec("side_by_side", params, sampling, defences=self.defences_for(user)))
         steered_side = self.rng.choice("AB")
         a, b = ((out["texts"]["steered"], out["texts"]["unsteered"]) if steered_side == "A"
                 else (out["texts"]["unsteered"], out["texts"]["steered"]))
@@ -562,7 +566,8 @@ class Studio:
         params = make_params(T, eta, lam)
         sampling = make_sampling(max_new_tokens=max_new_tokens, repetition_penalty=repetition_penalty,
                                  no_repeat_ngram_size=no_repeat_ngram_size)
-        out = self.engine.generate([{"role": "user", "content": message}], self.context_for(user, message), DecodeSpec("side_by_side", params, sampling, defences=self.defences_for(user)))
+        out = self.engine.generate([{"role": "user", "content": message}], self.context_for(user, message),
+                                   DecodeSpec("side_by_side", params, sampling, defences=self.defences_for(user)))
         return out["texts"]["unsteered"], out["texts"]["steered"]
 
     def history(self, user) -> list[dict]:
