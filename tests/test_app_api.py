@@ -18,6 +18,7 @@ def client(app):
     return Client(app[0], verbose=False)
 
 
+@pytest.mark.slow
 def test_named_endpoints_exist(client):
     names = set(client.view_api(print_info=False, return_format="dict")["named_endpoints"])
     assert {"/generate_pair", "/add_history", "/history", "/ratings_summary", "/create_user", "/load_persona",
@@ -25,6 +26,7 @@ def test_named_endpoints_exist(client):
     assert "/rate" not in names  # it took any text as a vote; votes now name a pair the server issued
 
 
+@pytest.mark.slow
 def test_history_generate_summary(client, app):
     store = UserStore(app[1])
     store.add_user("mia")
@@ -75,6 +77,7 @@ def test_load_failure_is_one_line_and_nonzero(tmp_path):
     assert r.returncode == 1 and "model load failed" in r.stderr and "Traceback" not in r.stderr
 
 
+@pytest.mark.slow
 def test_a_read_only_database_is_said_at_start_and_refused_in_words(tmp_path):
     """The file is made immutable (chattr +i, as root can on ext4): SQLite then opens it read-only."""
     import shutil

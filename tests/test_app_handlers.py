@@ -35,6 +35,7 @@ def _chat(studio, message, conv, side=True, user=KENJI, request=TAB, **kw):
     return last
 
 
+@pytest.mark.slow
 def test_chat_echoes_at_once_streams_and_keeps_two_conversations(studio):
     steps = list(studio.chat(KENJI, "Plan my Friday evening", True, *_args(max_new_tokens=24), new_conversation(),
                              request=TAB))
@@ -75,6 +76,7 @@ def test_chat_without_side_by_side_runs_steered_only(studio):
     assert isinstance(u_chat, dict) and s_chat[-1]["content"].strip()  # the hidden pane is not touched
 
 
+@pytest.mark.slow
 def test_switching_user_mid_stream_ends_the_reply_and_keeps_nothing(studio):
     studio.store.import_file(persona_files()["Jay (teen gamer)"])
     conv = new_conversation()
@@ -241,6 +243,7 @@ def test_full_disk_and_read_only_database_are_messages(studio, tmp_path):
     assert studio.store.writable_problem() is None
 
 
+@pytest.mark.slow
 def test_blind_ab_vote_results_and_csv(studio):
     seen_sides = set()
     for i in range(6):
@@ -277,6 +280,7 @@ def test_votes_csv_does_not_carry_formulas(studio):
     assert row["rater"] == "'" + formula and row["answer_a"] == "'+1" and row["answer_b"] == "'@SUM(A1)"
 
 
+@pytest.mark.slow
 def test_parameter_explorer_flags_word_salad_and_runs_equal_C_once(studio):
     rows, fig = studio.explore(KENJI, "Plan my Friday evening", "lam", "0.5, 2, 2.0", 20, 10, 2, 2, 1, 32,
                                progress=lambda *a, **k: None)
@@ -305,6 +309,7 @@ def test_demo_decoding_is_documented():
     assert f"no repeated {DEMO_DECODING['no_repeat_ngram_size']}-grams" in readme
 
 
+@pytest.mark.slow
 def test_chat_takes_the_sensitive_entries_and_the_noise_knobs(studio):
     entry = next(e for e in studio.store.entries(KENJI) if "Nakazakicho" in e["text"])
     studio.store.update_entry(entry["id"], sensitive=True)
@@ -318,6 +323,7 @@ def test_chat_takes_the_sensitive_entries_and_the_noise_knobs(studio):
         _chat(studio, "hi", new_conversation(), tau=11)
 
 
+@pytest.mark.slow
 def test_chat_speculates_with_the_same_answer_and_counts_rejected_drafts(studio):
     """speculate K gives the same greedy answer; the latency readout counts round trips and drafts;
     with noise on d some drafts are rejected, and the privacy panel shows them as cloud-visible."""

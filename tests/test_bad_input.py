@@ -98,6 +98,7 @@ def test_the_corpus_is_large_enough():
     assert len(CASES) >= 117
 
 
+@pytest.mark.slow
 def test_every_bad_api_input_is_refused_in_words(app):
     url, db = app
     store = UserStore(db)

@@ -11,6 +11,8 @@ from apprunner import running_app
 from conftest import ROOT
 from user_store import UserStore
 
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = ROOT / "artifacts"
 KENJI = "Kenji (Osaka, vegetarian, jazz)"

@@ -9,6 +9,7 @@ OSAKA = ("I am a strict vegetarian living in Osaka. I love jazz and quiet places
          "I always answer in short bullet points.")
 
 
+@pytest.mark.slow
 def test_generate_json_steered_differs_from_unsteered():
     r = run_cli(["-m", "costeer", "generate", "--json", "--max-new-tokens", "40", "--repetition-penalty", "1.1",
                  "--no-repeat-ngram-size", "4", "--prompt", "Suggest a plan for my Friday evening.", "--context", OSAKA])
@@ -25,6 +26,7 @@ def test_generate_json_steered_differs_from_unsteered():
     assert set(lat["per_step_ms"]) == {"cloud", "device", "steering", "ui", "other"} and lat["per_step_ms"]["cloud"] > 0
 
 
+@pytest.mark.slow
 def test_bad_arguments_exit_2_naming_the_field():
     for args, word in ((["--T", "0"], "T must be an integer in [1, 1000]"),
                        (["--eta", "-1"], "eta must be > 0"),
@@ -43,6 +45,7 @@ def test_unloadable_model_is_one_line_exit_1(tmp_path):
     assert "model load failed" in r.stderr and str(tmp_path / "missing") in r.stderr
 
 
+@pytest.mark.slow
 def test_bench_reports_every_figure():
     r = run_cli(["-m", "costeer", "bench", "--tokens", "4", "--repeats", "1", "--json"])
     assert r.returncode == 0, r.stderr
@@ -70,6 +73,7 @@ def _one_line_error(r, code=2):
     return r.stderr
 
 
+@pytest.mark.slow
 def test_bad_text_and_files_are_one_line_errors(tmp_path):
     """Each of these printed a traceback before."""
     bad = tmp_path / "latin1.txt"
@@ -87,6 +91,7 @@ def test_bad_text_and_files_are_one_line_errors(tmp_path):
     assert (tmp_path / "notes.db").read_text().startswith("just some text")  # nothing written into it
 
 
+@pytest.mark.slow
 def test_too_long_a_prompt_is_refused_in_words():
     err = _one_line_error(run_cli(["-m", "costeer", "generate", "--prompt", "word " * 9000, "--max-new-tokens", "4"]))
     assert "conversation too long" in err and "context of 8192 tokens" in err
@@ -111,6 +116,7 @@ def test_app_checks_top_k():
     assert "--top-k must be an integer in [1, 1000]" in err
 
 
+@pytest.mark.slow
 def test_issue_23_cli_inputs_are_one_line_errors(tmp_path):
     """Each printed a traceback (or hung) before: a huge -k, /dev/zero and a FIFO as import files,
     a broken --cloud-url, eval rows nested deeply, with a NUL or integer title, a lone surrogate."""
@@ -150,6 +156,7 @@ def test_replace_of_another_users_history_needs_yes(tmp_path):
     assert "Likes fado" not in run_cli([*db, "entries", "Ana"]).stdout
 
 
+@pytest.mark.slow
 def test_the_installed_commands_are_the_modules_commands(tmp_path):
     """`pip install -e .` (scripts/install.sh) gives `costeer`, `costeer-store` and `costeer-studio`:
     the same parsers as `python -m costeer`, `python -m user_store` and `python app.py`, from any folder."""

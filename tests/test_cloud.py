@@ -82,6 +82,7 @@ def test_bad_requests_are_400_with_a_reason(cloud_url, body, message):
     assert status == 400 and message in out["detail"]
 
 
+@pytest.mark.slow
 def test_remote_engine_steers_among_the_clouds_top_k(cloud_url, lm, engine):
     r_engine = remote_engine(cloud_url, lm, top_k=20)
     assert r_engine.cloud.model_id == lm.name
@@ -198,11 +199,13 @@ def test_connection_refused_is_retried_then_reported(lm):
     assert time.time() - start < 15
 
 
+@pytest.mark.slow
 def test_cli_with_a_dead_cloud_is_one_line_exit_1():
     r = run_cli(["-m", "costeer", "generate", "--prompt", "hi", "--cloud-url", f"http://127.0.0.1:{free_port()}/v1"])
     assert r.returncode == 1 and "cannot connect" in r.stderr and "Traceback" not in r.stderr
 
 
+@pytest.mark.slow
 def test_app_runs_against_the_remote_cloud(cloud_url, tmp_path):
     """Two processes: `serve-cloud` and `app.py --cloud-url`, the same demo as one process."""
     from gradio_client import Client
@@ -259,6 +262,7 @@ def test_two_rows_extending_one_cached_prompt_both_hit(cloud_url, lm):
     assert second["usage"]["cache_hits"] == first["usage"]["cache_hits"] + 1
 
 
+@pytest.mark.slow
 def test_health_answers_while_busy_and_a_client_that_leaves_cancels_its_work(small_cloud):
     import http.client
     import socket
@@ -284,6 +288,7 @@ def test_health_answers_while_busy_and_a_client_that_leaves_cancels_its_work(sma
     assert now["cancelled"] == before["cancelled"] + 1 and now["completed"] == before["completed"]
 
 
+@pytest.mark.slow
 def test_sigterm_stops_a_busy_server_promptly(tmp_path):
     import signal
     import subprocess
@@ -361,6 +366,7 @@ def _post_big(url: str, path: str, body: dict) -> tuple[int, dict]:
     return out
 
 
+@pytest.mark.slow
 def test_huge_bodies_are_refused_before_any_work_and_health_keeps_answering(tmp_path):
     """Issue 23: a 20 MB text prompt froze /health for 25 s and kept ~2 GB; a 5 MB /tokenize took
     6.8 s; refused bodies were written to the audit log in full; logprobs over the vocabulary

@@ -1,5 +1,6 @@
 """The privacy claim, checked on the wire: a cloud in its own process audits every request it gets;
 steered generations for users whose histories hold canaries leak nothing of them."""
+import pytest
 import json
 import uuid
 
@@ -19,6 +20,7 @@ HISTORIES = {
 }
 
 
+@pytest.mark.slow
 def test_no_personal_data_reaches_the_cloud(tmp_path, lm):
     audit = tmp_path / "audit.jsonl"
     store = UserStore(tmp_path / "c.db")

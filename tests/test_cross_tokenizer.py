@@ -29,6 +29,7 @@ def test_token_normalization():
     assert token_bytes("▁▁", byte_level=False) == b"  "
 
 
+@pytest.mark.slow
 def test_vocabulary_intersection_of_the_two_real_tokenizers(lm, gemma):
     m = VocabMap(lm.tokenizer, gemma.tokenizer, lm.vocab_size, gemma.vocab_size)
     assert 40_000 < m.size < 49_152
@@ -51,6 +52,7 @@ def test_vocabulary_intersection_of_the_two_real_tokenizers(lm, gemma):
     assert m.mass_covered(uniform) == pytest.approx(m.size / lm.vocab_size, rel=1e-4)
 
 
+@pytest.mark.slow
 def test_steering_across_tokenizers_both_ways(lm, gemma):
     for cloud, local in ((lm, gemma), (gemma, lm)):
         engine = build_engine(cloud, local)
@@ -65,6 +67,7 @@ def test_steering_across_tokenizers_both_ways(lm, gemma):
         assert all(ev.token_id < cloud.vocab_size for ev in events)
 
 
+@pytest.mark.slow
 def test_generate_cli_with_different_tokenizers(gemma):
     r = run_cli(["-m", "costeer", "generate", "--json", "--max-new-tokens", "12", "--cloud-model", "bundled:gemma-3-270m",
                  "--local-model", "default", "--prompt", "Suggest a plan for my Friday evening.", "--context", OSAKA])

@@ -22,6 +22,7 @@ def _texts(engine, mode, context=OSAKA, messages=FRIDAY, params=SteeringParams()
     return out, ids
 
 
+@pytest.mark.slow
 def test_batched_rows_match_unbatched_rows(lm):
     """Left padding, masks and positions: a row in a padded batch decodes as it does alone."""
     short, long = build_prompts(lm.tokenizer, FRIDAY, OSAKA)
@@ -38,6 +39,7 @@ def test_batched_rows_match_unbatched_rows(lm):
             alone[i].step([tokens[i]])
 
 
+@pytest.mark.slow
 def test_side_by_side_equals_each_mode_alone(engine):
     both, _ = _texts(engine, "side_by_side")
     steered, _ = _texts(engine, "steered")
@@ -46,12 +48,14 @@ def test_side_by_side_equals_each_mode_alone(engine):
     assert both["unsteered"] == unsteered["unsteered"]
 
 
+@pytest.mark.slow
 def test_steering_changes_the_answer(engine):
     both, _ = _texts(engine, "side_by_side")
     assert both["steered"].strip() and both["unsteered"].strip()
     assert both["steered"] != both["unsteered"]
 
 
+@pytest.mark.slow
 def test_engine_matches_the_papers_naive_loop(engine):
     """The fast path (closed form, shared batched rows) picks the tokens the published loop picks."""
     _, ids = _texts(engine, "steered")
@@ -59,11 +63,13 @@ def test_engine_matches_the_papers_naive_loop(engine):
     assert ids["steered"] == naive
 
 
+@pytest.mark.slow
 def test_empty_context_means_no_steering(engine):
     both, ids = _texts(engine, "side_by_side", context="")
     assert ids["steered"] == ids["unsteered"]
 
 
+@pytest.mark.slow
 def test_events_carry_what_the_ui_needs(engine):
     events = list(engine.stream(FRIDAY, OSAKA, DecodeSpec("side_by_side", SteeringParams(), GREEDY)))
     steered = [e for e in events if e.stream == "steered"]
@@ -87,6 +93,7 @@ def test_max_new_tokens_and_finish_reason(engine):
     assert len(events) == 5 and events[-1].finish == "length"
 
 
+@pytest.mark.slow
 def test_stop_string_cuts_the_text(engine):
     full, _ = _texts(engine, "unsteered", sampling=Sampling(max_new_tokens=40))
     text = full["unsteered"]
@@ -95,6 +102,7 @@ def test_stop_string_cuts_the_text(engine):
     assert cut["unsteered"] == text[: text.index(stop)]
 
 
+@pytest.mark.slow
 def test_seeded_sampling_is_reproducible(engine):
     s = Sampling(max_new_tokens=16, temperature=0.9, top_p=0.9, seed=1234)
     a, _ = _texts(engine, "side_by_side", sampling=s)

@@ -146,6 +146,7 @@ def test_incremental_text_is_linear_and_exact(lm):
     assert len(ids) > 300 and max(widths) <= 8  # a short window each step, not the whole answer
 
 
+@pytest.mark.slow
 def test_lazy_rows_past_a_sliding_window(gemma):
     """Gemma 3's sliding-window layers cannot be cropped once full: the rows start over instead."""
     window = gemma.model.config.sliding_window

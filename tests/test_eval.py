@@ -75,6 +75,7 @@ def test_sample_set_and_longlamp_rows(tmp_path):
         load_rows(bad)
 
 
+@pytest.mark.slow
 def test_real_run_json_resume_and_sweep_plot(tmp_path):
     out, plot = tmp_path / "rows.jsonl", tmp_path / "sweep.png"
     args = ["-m", "costeer", "eval", "--data", str(SAMPLE), "--limit", "2", "--max-new-tokens", "6",

@@ -4,10 +4,14 @@ import threading
 import time
 import uuid
 
+import pytest
+
 from gradio_client import Client
 
 from apprunner import running_app
 from user_store import UserStore
+
+pytestmark = [pytest.mark.load, pytest.mark.slow]
 
 CLIENTS = 8
 SECONDS = 30

@@ -99,6 +99,7 @@ def test_every_word_of_a_sensitive_entry_is_listed_but_function_words_and_letter
     assert deny_list([{**entry, "sensitive": False}], tok) == []
 
 
+@pytest.mark.slow
 def test_deny_list_guarantee_holds_at_every_step_of_real_generations(engine, store):
     entries = store.entries(KENJI)
     for e in entries:
@@ -205,6 +206,7 @@ def test_privacy_summary_arithmetic_on_known_inputs():
     assert s["costeer:deny=all"]["deny_margin_max"] == 0.0 and "slm_ctx" not in s
 
 
+@pytest.mark.slow
 def test_eval_privacy_cli_on_two_personas(tmp_path):
     rows = [json.loads(line) for line in (ROOT / "assets" / "eval" / "sample.jsonl").read_text().splitlines()]
     data = tmp_path / "two.jsonl"

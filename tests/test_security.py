@@ -52,6 +52,7 @@ def test_suite_blocks_egress_except_loopback(request):
     assert socket.socket.connect is not pytest_socket._true_connect
 
 
+@pytest.mark.slow
 def test_database_is_not_served_by_the_file_route(app):
     url, db = app
     for path in (db.resolve(), db.resolve().parent / "costeer.db-wal", db.relative_to(ROOT)):
@@ -106,11 +107,13 @@ def test_non_loopback_bind_without_auth_refuses_to_start(tmp_path):
     assert not (tmp_path / "c.db").exists()  # refused before touching anything
 
 
+@pytest.mark.slow
 def test_non_loopback_bind_with_insecure_flag_starts(tmp_path):
     with running_app(tmp_path / "c.db", "--host", "0.0.0.0", "--insecure-no-auth") as url:
         assert _get(url)[0] == 200
 
 
+@pytest.mark.slow
 def test_auth_protects_the_app(tmp_path):
     with running_app(tmp_path / "c.db", "--auth", "demo:s3cret") as url:
         status, _ = _get(f"{url}gradio_api/info")
@@ -146,6 +149,7 @@ def test_cli_and_app_switch_the_hub_off(tmp_path):
     assert r.returncode == 1 and "--allow-downloads" in r.stderr and "Traceback" not in r.stderr
 
 
+@pytest.mark.slow
 def test_strangers_get_bounded_work_from_the_raters_page_and_the_login(tmp_path):
     """Issue 23: without any token, the raters' page took 50 uploads (110 MB), held 3,000 unread
     queue joins (+210 MB), answered an unknown fn_index with a 500 and a traceback; the login took

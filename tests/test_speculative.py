@@ -63,6 +63,7 @@ def test_trail_row_scores_every_prefix_like_fresh_rows(lm):
 
 
 @pytest.mark.parametrize("mode", ["steered", "side_by_side"])
+@pytest.mark.slow
 def test_greedy_speculation_is_token_identical_in_process(split, mode):
     """Each persona with another K (2, 4, 8), and the overlapped K = 1 once."""
     for (prompt, persona), k in zip(PERSONAS, (2, 4, 8)):
@@ -76,6 +77,7 @@ def test_greedy_speculation_is_token_identical_in_process(split, mode):
     assert got == want and spec["steered"].rounds == spec["steered"].tokens
 
 
+@pytest.mark.slow
 def test_rejected_drafts_are_counted_and_recorded(lm, split):
     """Noise on d makes the true steered choice differ from the device's draft (the draft draws noise
     of its own): rejections happen, the output stays identical, and every rejected token is in the
@@ -159,6 +161,7 @@ def test_expected_speedup_formula():
     assert expected_speedup(0.0, 4, 50, 20, 10) < 1  # drafts that are never kept only cost
 
 
+@pytest.mark.slow
 def test_through_serve_cloud_greedy_is_identical_and_drafts_are_what_it_saw(lm, tmp_path):
     """Over HTTP: one request per round with nested rows, scored by serve-cloud in one forward;
     output identical to the per-token loop for steered and side by side; every rejected draft
@@ -203,6 +206,7 @@ def test_through_serve_cloud_greedy_is_identical_and_drafts_are_what_it_saw(lm, 
 HEALTH = {"title": "Health", "text": "My HIV diagnosis came in 2021. I take Biktarvy every morning.", "sensitive": 1}
 
 
+@pytest.mark.slow
 def test_drafts_and_chosen_tokens_respect_the_deny_list(lm, split):
     """Issue 23: with speculate 4 the drafts were steered with the raw delta, and the cloud saw
     `Bikt` and ` HIV Bik` while the margin said "held". Drafts now go through the same defences and

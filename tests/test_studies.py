@@ -263,6 +263,7 @@ def test_the_csv_export_carries_no_formulas(tmp_path):
 
 
 # -- pre-generation with the bundled model -------------------------------------------------------
+@pytest.mark.slow
 def test_pregeneration_batches_dedupes_equal_strengths_and_resumes(engine, tmp_path):
     from studies.pregenerate import Pregenerator
 

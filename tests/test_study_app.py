@@ -68,6 +68,8 @@ def app(tmp_path_factory):
     assert "Traceback" not in log, log[-3000:]
 
 
+@pytest.mark.load
+@pytest.mark.slow
 def test_a_study_from_a_script_twelve_raters_at_once_while_another_generates(app):
     url, db = app
     owner = Client(url, verbose=False)
@@ -184,6 +186,7 @@ def _get(url: str) -> str:
         return r.read().decode()
 
 
+@pytest.mark.slow
 def test_what_is_marked_sensitive_never_reaches_a_rater_and_unsharing_reaches_old_studies(app):
     """Issue 23: a sensitive entry ("My HIV diagnosis… Biktarvy") was on the raters' persona card,
     and the copy in study_items outlived deleting the entry."""
@@ -264,6 +267,7 @@ def queue_call(base: str, fn_index: int, data: list, cookie: str | None = None):
     return status, None
 
 
+@pytest.mark.slow
 def test_with_auth_the_owner_page_answers_no_one_else_and_raters_reach_only_their_study(tmp_path):
     db = tmp_path / "auth.db"
     UserStore(db).import_file(ROOT / "assets" / "personas" / "kenji_osaka.json")
@@ -327,6 +331,7 @@ def test_the_owner_gate_refuses_a_request_that_is_not_the_owners():
 
 
 # -- SIGKILL -------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_sigkill_while_voting_and_generating_loses_no_acknowledged_vote_and_generation_resumes(tmp_path):
     db = tmp_path / "kill.db"
     port = free_port()
