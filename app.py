@@ -14,8 +14,8 @@ import sys
 import threading
 from pathlib import Path
 
-from costeer.loading import add_model_args, bounded_int
-from costeer.models import cache_dir, set_offline
+from costeer.models.options import add_model_args, bounded_int
+from costeer.models.load import cache_dir, set_offline
 from ui.limits import JOIN_BURST, JOIN_RATE
 
 ASSETS = Path(__file__).resolve().parent / "assets"
@@ -85,7 +85,7 @@ def main(argv=None):
         sys.exit(2)
     os.environ["GRADIO_TEMP_DIR"] = str(private_temp_dir(cache_dir()))
 
-    from costeer.loading import load_engine_or_exit
+    from costeer.models.options import load_engine_or_exit
     from user_store import StoreError, UserStore
 
     engine = load_engine_or_exit(args, prog="app")  # a load failure prints one line and exits 1

@@ -7,38 +7,38 @@ import os
 import sys
 from pathlib import Path
 
-from .loading import add_model_args as _add_model_args
-from .loading import bounded_int as _positive_int
-from .loading import load_engine_or_exit
-from .models import DEFAULT_MODEL, DTYPES, ModelLoadError, load_model, set_offline
-from .loading import text_arg, writable_file_problem
-from .policy import T_MAX, SteeringParams, effective_strength
-from .spec import MAX_SPECULATE, DecodeSpec
+from costeer.engine.spec import MAX_SPECULATE, DecodeSpec
+from costeer.models.load import DEFAULT_MODEL, DTYPES, ModelLoadError, load_model, set_offline
+from costeer.models.options import add_model_args as _add_model_args
+from costeer.models.options import bounded_int as _positive_int
+from costeer.models.options import load_engine_or_exit
+from costeer.models.options import text_arg, writable_file_problem
+from costeer.steering.policy import T_MAX, SteeringParams, effective_strength
 
 
 def add_decoding_args(p: argparse.ArgumentParser):
-    """Repetition control, as transformers' generate defines it (costeer/sampling.py); off by default,
+    """Repetition control, as transformers' generate defines it (costeer/engine/sampling.py); off by default,
     which is the paper's plain decoding."""
     p.add_argument("--repetition-penalty", type=float, default=1.0, help="1 = off (default); e.g. 1.1")
     p.add_argument("--no-repeat-ngram-size", type=int, default=0, help="0 = off (default); e.g. 4")
 
 
 def decoding(args, max_new_tokens: int):
-    from .sampling import Sampling
+    from costeer.engine.sampling import Sampling
 
     return Sampling(max_new_tokens=max_new_tokens, repetition_penalty=args.repetition_penalty,
                     no_repeat_ngram_size=args.no_repeat_ngram_size)
 
 
 def cmd_generate(args, parser):
-    from .decoding import Defences
+    from costeer.engine.decoding import Defences
 
     noise, gate, params, sampling = _generate_settings(args, parser)
     context = _context_arg(args, parser)
     engine = load_engine_or_exit(args)
     defences = noise
     if args.deny:
-        from .privacy import deny_token_ids
+        from costeer.evaluation.privacy import deny_token_ids
 
         defences = Defences(deny_token_ids(engine.cloud.tokenizer, args.deny), noise.tau, noise.sigma, noise.seed)
     summary, transcript = _generate(engine, args, parser, context, params, sampling, gate, defences)
@@ -58,7 +58,7 @@ def cmd_generate(args, parser):
 
 def _generate_settings(args, parser):
     """The noise, the gate, the steering and the decoding, each checked (a bad value exits 2 naming it)."""
-    from .decoding import ConfidenceGate, Defences, Sampling
+    from costeer.engine.decoding import ConfidenceGate, Defences, Sampling
 
     try:
         noise = Defences(tau=args.tau, sigma=args.sigma, seed=args.seed)  # the deny-list's ids need the tokenizer
@@ -87,9 +87,9 @@ def _context_arg(args, parser) -> str:
 def _generate(engine, args, parser, context, params, sampling, gate, defences):
     """Both answers side by side, folded (summary.ReplySummary), and the transcript of what the
     cloud received."""
-    from .cloud import CloudError
-    from .decoding import CloudTranscript
-    from .summary import ReplySummary
+    from costeer.engine.cloud import CloudError
+    from costeer.engine.decoding import CloudTranscript
+    from costeer.engine.summary import ReplySummary
 
     transcript = CloudTranscript()
     try:
@@ -105,7 +105,7 @@ def _generate(engine, args, parser, context, params, sampling, gate, defences):
 
 
 def _generate_json(engine, args, params, sampling, defences, summary, transcript) -> dict:
-    from .defences import sent_deny_ids
+    from costeer.steering.defences import sent_deny_ids
 
     steered = summary["steered"]
     return {"unsteered": summary["unsteered"].text, "steered": steered.text,
@@ -141,8 +141,8 @@ def _int_list(name: str, lo: int, hi: int):
 
 
 def cmd_remote_bench(args, parser):
-    from .cloud import CloudError
-    from .remote_bench import remote_bench, table_markdown
+    from costeer.engine.cloud import CloudError
+    from costeer.bench.remote import remote_bench, table_markdown
 
     rtts, ks = args.rtt_ms, args.speculate  # argparse applies `type` to the string defaults too
     try:
@@ -163,12 +163,12 @@ def cmd_remote_bench(args, parser):
 
 
 def cmd_bench(args, parser):
-    from .bench import run_bench
+    from costeer.bench.speed import run_bench
 
     if args.remote:
         return cmd_remote_bench(args, parser)
     engine = load_engine_or_exit(args, stock_linear=args.stock_linear)
-    from .bench import defences_bench, gate_bench, http_vs_in_process, topk_agreement
+    from costeer.bench.speed import defences_bench, gate_bench, http_vs_in_process, topk_agreement
 
     try:
         sampling = decoding(args, args.tokens)
@@ -177,7 +177,7 @@ def cmd_bench(args, parser):
     result = run_bench(engine, tokens=args.tokens, repeats=args.repeats, sampling=sampling)
     result["stock_linear"] = args.stock_linear
     if engine.same_model and not args.no_cloud:
-        from .bench import llama_server_anchor
+        from costeer.bench.speed import llama_server_anchor
 
         result.update(llama_server_anchor(tokens=args.tokens))
         if isinstance(result["llama_server_ms_per_token"], float):
@@ -195,7 +195,7 @@ def cmd_bench(args, parser):
 
 
 def cmd_eval(args, parser):
-    from .eval import BASE_METHODS, PRIVACY_SWEEPS, evaluate, load_rows, method_spec, plot_sweep, sweep_methods, table
+    from costeer.evaluation.eval import BASE_METHODS, PRIVACY_SWEEPS, evaluate, load_rows, method_spec, plot_sweep, sweep_methods, table
 
     try:
         rows = load_rows(args.data, args.limit)
@@ -230,11 +230,11 @@ def cmd_eval(args, parser):
     result = {"methods": summary, "rows": len(rows), "cloud_model": engine.cloud.name,
               "local_model": engine.device.name, "meteor": "not computed: needs WordNet data, not available offline"}
     if privacy:
-        from .audit import attacker_model, plot_privacy, privacy_table, summarize_privacy
+        from costeer.evaluation.audit import attacker_model, plot_privacy, privacy_table, summarize_privacy
 
         result["privacy"] = summarize_privacy(results, methods)
         result["attacker_model"] = attacker_model(engine)[1]
-        from .privacy import ZIPF_BELOW
+        from costeer.evaluation.privacy import ZIPF_BELOW
 
         result["zipf_below"] = ZIPF_BELOW
     if plot and privacy and (not sweep or sweep[0] in PRIVACY_SWEEPS):
@@ -256,7 +256,7 @@ def cmd_eval(args, parser):
 
 
 def cmd_serve_cloud(args, parser):
-    from .cloud_server import check_audit_log, serve
+    from costeer.serving.server import check_audit_log, serve
 
     try:
         check_audit_log(args.audit_log)

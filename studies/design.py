@@ -11,8 +11,8 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass
 
-from costeer.decoding import ConfidenceGate, Sampling
-from costeer.policy import SteeringParams, effective_strength
+from costeer.engine.decoding import ConfidenceGate, Sampling
+from costeer.steering.policy import SteeringParams, effective_strength
 import fields as F
 from fields import Refused
 

@@ -15,10 +15,10 @@ import threading
 from itertools import groupby
 from typing import Callable
 
-from costeer.decoding import CoSteerEngine, Defences
-from costeer.privacy import deny_list
-from costeer.spec import DecodeSpec
-from costeer.summary import ReplySummary
+from costeer.engine.decoding import CoSteerEngine, Defences
+from costeer.evaluation.privacy import deny_list
+from costeer.engine.spec import DecodeSpec
+from costeer.engine.summary import ReplySummary
 from user_store import UserStore
 
 from .design import Setting

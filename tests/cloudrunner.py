@@ -20,13 +20,13 @@ def running_cloud(audit_log=None, *extra, timeout=180, process=False):
 
 def remote_cloud(url, lm, **kw):
     """A RemoteCloud at `url` that shares the bundled model's tokenizer (the device's)."""
-    from costeer.cloud import RemoteCloud
+    from costeer.engine.cloud import RemoteCloud
 
     return RemoteCloud(url, lm.tokenizer, lm.vocab_size, lm.eos_ids, **kw)
 
 
 def remote_engine(url, lm, **kw):
-    from costeer.decoding import CoSteerEngine
-    from costeer.device import DeviceLM
+    from costeer.engine.decoding import CoSteerEngine
+    from costeer.engine.device import DeviceLM
 
     return CoSteerEngine(remote_cloud(url, lm, **kw).connect(), DeviceLM(lm))

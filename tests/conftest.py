@@ -17,14 +17,14 @@ sys.path.insert(0, str(ROOT))
 
 @pytest.fixture(scope="session")
 def lm():
-    from costeer.models import load_model
+    from costeer.models.load import load_model
 
     return load_model()
 
 
 @pytest.fixture(scope="session")
 def engine(lm):
-    from costeer.decoding import CoSteerEngine
+    from costeer.engine.decoding import CoSteerEngine
 
     return CoSteerEngine.one_model(lm)
 

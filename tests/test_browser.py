@@ -430,7 +430,7 @@ def test_privacy_panel_marks_the_exposed_terms_and_a_sensitive_entry_goes_on_the
 
     from playwright.sync_api import expect
 
-    from costeer.privacy import distinctive_terms, exposure
+    from costeer.evaluation.privacy import distinctive_terms, exposure
 
     page = new_page()
     pick_user(page, KENJI)

@@ -13,9 +13,9 @@ import torch
 from apprunner import free_port
 from cloudrunner import remote_cloud, remote_engine, running_cloud
 from conftest import run_cli
-from costeer.cloud import CloudError, RemoteCloud
-from costeer.decoding import Sampling, build_prompts
-from costeer.spec import DecodeSpec
+from costeer.engine.cloud import CloudError, RemoteCloud
+from costeer.engine.decoding import Sampling, build_prompts
+from costeer.engine.spec import DecodeSpec
 
 FRIDAY = [{"role": "user", "content": "Suggest a plan for my Friday evening."}]
 OSAKA = "I am a strict vegetarian living in Osaka. I love jazz and quiet places. I always answer in short bullet points."

@@ -5,9 +5,9 @@ import json
 import uuid
 
 from cloudrunner import remote_engine, running_cloud
-from costeer.cloud import PROBE_TEXT
-from costeer.decoding import Sampling
-from costeer.spec import DecodeSpec
+from costeer.engine.cloud import PROBE_TEXT
+from costeer.engine.decoding import Sampling
+from costeer.engine.spec import DecodeSpec
 from user_store import UserStore
 
 HISTORIES = {

@@ -6,16 +6,16 @@ import pytest
 import torch
 
 from conftest import run_cli
-from costeer.decoding import Sampling, build_engine
-from costeer.vocab_map import VocabMap, token_bytes
-from costeer.spec import DecodeSpec
+from costeer.engine.decoding import Sampling, build_engine
+from costeer.engine.vocab_map import VocabMap, token_bytes
+from costeer.engine.spec import DecodeSpec
 
 OSAKA = "I am a strict vegetarian living in Osaka. I love jazz and quiet places."
 
 
 @pytest.fixture(scope="module")
 def gemma():
-    from costeer.models import GEMMA_SPEC, load_model
+    from costeer.models.load import GEMMA_SPEC, load_model
 
     return load_model(GEMMA_SPEC)
 

@@ -3,10 +3,10 @@ import pytest
 import torch
 
 from costeer import SteeringParams
-from costeer.bench import naive_steered_events
-from costeer.decoding import CloudTranscript, Sampling, build_prompts
-from costeer.rows import LazyRows, ModelRows
-from costeer.spec import DecodeSpec
+from costeer.bench.speed import naive_steered_events
+from costeer.engine.decoding import CloudTranscript, Sampling, build_prompts
+from costeer.engine.rows import LazyRows, ModelRows
+from costeer.engine.spec import DecodeSpec
 
 FRIDAY = [{"role": "user", "content": "Suggest a plan for my Friday evening."}]
 OSAKA = ("I am a strict vegetarian living in Osaka. I love jazz and quiet places. "
@@ -157,7 +157,7 @@ def test_multi_turn_each_stream_keeps_its_conversation(engine):
 def test_gate_skips_device_passes_and_caches_stay_consistent(engine):
     """With a gate that skips often, every step where the device does run must give exactly the delta
     a fresh device pass over the same prefix gives (the lazy caches caught up correctly)."""
-    from costeer.decoding import ConfidenceGate
+    from costeer.engine.decoding import ConfidenceGate
 
     gate = ConfidenceGate(threshold=0.6, patience=1, mode="reopen")  # skip whenever the cloud's top p >= 0.4
     events = list(engine.stream(FRIDAY, OSAKA, DecodeSpec("steered", SteeringParams(), Sampling(max_new_tokens=40), gate=gate)))
@@ -167,7 +167,7 @@ def test_gate_skips_device_passes_and_caches_stay_consistent(engine):
     assert resumed, "a gated stretch ended and steering resumed"
     plain, with_ctx = build_prompts(engine.cloud.tokenizer, FRIDAY, OSAKA)
     ids = [e.token_id for e in events]
-    from costeer.policy import effective_strength, steer_from_logprobs
+    from costeer.steering.policy import effective_strength, steer_from_logprobs
 
     C = effective_strength(SteeringParams())
     for i in resumed[:3]:

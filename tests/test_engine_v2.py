@@ -9,15 +9,15 @@ import pytest
 import torch
 
 from costeer import SteeringParams
-from costeer.cloud import CloudLM, InProcessCloud, RemoteCloud
-from costeer.decoding import CoSteerEngine, Sampling
-from costeer.device import DeviceLM
-from costeer.prompts import build_prompts
-from costeer.rows import LazyRows, ModelRows
-from costeer.sampling import Chooser
-from costeer.steering import ConfidenceGate, Gate, processor
-from costeer.text import TextStream
-from costeer.spec import DecodeSpec
+from costeer.engine.cloud import CloudLM, InProcessCloud, RemoteCloud
+from costeer.engine.decoding import CoSteerEngine, Sampling
+from costeer.engine.device import DeviceLM
+from costeer.engine.prompts import build_prompts
+from costeer.engine.rows import LazyRows, ModelRows
+from costeer.engine.sampling import Chooser
+from costeer.steering.processors import ConfidenceGate, Gate, processor
+from costeer.engine.text import TextStream
+from costeer.engine.spec import DecodeSpec
 
 FRIDAY = [{"role": "user", "content": "Suggest a plan for my Friday evening."}]
 
@@ -162,7 +162,7 @@ def test_lazy_rows_past_a_sliding_window(gemma):
 
 @pytest.fixture(scope="module")
 def gemma():
-    from costeer.models import GEMMA_SPEC, load_model
+    from costeer.models.load import GEMMA_SPEC, load_model
 
     return load_model(GEMMA_SPEC)
 

@@ -4,9 +4,9 @@ import json
 import pytest
 
 from conftest import ROOT, run_cli
-from costeer.decoding import ConfidenceGate
-from costeer.eval import load_rows, method_spec, parse_method, summarize, sweep_methods
-from costeer.policy import SteeringParams, effective_strength
+from costeer.engine.decoding import ConfidenceGate
+from costeer.evaluation.eval import load_rows, method_spec, parse_method, summarize, sweep_methods
+from costeer.steering.policy import SteeringParams, effective_strength
 
 SAMPLE = ROOT / "assets" / "eval" / "sample.jsonl"
 

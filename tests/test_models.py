@@ -4,9 +4,9 @@ import json
 import pytest
 import torch
 
-from costeer.cpu_linear import WeightLeftLinear
-from costeer.models import ModelLoadError, cache_dir, load_model, load_pair
-from costeer.spec import DecodeSpec
+from costeer.models.cpu_linear import WeightLeftLinear
+from costeer.models.load import ModelLoadError, cache_dir, load_model, load_pair
+from costeer.engine.spec import DecodeSpec
 
 
 def test_bundled_model_loads_from_the_converted_cache(lm):
@@ -41,7 +41,7 @@ def tiny_folder(tmp_path_factory, lm):
 
 
 def test_a_local_folder_works_as_device_model(tiny_folder, lm):
-    from costeer.decoding import Sampling, build_engine
+    from costeer.engine.decoding import Sampling, build_engine
 
     cloud, local = load_pair(None, str(tiny_folder))
     assert local is not cloud and local.name == str(tiny_folder)
@@ -61,7 +61,7 @@ def test_different_tokenizers_get_a_vocabulary_map(tiny_folder, tmp_path):
     a, b = "hello", "world"
     vocab[a], vocab[b] = vocab[b], vocab[a]  # same tokens, different ids
     (other / "tokenizer.json").write_text(json.dumps(tj))
-    from costeer.decoding import build_engine
+    from costeer.engine.decoding import build_engine
 
     cloud, local = load_pair(str(tiny_folder), str(other))
     engine = build_engine(cloud, local)

@@ -10,15 +10,15 @@ import pytest
 import torch
 
 from conftest import ROOT, run_cli
-from costeer.audit import summarize_privacy
-from costeer.decoding import CloudTranscript, Defences, Sampling
-from costeer.defences import Defended, cap_at_base
-from costeer.eval import method_defences, method_spec
-from costeer.policy import SteeringParams
-from costeer.privacy import (PersonaAttacker, audit_reply, deny_list, deny_token_ids, deny_words, distinctive_terms, exposure,
+from costeer.evaluation.audit import summarize_privacy
+from costeer.engine.decoding import CloudTranscript, Defences, Sampling
+from costeer.steering.defences import Defended, cap_at_base
+from costeer.evaluation.eval import method_defences, method_spec
+from costeer.steering.policy import SteeringParams
+from costeer.evaluation.privacy import (PersonaAttacker, audit_reply, deny_list, deny_token_ids, deny_words, distinctive_terms, exposure,
                              term_spans)
-from costeer.steering import ClosedForm
-from costeer.spec import DecodeSpec
+from costeer.steering.processors import ClosedForm
+from costeer.engine.spec import DecodeSpec
 from user_store import StoreError, UserStore
 from user_store.schema import migrate
 

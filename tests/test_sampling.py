@@ -3,12 +3,12 @@ import pytest
 import torch
 from transformers.generation.logits_process import NoRepeatNGramLogitsProcessor, RepetitionPenaltyLogitsProcessor
 
-from costeer.decoding import Sampling
-from costeer.latency import Latency
-from costeer.policy import SteeringParams
-from costeer.sampling import Chooser
-from costeer.stats import repeated_ngram_share
-from costeer.spec import DecodeSpec
+from costeer.engine.decoding import Sampling
+from costeer.engine.latency import Latency
+from costeer.steering.policy import SteeringParams
+from costeer.engine.sampling import Chooser
+from costeer.evaluation.stats import repeated_ngram_share
+from costeer.engine.spec import DecodeSpec
 
 
 @pytest.mark.parametrize("penalty, n", [(1.3, 0), (1.0, 3), (1.2, 2), (1.0, 1)])

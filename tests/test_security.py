@@ -9,7 +9,7 @@ import pytest
 
 from apprunner import free_port, running_app
 from conftest import ROOT, run_cli
-from costeer.models import cache_dir
+from costeer.models.load import cache_dir
 from ui.security import bind_refusal, is_loopback
 from user_store import StoreError, UserStore
 

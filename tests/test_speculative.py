@@ -10,18 +10,18 @@ import torch
 from scipy.stats import chisquare
 
 from cloudrunner import remote_engine, running_cloud
-from costeer.cloud import InProcessCloud
-from costeer.decoding import CloudTranscript, CoSteerEngine, Sampling
-from costeer.defences import Defences
-from costeer.device import DeviceLM
-from costeer.models import load_model
-from costeer.netdelay import DelayProxy
-from costeer.privacy import cloud_view
-from costeer.rows import ModelRows, TrailRow
-from costeer.sampling import Chooser, final_probs
-from costeer.spec import check_speculate
-from costeer.speculative import Speculation, expected_speedup, expected_tokens
-from costeer.spec import DecodeSpec
+from costeer.engine.cloud import InProcessCloud
+from costeer.engine.decoding import CloudTranscript, CoSteerEngine, Sampling
+from costeer.steering.defences import Defences
+from costeer.engine.device import DeviceLM
+from costeer.models.load import load_model
+from costeer.bench.netdelay import DelayProxy
+from costeer.evaluation.privacy import cloud_view
+from costeer.engine.rows import ModelRows, TrailRow
+from costeer.engine.sampling import Chooser, final_probs
+from costeer.engine.spec import check_speculate
+from costeer.engine.speculative import Speculation, expected_speedup, expected_tokens
+from costeer.engine.spec import DecodeSpec
 
 PERSONAS = [
     ("Suggest a plan for my Friday evening.",
@@ -211,8 +211,8 @@ def test_drafts_and_chosen_tokens_respect_the_deny_list(lm, split):
     """Issue 23: with speculate 4 the drafts were steered with the raw delta, and the cloud saw
     `Bikt` and ` HIV Bik` while the margin said "held". Drafts now go through the same defences and
     never propose a deny-listed id; the chosen tokens keep p <= b; the output is unchanged."""
-    from costeer.defences import sent_deny_ids
-    from costeer.privacy import deny_list
+    from costeer.steering.defences import sent_deny_ids
+    from costeer.evaluation.privacy import deny_list
 
     deny = deny_list([HEALTH], lm.tokenizer)
     context = f"Health: {HEALTH['text']}\nI live in Lisbon and love fado."

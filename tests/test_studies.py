@@ -14,7 +14,7 @@ from studies.export import battles, to_csv, to_jsonl
 from studies.leaderboard import agreement, attention, leaderboard, list_lines, position_bias, ratings
 from fields import Refused
 from user_store import AlreadyVoted, BadLink, NotIssued, UserStore
-from costeer.spec import DecodeSpec
+from costeer.engine.spec import DecodeSpec
 
 LABELS = ["unsteered", "gentle", "paper", "strong"]
 DECODING = {"temperature": 0.0, "top_p": 1.0, "seed": None, "max_new_tokens": 16, "repetition_penalty": 1.1,

@@ -112,6 +112,6 @@ class RecordingProxy:
 
 @pytest.fixture(scope="session")
 def lm():
-    from costeer.models import load_model
+    from costeer.models.load import load_model
 
     return load_model()

@@ -8,13 +8,13 @@ import pytest
 import torch
 
 from conftest import RecordingProxy, llama_server, record_figure, vllm
-from costeer.cloud import CloudError, InProcessCloud, RemoteCloud
-from costeer.decoding import CoSteerEngine, Sampling
-from costeer.device import DeviceLM
-from costeer.models import GEMMA_SPEC, _converted_gguf, bundled_gguf_path, load_model
-from costeer.prompts import build_prompts
-from costeer.rows import ModelRows
-from costeer.spec import DecodeSpec
+from costeer.engine.cloud import CloudError, InProcessCloud, RemoteCloud
+from costeer.engine.decoding import CoSteerEngine, Sampling
+from costeer.engine.device import DeviceLM
+from costeer.models.load import GEMMA_SPEC, _converted_gguf, bundled_gguf_path, load_model
+from costeer.engine.prompts import build_prompts
+from costeer.engine.rows import ModelRows
+from costeer.engine.spec import DecodeSpec
 
 PERSONAS = [
     ("Suggest a plan for my Friday evening.",
@@ -162,7 +162,7 @@ def test_vllm_with_a_tokenizer_that_adds_bos(lm, tmp_path):
 
 
 def _gemma_folder():
-    from costeer.models import gemma_gguf_path
+    from costeer.models.load import gemma_gguf_path
 
     return _converted_gguf(gemma_gguf_path())
 
@@ -176,7 +176,7 @@ def test_rows_and_cloud_log_probs_are_real_log_probabilities(vllm_url, llama_url
 
 
 def _speculated(engine, prompt, context, mode, k, tokens=32):
-    from costeer.speculative import Speculation
+    from costeer.engine.speculative import Speculation
 
     out, spec = {}, {}
     for ev in engine.stream([{"role": "user", "content": prompt}], context,

@@ -14,7 +14,7 @@ import logging
 
 import gradio as gr
 
-from costeer.cloud import CloudError
+from costeer.engine.cloud import CloudError
 from user_store import StoreError
 
 from fields import Refused

@@ -24,15 +24,15 @@ from pathlib import Path
 
 import gradio as gr
 
-from costeer.decoding import CloudTranscript, ConfidenceGate, CoSteerEngine, Defences, Sampling
-from costeer.audit import attacker_model
-from costeer.defences import sent_deny_ids
-from costeer.privacy import PersonaAttacker, audit_reply, cloud_view, deny_list
-from costeer.spec import DecodeSpec
-from costeer.summary import ReplySummary, StreamSummary
-from costeer.plots import score_and_strength
-from costeer.policy import SteeringParams, effective_strength
-from costeer.stats import overlap_score, repeated_ngram_share, summarize_votes
+from costeer.engine.decoding import CloudTranscript, ConfidenceGate, CoSteerEngine, Defences, Sampling
+from costeer.evaluation.audit import attacker_model
+from costeer.steering.defences import sent_deny_ids
+from costeer.evaluation.privacy import PersonaAttacker, audit_reply, cloud_view, deny_list
+from costeer.engine.spec import DecodeSpec
+from costeer.engine.summary import ReplySummary, StreamSummary
+from costeer.evaluation.plots import score_and_strength
+from costeer.steering.policy import SteeringParams, effective_strength
+from costeer.evaluation.stats import overlap_score, repeated_ngram_share, summarize_votes
 from studies.export import spreadsheet_safe
 from user_store import KINDS, VOTES, NoUserName, UserStore, read_import
 

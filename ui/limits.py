@@ -12,7 +12,7 @@ import json
 import time
 from dataclasses import dataclass, field
 
-from costeer.asgi import TooLarge, read_body, replay, reply
+from costeer.serving.asgi import TooLarge, read_body, replay, reply
 
 MAX_JOIN_BYTES = 4 * 2**20  # a queue join carries the form's values: the largest is a 100 kB history entry
 JOIN_BURST = 600  # joins one address may make at once on the raters' page (a pair is two: next, vote)

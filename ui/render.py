@@ -125,7 +125,7 @@ def _speculation_html(spec: dict | None) -> str:
 
 def _with_terms(text: str, exposed) -> str:
     """`text` escaped, with the exposed personal terms marked; hovering one names its entry."""
-    from costeer.privacy import term_spans
+    from costeer.evaluation.privacy import term_spans
 
     out, at = [], 0
     for a, b, t in term_spans(text, list(exposed)):

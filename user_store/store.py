@@ -71,7 +71,7 @@ class UserStore(Database):
     # -- entries --------------------------------------------------------------------
     def add_entry(self, user: str, text: str, kind: str = "note", title: str | None = None, pinned: bool = False,
                   sensitive: bool = False) -> int:
-        """`sensitive` puts the entry's distinctive words on the steering deny-list (costeer/defences.py)."""
+        """`sensitive` puts the entry's distinctive words on the steering deny-list (costeer/steering/defences.py)."""
         fields = _check_entry({"text": text, "kind": kind, "title": title, "pinned": pinned, "sensitive": sensitive})
         with self.write() as db:
             now = utc_now()

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import gradio as gr
 
 import fields as F
-from costeer.policy import SteeringParams
+from costeer.steering.policy import SteeringParams
 
 from ..components import FieldNumber, slider
 from ..guard import for_ui

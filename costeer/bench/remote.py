@@ -13,13 +13,13 @@ from __future__ import annotations
 import statistics
 import time
 
-from .bench import BENCH_PROMPTS, serve_cloud_process
-from .decoding import CoSteerEngine, Sampling
-from .device import DeviceLM
-from .netdelay import DelayProxy
-from .policy import SteeringParams
-from .speculative import Speculation
-from .spec import DecodeSpec
+from costeer.bench.netdelay import DelayProxy
+from costeer.bench.speed import BENCH_PROMPTS, serve_cloud_process
+from costeer.engine.decoding import CoSteerEngine, Sampling
+from costeer.engine.device import DeviceLM
+from costeer.engine.spec import DecodeSpec
+from costeer.engine.speculative import Speculation
+from costeer.steering.policy import SteeringParams
 
 RTTS_MS = (0, 25, 50, 100)
 SPECULATE = (2, 4, 8)
@@ -44,7 +44,7 @@ def remote_bench(lm, url: str | None = None, rtts=RTTS_MS, ks=SPECULATE, tokens:
     """The table: for each RTT and mode, median ms/token, round trips per token, acceptance."""
     from contextlib import nullcontext
 
-    from .cloud import RemoteCloud
+    from costeer.engine.cloud import RemoteCloud
 
     modes = [("per_token", 1, False), ("overlap", 1, True)] + [(f"speculate_{k}", k, False) for k in ks]
     server = nullcontext(url) if url else serve_cloud_process(lm.name, top_k)

@@ -183,7 +183,7 @@ class PersonaAttacker:
 
     @torch.inference_mode()
     def loglik(self, messages: list[dict], reply_ids: list[int], profile: str) -> float:
-        from .prompts import conversation_ids, system_with_context
+        from costeer.engine.prompts import conversation_ids, system_with_context
 
         if not reply_ids:
             return 0.0

@@ -34,10 +34,10 @@ from dataclasses import dataclass
 
 import torch
 
-from .cloud import top_k_cut
-from .defences import without
-from .sampling import Chooser, final_probs
-from .steering import processor
+from costeer.engine.cloud import top_k_cut
+from costeer.engine.sampling import Chooser, final_probs
+from costeer.steering.defences import without
+from costeer.steering.processors import processor
 
 @dataclass
 class DraftRound:

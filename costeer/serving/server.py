@@ -35,8 +35,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
-from .asgi import TooLarge, read_body, replay, reply
-from .models import LoadedModel
+from costeer.models.load import LoadedModel
+from costeer.serving.asgi import TooLarge, read_body, replay, reply
 
 DEFAULT_MAX_LOGPROBS = 20  # vLLM's default cap
 DEFAULT_MAX_ROWS = 32  # a speculative side-by-side round: 2 streams x up to 8 positions, with room

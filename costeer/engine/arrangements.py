@@ -20,11 +20,11 @@ from typing import Callable
 
 import torch
 
-from .cloud import CloudLM, InProcessCloud, Rows
-from .device import DeviceLM
-from .models import LoadedModel
-from .prompts import check_fits, with_context_ids
-from .rows import LazyRows, ModelRows
+from costeer.engine.cloud import CloudLM, InProcessCloud, Rows
+from costeer.engine.device import DeviceLM
+from costeer.engine.prompts import check_fits, with_context_ids
+from costeer.engine.rows import LazyRows, ModelRows
+from costeer.models.load import LoadedModel
 
 PRIVATE_ROW = "device_ctx"  # OneModel's with-context row; it follows the steered stream
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .policy import SteeringParams, effective_strength, ftrl_from_logprobs
+from costeer.steering.policy import SteeringParams, effective_strength, ftrl_from_logprobs
 
 GATE_MODES = ("paper", "reopen")
 
@@ -91,7 +91,7 @@ def processor(params: SteeringParams, gate: ConfidenceGate | None = None, refere
     gate outermost (it decides whether d is computed at all)."""
     inner = (FTRLReference if reference else ClosedForm)(params)
     if defences is not None and defences.active:
-        from .defences import Defended
+        from costeer.steering.defences import Defended
 
         inner = Defended(inner, defences, seed, salt)
     return inner if gate is None else Gate(inner, gate)

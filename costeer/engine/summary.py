@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .latency import Latency
-from .speculative import Speculation
+from costeer.engine.latency import Latency
+from costeer.engine.speculative import Speculation
 
 
 @dataclass

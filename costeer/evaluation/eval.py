@@ -19,13 +19,13 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from .defences import Defences
-from .decoding import CoSteerEngine, ConfidenceGate, Sampling, system_with_context
-from .policy import SteeringParams, effective_strength
-from .privacy import deny_list
-from .spec import DecodeSpec
-from .stats import bootstrap_ci, repeated_ngram_share
-from .summary import ReplySummary
+from costeer.engine.decoding import CoSteerEngine, ConfidenceGate, Sampling, system_with_context
+from costeer.engine.spec import DecodeSpec
+from costeer.engine.summary import ReplySummary
+from costeer.evaluation.privacy import deny_list
+from costeer.evaluation.stats import bootstrap_ci, repeated_ngram_share
+from costeer.steering.defences import Defences
+from costeer.steering.policy import SteeringParams, effective_strength
 from user_store.formats import eval_row, item_text
 
 BASE_METHODS = ("llm", "slm_ctx", "llm_ctx", "costeer")
@@ -251,7 +251,7 @@ class Evaluator:
 
     def run(self, row: Row, method: str, context: str, audit=None) -> dict:
         """One answer; with `audit` (audit.PrivacyAudit), also what the cloud could learn from it."""
-        from .decoding import CloudTranscript
+        from costeer.engine.decoding import CloudTranscript
 
         params, gate = method_spec(method)
         defences = row_defences(self.engine.cloud.tokenizer, row, method)
@@ -300,7 +300,7 @@ def evaluate(engine, rows: list[Row], methods: list[str], max_new_tokens: int = 
     ev = Evaluator(engine, max_new_tokens, sampling)
     audit = None
     if privacy:
-        from .audit import PrivacyAudit
+        from costeer.evaluation.audit import PrivacyAudit
 
         audit = PrivacyAudit(engine, rows)
     results = [r for r in done if r["id"] in ids and r["method"] in methods]
@@ -341,7 +341,7 @@ def sweep_methods(spec: str) -> tuple[str, list[float], list[str]]:
 def plot_sweep(summary: dict, key: str, values: list[float], methods: list[str], path: str, metric: str = "rougeL"):
     import matplotlib.pyplot as plt
 
-    from .plots import score_and_strength
+    from costeer.evaluation.plots import score_and_strength
 
     ys = [summary[m][metric] for m in methods]
     lo = [summary[m][metric] - summary[m][f"{metric}_ci"][0] for m in methods]

@@ -24,8 +24,8 @@ from typing import Protocol
 
 import torch
 
-from .models import LoadedModel
-from .rows import ModelRows
+from costeer.engine.rows import ModelRows
+from costeer.models.load import LoadedModel
 
 RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
 PROBE_TEXT = "CoSteer probe: Grüße, 東京, naïve café — 123 tokens? 🎷"
@@ -96,7 +96,7 @@ class InProcessScorer:
     """A draft scorer in this process: one TrailRow per stream (rows.py)."""
 
     def __init__(self, lm: LoadedModel, prompts: list[list[int]], top_k: int | None):
-        from .rows import TrailRow
+        from costeer.engine.rows import TrailRow
 
         self.trails, self.top_k, self.requests = [TrailRow(lm, p) for p in prompts], top_k, 0
 

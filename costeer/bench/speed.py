@@ -14,13 +14,13 @@ from dataclasses import replace
 
 import torch
 
-from .cpu_linear import WeightLeftLinear, matmul_floor_ms, matmul_hot_cache_ms, orientation_times
-from .decoding import CoSteerEngine, Sampling
-from .device import DeviceLM
-from .policy import SteeringParams
-from .prompts import build_prompts
-from .rows import ModelRows
-from .spec import DecodeSpec
+from costeer.engine.decoding import CoSteerEngine, Sampling
+from costeer.engine.device import DeviceLM
+from costeer.engine.prompts import build_prompts
+from costeer.engine.rows import ModelRows
+from costeer.engine.spec import DecodeSpec
+from costeer.models.cpu_linear import WeightLeftLinear, matmul_floor_ms, matmul_hot_cache_ms, orientation_times
+from costeer.steering.policy import SteeringParams
 
 BENCH_PROMPTS = [
     ("Write a short story about a lighthouse keeper who finds a message in a bottle.",
@@ -108,7 +108,7 @@ def run_bench(engine: CoSteerEngine, tokens: int = 64, repeats: int = 3, samplin
 def topk_agreement(engine: CoSteerEngine, ks=(5, 20, 100), tokens: int = 48) -> dict:
     """Share of steps where steering among the cloud's top-k picks the token full-vocabulary steering
     picks (greedy, teacher-forced along the full-vocabulary answer, over BENCH_PROMPTS)."""
-    from .policy import effective_strength, steer_from_logprobs
+    from costeer.steering.policy import effective_strength, steer_from_logprobs
 
     C = effective_strength(SteeringParams())
     same = {k: 0 for k in ks}
@@ -163,7 +163,7 @@ def serve_cloud_process(model: str, top_k: int = 20):
     from pathlib import Path
 
     port = _free_port()
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]  # the project folder, so -m costeer finds this copy
     server = subprocess.Popen([sys.executable, "-m", "costeer", "serve-cloud", "--port", str(port),
                                "--model", model, "--max-logprobs", str(top_k)],
                               cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -179,7 +179,7 @@ def serve_cloud_process(model: str, top_k: int = 20):
 def http_vs_in_process(engine: CoSteerEngine, tokens: int = 32, repeats: int = 2, top_k: int = 20) -> dict:
     """Steered ms/token with the cloud in this process vs behind `serve-cloud` over loopback HTTP,
     and the requests/s serve-cloud sustains for 1 and 4 concurrent clients."""
-    from .cloud import RemoteCloud
+    from costeer.engine.cloud import RemoteCloud
 
     with serve_cloud_process(engine.cloud.name, top_k) as url:
         lm = engine.device.lm
@@ -203,7 +203,7 @@ def http_vs_in_process(engine: CoSteerEngine, tokens: int = 32, repeats: int = 2
 def gate_bench(engine: CoSteerEngine, tokens: int = 64, repeats: int = 2, threshold: float = 0.1,
                patience: int = 2) -> dict:
     """Steered decoding with and without the confidence gate: time per token and skipped passes."""
-    from .decoding import ConfidenceGate
+    from costeer.engine.decoding import ConfidenceGate
 
     gate = ConfidenceGate(threshold, patience)
     params, sampling = SteeringParams(), Sampling(max_new_tokens=tokens)
@@ -231,8 +231,8 @@ def gate_bench(engine: CoSteerEngine, tokens: int = 64, repeats: int = 2, thresh
 def defences_bench(engine: CoSteerEngine, tokens: int = 64, repeats: int = 2) -> dict:
     """Steered decoding plain, with a deny-list (the words of the bench contexts) and with noise
     (tau 1, sigma 0.3), interleaved: what the defences cost per token."""
-    from .decoding import Defences
-    from .privacy import deny_token_ids
+    from costeer.engine.decoding import Defences
+    from costeer.evaluation.privacy import deny_token_ids
 
     deny = deny_token_ids(engine.cloud.tokenizer, [w for _, c in BENCH_PROMPTS for w in c.split()])
     settings = {"plain": None, "deny": Defences(deny_ids=deny), "noise": Defences(tau=1.0, sigma=0.3, seed=0)}
@@ -296,7 +296,7 @@ def llama_server_binary() -> str | None:
     import glob
     import os
 
-    from .models import cache_dir
+    from costeer.models.load import cache_dir
 
     found = os.environ.get("LLAMA_SERVER") or next(iter(sorted(glob.glob(str(cache_dir() / "servers" / "llama-server-*"
                                                                           / "llama-server")))), None)
@@ -310,7 +310,7 @@ def llama_server_anchor(tokens: int = 64, repeats: int = 3) -> dict:
 
     import httpx
 
-    from .models import bundled_gguf_path
+    from costeer.models.load import bundled_gguf_path
 
     binary = llama_server_binary()
     if binary is None:

@@ -18,20 +18,20 @@ from typing import TYPE_CHECKING, Iterator
 
 import torch
 
-from .arrangements import OneModel, Split
-from .cloud import CloudLM
-from .defences import Defences, deny_margin
-from .device import DeviceLM
-from .models import LoadedModel
-from .policy import effective_strength
-from .prompts import build_prompts, check_fits, conversation_ids, system_with_context  # noqa: F401  (re-exported)
-from .sampling import Chooser, Sampling, resolve_seed  # noqa: F401  (re-exported)
-from .spec import MODES, DecodeSpec  # noqa: F401  (re-exported)
-from .steering import ConfidenceGate, kl_divergence, processor  # noqa: F401
-from .text import TextStream
+from costeer.engine.arrangements import OneModel, Split
+from costeer.engine.cloud import CloudLM
+from costeer.engine.device import DeviceLM
+from costeer.models.load import LoadedModel
+from costeer.steering.defences import Defences, deny_margin
+from costeer.steering.policy import effective_strength
+from costeer.engine.prompts import build_prompts, check_fits, conversation_ids, system_with_context  # noqa: F401  (re-exported)
+from costeer.engine.sampling import Chooser, Sampling, resolve_seed  # noqa: F401  (re-exported)
+from costeer.engine.spec import MODES, DecodeSpec  # noqa: F401  (re-exported)
+from costeer.engine.text import TextStream
+from costeer.steering.processors import ConfidenceGate, kl_divergence, processor  # noqa: F401
 
 if TYPE_CHECKING:
-    from .speculative import DraftRound
+    from costeer.engine.speculative import DraftRound
 
 TOP_K_SHOWN = 5
 LOGPROB_FLOOR = -30.0  # base_logprob of a token the cloud gave no log-prob for (outside its top-k)
@@ -111,7 +111,7 @@ class CoSteerEngine:
         prompts = self._cloud_prompts(messages, unsteered_messages or messages, context, spec)
         reply = Reply(self, prompts, spec, transcript)
         if spec.speculative:
-            from . import speculative
+            from costeer.engine import speculative
 
             yield from speculative.rounds(reply, messages, unsteered_messages or messages, context)
         else:
@@ -155,7 +155,7 @@ class CoSteerEngine:
                  transcript: CloudTranscript | None = None) -> dict:
         """Run `stream` to the end; return the texts per stream, how many tokens steering changed
         and how many device passes the gate skipped (and, speculating, the drafts per stream)."""
-        from .summary import ReplySummary
+        from costeer.engine.summary import ReplySummary
 
         summary = ReplySummary.of(self.stream(messages, context, spec, transcript))
         steered = summary["steered"]
@@ -251,7 +251,7 @@ def build_engine(cloud_lm: LoadedModel, device_lm: LoadedModel | None = None) ->
     when their tokenizers differ)."""
     if device_lm is None or device_lm is cloud_lm:
         return CoSteerEngine.one_model(cloud_lm)
-    from .cloud import InProcessCloud
+    from costeer.engine.cloud import InProcessCloud
 
     return CoSteerEngine(InProcessCloud(cloud_lm), DeviceLM(device_lm, cloud_lm.tokenizer, cloud_lm.vocab_size))
 

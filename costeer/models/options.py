@@ -6,7 +6,7 @@ import os
 import sys
 from pathlib import Path
 
-from .models import DEFAULT_MODEL, DTYPES, ModelLoadError, load_model, load_pair
+from costeer.models.load import DEFAULT_MODEL, DTYPES, ModelLoadError, load_model, load_pair
 
 TOP_K_RANGE = (1, 1000)
 
@@ -85,9 +85,9 @@ def add_model_args(p: argparse.ArgumentParser):
 
 def load_engine(args, stock_linear: bool = False):
     """The engine the arguments describe; raises ModelLoadError or CloudError."""
-    from .cloud import RemoteCloud
-    from .decoding import CoSteerEngine, build_engine
-    from .device import DeviceLM
+    from costeer.engine.cloud import RemoteCloud
+    from costeer.engine.decoding import CoSteerEngine, build_engine
+    from costeer.engine.device import DeviceLM
 
     if getattr(args, "cloud_url", None):
         local = load_model(args.local_model, args.device, args.dtype, stock_linear)
@@ -102,7 +102,7 @@ def load_engine(args, stock_linear: bool = False):
 def load_engine_or_exit(args, stock_linear: bool = False, prog: str = "costeer"):
     """`load_engine`, with a failure printed as one line and exit 1; says plainly when one model
     plays both roles."""
-    from .cloud import CloudError
+    from costeer.engine.cloud import CloudError
 
     try:
         engine = load_engine(args, stock_linear)
@@ -125,7 +125,7 @@ def load_engine_or_exit(args, stock_linear: bool = False, prog: str = "costeer")
 
 def probe_mass(engine) -> float:
     """Share of the cloud's next-token mass on shared tokens, for a short probe conversation."""
-    from .prompts import conversation_ids
+    from costeer.engine.prompts import conversation_ids
 
     ids = conversation_ids(engine.cloud.tokenizer, [{"role": "user", "content": "Describe a good weekend."}])
     rows = engine.cloud.open([ids])

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from .models import LoadedModel
+from costeer.models.load import LoadedModel
 
 
 class ModelRows:

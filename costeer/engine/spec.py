@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .defences import Defences
-from .policy import SteeringParams
-from .sampling import Sampling
-from .steering import ConfidenceGate
+from costeer.engine.sampling import Sampling
+from costeer.steering.defences import Defences
+from costeer.steering.policy import SteeringParams
+from costeer.steering.processors import ConfidenceGate
 
 MODES = ("unsteered", "steered", "side_by_side")
 MAX_SPECULATE = 8  # tokens per round trip: a side-by-side round is 2 x 8 rows, serve-cloud's default cap is 32

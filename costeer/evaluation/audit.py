@@ -13,8 +13,8 @@ from __future__ import annotations
 import statistics
 from collections import Counter
 
-from .privacy import PersonaAttacker, cloud_view, distinctive_terms, exposure
-from .stats import bootstrap_ci
+from costeer.evaluation.privacy import PersonaAttacker, cloud_view, distinctive_terms, exposure
+from costeer.evaluation.stats import bootstrap_ci
 
 
 def attacker_model(engine):
