@@ -35,6 +35,30 @@ def docs_text() -> str:
     return "\n".join(p.read_text(encoding="utf-8") for p in pages)
 
 
+def run_main(args):
+    """A project CLI called in this process: `main(argv)` with its output captured and its exit
+    code kept, as run_cli reports them. For argument errors, which end before any model loads;
+    the child-process runs (run_cli) stay for what a user's shell would see end to end."""
+    import contextlib
+    import io
+    from types import SimpleNamespace
+
+    import app
+    import costeer.__main__
+    import user_store.__main__
+
+    mains = {("-m", "costeer"): costeer.__main__.main, ("-m", "user_store"): user_store.__main__.main,
+             ("app.py",): app.main}
+    key = tuple(args[:1]) if args[0] == "app.py" else tuple(args[:2])
+    out, err, code = io.StringIO(), io.StringIO(), 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            mains[key](list(args[len(key):]))
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    return SimpleNamespace(returncode=code, stdout=out.getvalue(), stderr=err.getvalue())
+
+
 def run_cli(args, env=None, **kw):
     """Run a project CLI in a child process, as a user would."""
     import subprocess

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from conftest import run_cli
+from conftest import run_cli, run_main
 
 OSAKA = ("I am a strict vegetarian living in Osaka. I love jazz and quiet places. "
          "I always answer in short bullet points.")
@@ -26,7 +26,6 @@ def test_generate_json_steered_differs_from_unsteered():
     assert set(lat["per_step_ms"]) == {"cloud", "device", "steering", "ui", "other"} and lat["per_step_ms"]["cloud"] > 0
 
 
-@pytest.mark.slow
 def test_bad_arguments_exit_2_naming_the_field():
     for args, word in ((["--T", "0"], "T must be an integer in [1, 1000]"),
                        (["--eta", "-1"], "eta must be > 0"),
@@ -34,7 +33,7 @@ def test_bad_arguments_exit_2_naming_the_field():
                        (["--top-p", "2"], "top_p must be in (0, 1]"),
                        (["--repetition-penalty", "0.5"], "repetition_penalty must be in [1, 10]"),
                        (["--no-repeat-ngram-size", "-1"], "no_repeat_ngram_size must be an integer in [0, 20]")):
-        r = run_cli(["-m", "costeer", "generate", "--prompt", "hi", *args])
+        r = run_main(["-m", "costeer", "generate", "--prompt", "hi", *args])
         assert r.returncode == 2 and word in r.stderr and "Traceback" not in r.stderr
 
 
@@ -73,20 +72,19 @@ def _one_line_error(r, code=2):
     return r.stderr
 
 
-@pytest.mark.slow
 def test_bad_text_and_files_are_one_line_errors(tmp_path):
     """Each of these printed a traceback before."""
     bad = tmp_path / "latin1.txt"
     bad.write_bytes("Café in São Paulo".encode("latin-1"))
-    assert "is not UTF-8 text" in _one_line_error(run_cli(["-m", "costeer", "generate", "--prompt", "hi",
+    assert "is not UTF-8 text" in _one_line_error(run_main(["-m", "costeer", "generate", "--prompt", "hi",
                                                           "--context-file", str(bad)]))
     # "\udcff" is how Python hands over the raw byte 0xff from a shell argument
-    assert "--prompt is not valid UTF-8 text" in _one_line_error(run_cli(["-m", "costeer", "generate", "--prompt", "\udcff"]))
-    assert "not valid UTF-8 text" in _one_line_error(run_cli(["-m", "user_store", "--db", str(tmp_path / "s.db"),
+    assert "--prompt is not valid UTF-8 text" in _one_line_error(run_main(["-m", "costeer", "generate", "--prompt", "\udcff"]))
+    assert "not valid UTF-8 text" in _one_line_error(run_main(["-m", "user_store", "--db", str(tmp_path / "s.db"),
                                                               "add", "Ana", "\udcff"]))
     (tmp_path / "notes.db").write_text("just some text, not a database\n" * 20)
     for db in (tmp_path / "notes.db", tmp_path, "/proc/costeer.db"):
-        err = _one_line_error(run_cli(["-m", "user_store", "--db", str(db), "users"]))
+        err = _one_line_error(run_main(["-m", "user_store", "--db", str(db), "users"]))
         assert "cannot open the database" in err and str(db) in err
     assert (tmp_path / "notes.db").read_text().startswith("just some text")  # nothing written into it
 
@@ -101,37 +99,36 @@ def test_eval_checks_its_output_paths_before_the_work(tmp_path):
     data = "assets/eval/sample.jsonl"
     for args, words in ((["--out", str(tmp_path)], "--out: "),
                         (["--sweep", "lam=1,2", "--plot", "/nonexistent/p.png"], "--plot: the folder /nonexistent does not exist")):
-        err = _one_line_error(run_cli(["-m", "costeer", "eval", "--data", data, "--limit", "1", *args]))
+        err = _one_line_error(run_main(["-m", "costeer", "eval", "--data", data, "--limit", "1", *args]))
         assert words in err and "model" not in err.split(words)[0][-40:]
 
 
 def test_eval_does_not_send_the_context_to_a_cloud_unasked():
-    err = _one_line_error(run_cli(["-m", "costeer", "eval", "--data", "assets/eval/sample.jsonl", "--limit", "1",
+    err = _one_line_error(run_main(["-m", "costeer", "eval", "--data", "assets/eval/sample.jsonl", "--limit", "1",
                                    "--cloud-url", "http://127.0.0.1:9/v1", "--methods", "llm", "llm_ctx"]))
     assert "llm_ctx" in err and "--allow-context-to-cloud" in err and "personal data" in err
 
 
 def test_app_checks_top_k():
-    err = _one_line_error(run_cli(["app.py", "--top-k", "0"]))
+    err = _one_line_error(run_main(["app.py", "--top-k", "0"]))
     assert "--top-k must be an integer in [1, 1000]" in err
 
 
-@pytest.mark.slow
 def test_issue_23_cli_inputs_are_one_line_errors(tmp_path):
     """Each printed a traceback (or hung) before: a huge -k, /dev/zero and a FIFO as import files,
     a broken --cloud-url, eval rows nested deeply, with a NUL or integer title, a lone surrogate."""
     import os
 
     db = ["-m", "user_store", "--db", str(tmp_path / "s.db")]
-    assert run_cli([*db, "add-user", "Ana"]).returncode == 0 and run_cli([*db, "add", "Ana", "Likes fado"]).returncode == 0
+    assert run_main([*db, "add-user", "Ana"]).returncode == 0 and run_main([*db, "add", "Ana", "Likes fado"]).returncode == 0
     fifo = tmp_path / "pipe.json"
     os.mkfifo(fifo)
     for args, words in ((["search", "Ana", "fado", "-k", str(10**20)], "k must be an integer in [1, 1000]"),
                         (["context", "Ana", "fado", "--max-tokens", str(10**22)], "max_tokens must be an integer in"),
                         (["import", "/dev/zero", "--user", "Ana"], "not a regular file"),
                         (["import", str(fifo), "--user", "Ana"], "not a regular file")):
-        assert words in _one_line_error(run_cli([*db, *args])), args
-    assert "--cloud-url: not a URL" in _one_line_error(run_cli(["-m", "costeer", "generate", "--prompt", "hi",
+        assert words in _one_line_error(run_main([*db, *args])), args
+    assert "--cloud-url: not a URL" in _one_line_error(run_main(["-m", "costeer", "generate", "--prompt", "hi",
                                                                 "--cloud-url", "http://[::1"]))
     rows = {"nested": '{"id": "1", "query": "q", "reference": "r", "profile": ' + "[" * 5000 + "]" * 5000 + "}",
             "nul": json.dumps({"query": "q", "reference": "r", "profile": [{"title": "a\x00b", "text": "t"}]}),
@@ -142,7 +139,7 @@ def test_issue_23_cli_inputs_are_one_line_errors(tmp_path):
                         ("surrogate", ":2: query contains a lone surrogate")):
         data = tmp_path / f"{name}.jsonl"
         data.write_text('{"query": "q", "reference": "r", "profile": []}\n' + rows[name] + "\n", encoding="utf-8")
-        assert words in _one_line_error(run_cli(["-m", "costeer", "eval", "--data", str(data), "--methods", "llm"])), name
+        assert words in _one_line_error(run_main(["-m", "costeer", "eval", "--data", str(data), "--methods", "llm"])), name
 
 
 def test_replace_of_another_users_history_needs_yes(tmp_path):

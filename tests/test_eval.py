@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from conftest import ROOT, run_cli
+from conftest import ROOT, run_cli, run_main
 from costeer.engine.decoding import ConfidenceGate
 from costeer.evaluation.eval import load_rows, method_spec, parse_method, summarize, sweep_methods
 from costeer.steering.policy import SteeringParams, effective_strength
@@ -100,7 +100,7 @@ def test_real_run_json_resume_and_sweep_plot(tmp_path):
 
 
 def test_bad_eval_arguments_exit_2():
-    r = run_cli(["-m", "costeer", "eval", "--data", str(SAMPLE), "--methods", "gpt4"])
+    r = run_main(["-m", "costeer", "eval", "--data", str(SAMPLE), "--methods", "gpt4"])
     assert r.returncode == 2 and "unknown method 'gpt4'" in r.stderr
-    r = run_cli(["-m", "costeer", "eval", "--data", "/nonexistent.jsonl"])
+    r = run_main(["-m", "costeer", "eval", "--data", "/nonexistent.jsonl"])
     assert r.returncode == 2 and "nonexistent.jsonl" in r.stderr
