@@ -136,7 +136,7 @@ def test_bind_rules_and_loopback_names():
 
 
 def test_cli_and_app_switch_the_hub_off(tmp_path):
-    code = ("import os, sys; sys.argv=['x']; from costeer.models import set_offline; set_offline(False); "
+    code = ("import os, sys; sys.argv=['x']; from costeer.models.load import set_offline; set_offline(False); "
             "print(os.environ['HF_HUB_OFFLINE'], os.environ['HF_HUB_DISABLE_TELEMETRY'], os.environ['GRADIO_ANALYTICS_ENABLED'])")
     env_clean = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "GRADIO_ANALYTICS_ENABLED")}
     import subprocess

@@ -223,7 +223,7 @@ def privacy_html(transcript, context: str, same_model: bool, echoes: list[str] =
     """What crossed to the cloud, next to what stayed on the device, for the last reply.
     `echoes` are the earlier steered answers in this conversation: they are in the cloud's prompt,
     and they were shaped by the private context, so they are marked, not hidden. `audit`
-    (costeer.privacy.ReplyAudit) marks the exposed personal terms; `reply` is the chosen tokens
+    (costeer.evaluation.privacy.ReplyAudit) marks the exposed personal terms; `reply` is the chosen tokens
     decoded, `drafts` the rejected speculative drafts decoded (privacy.cloud_view)."""
     if transcript is None or not transcript.prompt_ids:
         return ("<div class='privacy'><b>Privacy panel.</b> After a reply, this shows what the cloud "
