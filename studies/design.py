@@ -9,9 +9,11 @@ the setting and the field.
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from costeer.engine.decoding import ConfidenceGate, Sampling
+from costeer.engine.spec import DecodeSpec
+from costeer.steering.defences import Defences
 from costeer.steering.policy import SteeringParams, effective_strength
 import fields as F
 from fields import Refused
@@ -41,20 +43,24 @@ class Setting:
         """From a study_settings row (user_store/studies.py)."""
         return cls(row["label"], row["config"], bool(row["baseline"]))
 
+    def spec(self, mode: str | None = None, defences: Defences | None = None) -> DecodeSpec:
+        """How this setting decodes: `config` is DecodeSpec's flat form (engine/spec.py). `mode`
+        defaults to the setting's own; the defences are the persona's, added by the caller."""
+        values = {k: v for k, v in self.config.items() if not self.baseline or k in DECODING_KEYS}
+        spec = DecodeSpec.from_dict({**values, "mode": mode or self.mode})
+        return spec if defences is None else replace(spec, defences=defences)
+
     @property
     def params(self) -> SteeringParams:
-        if self.baseline:  # unused by an unsteered stream
-            return SteeringParams()
-        return SteeringParams(**{k: self.config[k] for k in STEERING_KEYS})
+        return self.spec().params  # the paper's defaults for the baseline, whose stream is not steered
 
     @property
     def sampling(self) -> Sampling:
-        return Sampling(**{k: self.config[k] for k in DECODING_KEYS})
+        return self.spec().sampling
 
     @property
     def gate(self) -> ConfidenceGate | None:
-        c = self.config
-        return ConfidenceGate(c["gate_threshold"], c["gate_patience"], c["gate_mode"]) if c.get("gate_mode") else None
+        return self.spec().gate
 
     @property
     def strength(self) -> float | None:

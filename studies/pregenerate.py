@@ -17,7 +17,6 @@ from typing import Callable
 
 from costeer.engine.decoding import CoSteerEngine, Defences
 from costeer.evaluation.privacy import deny_list
-from costeer.engine.spec import DecodeSpec
 from costeer.engine.summary import ReplySummary
 from user_store import UserStore
 
@@ -109,7 +108,7 @@ class Pregenerator:
 
     def _answer(self, study_id: int, messages, context, mode, s: Setting, defences=None) -> dict[str, tuple[str, int]]:
         summary = ReplySummary()
-        for ev in self.engine.stream(messages, context, DecodeSpec(mode, s.params, s.sampling, gate=s.gate, defences=defences)):
+        for ev in self.engine.stream(messages, context, s.spec(mode, defences)):
             if self._is_cancelled(study_id):
                 raise Cancelled
             summary.add(ev)
