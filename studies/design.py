@@ -12,16 +12,14 @@ import itertools
 from dataclasses import dataclass, replace
 
 from costeer.engine.decoding import ConfidenceGate, Sampling
-from costeer.engine.spec import DecodeSpec
+from costeer.engine.spec import GATE_KEYS, SAMPLING_KEYS, STEERING_KEYS, DecodeSpec
 from costeer.steering.defences import Defences
 from costeer.steering.policy import SteeringParams, effective_strength
 import fields as F
 from fields import Refused
 
 BASELINE = "unsteered"
-STEERING_KEYS = ("T", "eta", "lam", "alpha", "beta")
-DECODING_KEYS = ("temperature", "top_p", "seed", "max_new_tokens", "repetition_penalty", "no_repeat_ngram_size")
-GATE_KEYS = ("gate_threshold", "gate_patience", "gate_mode")
+DECODING_KEYS = tuple(k for k in SAMPLING_KEYS if k != "stop")  # stop strings are not a study setting
 SPECS = {"T": F.T, "eta": F.ETA, "lam": F.LAM, "alpha": F.ALPHA, "beta": F.BETA, "temperature": F.TEMPERATURE,
          "top_p": F.TOP_P, "seed": F.SEED, "max_new_tokens": F.MAX_NEW_TOKENS,
          "repetition_penalty": F.REPETITION_PENALTY, "no_repeat_ngram_size": F.NO_REPEAT_NGRAM,

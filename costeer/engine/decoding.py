@@ -175,7 +175,6 @@ class Reply:
     def __init__(self, engine: CoSteerEngine, prompts: dict[str, list[int]], spec: DecodeSpec,
                  transcript: CloudTranscript | None):
         self.engine, self.prompts, self.spec, self.transcript = engine, prompts, spec, transcript
-        self.params, self.sampling, self.defences = spec.params, spec.sampling, spec.defences
         sampling, defences = spec.sampling, spec.defences
         self.seed = resolve_seed(sampling)
         self.max_new = sampling.max_new_tokens

@@ -160,7 +160,7 @@ def rounds(reply, messages, unsteered_messages, context):
     """Yield TokenEvents, as the per-token loop does, `reply.spec.speculate` tokens at most per
     round trip. Every token is decided by `reply.decide` (decoding.Reply), the per-token loop's own step."""
     K = reply.spec.speculate
-    engine, prompts, max_new = reply.engine, reply.prompts, reply.max_new
+    engine, prompts, max_new, spec = reply.engine, reply.prompts, reply.max_new, reply.spec
     cloud, device = engine.cloud, engine.device
     if device.vocab_map is not None:
         raise ValueError("speculate: drafting needs the cloud's tokenizer on the device, and this pair has two "
@@ -170,8 +170,8 @@ def rounds(reply, messages, unsteered_messages, context):
         rows = device.open(messages, context, max_new) if s == "steered" else device.open_base(unsteered_messages, max_new)
         # the drafts' own processor: the same steering and defences, its noise drawn apart from the
         # answer's so that verification sees the per-token loop's noise
-        drafter = Drafter(s, rows, processor(reply.params, None, False, reply.defences, reply.seed, salt=0xD4AF7),
-                          reply.deny, reply.sampling, torch.Generator().manual_seed(reply.seed ^ 0x5EED),
+        drafter = Drafter(s, rows, processor(spec.params, None, False, spec.defences, reply.seed, salt=0xD4AF7),
+                          reply.deny, spec.sampling, torch.Generator().manual_seed(reply.seed ^ 0x5EED),
                           getattr(cloud, "top_k", None))
         lanes[s] = Lane(drafter, reply.choose[s], engine.eos_ids)
     scorer = cloud.scorer(list(prompts.values()))
