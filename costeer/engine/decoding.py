@@ -256,4 +256,4 @@ def build_engine(cloud_lm: LoadedModel, device_lm: LoadedModel | None = None) ->
 
 
 __all__ = ["CoSteerEngine", "TokenEvent", "CloudTranscript", "Sampling", "ConfidenceGate", "Defences", "build_engine",
-           "build_prompts", "system_with_context", "MODES"]
+           "build_prompts", "system_with_context", "MODES", "DecodeSpec"]
