@@ -47,8 +47,8 @@ def cmd_generate(args, parser):
                          ensure_ascii=False))
     else:
         C = effective_strength(params)
-        print(f"== unsteered (cloud model alone, no personal context) ==\n{summary['unsteered'].text}\n")
-        print(f"== steered (CoSteer, effective strength C = {C:.3f}) ==\n{summary['steered'].text}")
+        print(f"== unsteered (cloud model alone, no personal context) ==\n{summary['unsteered'].shown}\n")
+        print(f"== steered (CoSteer, effective strength C = {C:.3f}) ==\n{summary['steered'].shown}")
         if args.speculate > 1:
             st = summary["steered"].speculation
             print(f"\n(speculate {args.speculate}: {st.rounds} round trips for {st.tokens} steered tokens; "
@@ -108,7 +108,8 @@ def _generate_json(engine, args, params, sampling, defences, summary, transcript
     from costeer.steering.defences import sent_deny_ids
 
     steered = summary["steered"]
-    return {"unsteered": summary["unsteered"].text, "steered": steered.text,
+    return {"unsteered": summary["unsteered"].text, "steered": steered.text, "shown": summary.shown(),
+            "finish": {s: v.finish for s, v in summary.streams.items()},
             "effective_strength": effective_strength(params), "params": params.as_dict(),
             "sampling": sampling.as_dict(), "latency": summary.latency.summary(), "cloud_model": engine.cloud.name,
             "local_model": engine.device.name, "same_model": engine.same_model, "seed": sampling.seed,
@@ -255,6 +256,16 @@ def cmd_eval(args, parser):
             print(f"attacker: {result['attacker_model']}")
 
 
+def cmd_retrieval(args, parser):
+    from costeer.evaluation.retrieval import evaluate_retrieval, retrieval_table
+
+    try:
+        result = evaluate_retrieval(args.set)
+    except (OSError, ValueError) as exc:
+        parser.error(f"--set {args.set}: {exc}")
+    print(json.dumps(result) if args.json else retrieval_table(result))
+
+
 def cmd_serve_cloud(args, parser):
     from costeer.serving.server import check_audit_log, serve
 
@@ -352,6 +363,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --cloud-url: let the llm_ctx baseline send the personal context to the cloud server")
     _add_model_args(e)
     e.set_defaults(func=cmd_eval, subparser=e)
+
+    r = sub.add_parser("retrieval", help="recall@k of the personal context's retrieval on a labelled set")
+    r.add_argument("--set", default=str(Path(__file__).resolve().parents[1] / "assets" / "eval" / "retrieval.jsonl"),
+                   help="JSONL rows: persona (file), message, relevant (entry titles); default: the shipped set")
+    r.add_argument("--json", action="store_true")
+    r.set_defaults(func=cmd_retrieval, subparser=r)
 
     c = sub.add_parser("serve-cloud", help="serve a model as an OpenAI-compatible cloud endpoint with top-k logprobs")
     c.add_argument("--model", default=os.environ.get("COSTEER_CLOUD_MODEL"), help=f"default {DEFAULT_MODEL}")

@@ -113,4 +113,4 @@ class Pregenerator:
                 raise Cancelled
             summary.add(ev)
         streams = {"side_by_side": ("steered", "unsteered")}.get(mode, (mode,))
-        return {k: (summary[k].text, summary[k].tokens) for k in streams}  # an answer may be empty (EOS first)
+        return {k: (summary[k].shown, summary[k].tokens) for k in streams}  # an answer may be empty (EOS first)

@@ -1,6 +1,8 @@
 """Retrieval and the personal context: BM25, FTS syntax safety, Japanese, isolation, budget."""
 import pytest
 
+from conftest import ROOT
+
 from user_store import UserStore
 
 HOSTILE = ['"', 'jazz*', 'NEAR(jazz osaka)', '-jazz', 'title:jazz', '((jazz', 'jazz AND', 'OR OR',
@@ -91,3 +93,75 @@ def test_profile_entries_always_count(store):
 def test_context_with_a_custom_counter(store):
     chars = store.build_context("ana", "ramen", max_tokens=60, count_tokens=len)
     assert len(chars) <= 60 and chars.startswith("[profile]")
+
+
+# -- retrieval by meaning (user_store/embeddings.py): hybrid with the keyword search ------------
+
+def test_kenji_cook_tonight_context_holds_his_food_entry(tmp_path):
+    """"What should I cook tonight?" shares no word with Kenji's Food entry; keywords alone missed it."""
+    s = UserStore(tmp_path / "k.db")
+    user = s.import_file(ROOT / "assets" / "personas" / "kenji_osaka.json")["user"]
+    message = "What should I cook tonight?"
+    assert all(e["title"] != "Food" for e in s.search(user, message, k=20))
+    used = [e["title"] for e in s.context_entries(user, message)]
+    assert "Food" in used and used[:2] == ["About me", "Style"]  # pinned first, as before
+    assert "No meat, no fish" in s.build_context(user, message)
+    s.close()
+
+
+def test_a_new_users_one_entry_reaches_a_related_message_and_not_an_unrelated_one(tmp_path):
+    s = UserStore(tmp_path / "n.db")
+    s.add_user("new")
+    s.add_entry("new", "I only eat vegetarian food and I love jazz in Osaka.", kind="preference")
+    assert "vegetarian" in s.build_context("new", "Suggest a plan for my Friday evening.")
+    assert s.build_context("new", "How do I fix a flat tyre?") == ""
+    s.close()
+
+
+def vector_rows(s):
+    return {r[0]: r[1] for r in s.db.execute("SELECT entry_id, vector FROM entry_vectors").fetchall()}
+
+
+def test_vectors_follow_add_edit_import_and_delete(store):
+    eid = store.add_entry("ana", "Collects vintage typewriters", kind="note")
+    before = vector_rows(store)[eid]
+    store.update_entry(eid, pinned=True)  # not a change of wording: the vector stays
+    assert vector_rows(store)[eid] == before
+    store.update_entry(eid, text="Collects vintage cameras")
+    assert vector_rows(store)[eid] != before
+    assert store.similar("ana", "photography", k=1)[0]["id"] == eid
+    store.delete_entry(eid)
+    assert eid not in vector_rows(store)
+    store.import_user([{"text": "Runs marathons in autumn"}], user="ana")
+    ids = {e["id"] for e in store.entries("ana")}
+    assert set(vector_rows(store)) >= ids  # every entry of ana has its vector
+
+
+def test_a_store_from_before_vectors_gets_them_when_a_context_is_built(tmp_path):
+    """Schema 5 had no vectors: opening such a file migrates it, and the first context computes them."""
+    import sqlite_utils
+
+    from user_store.schema import migrate
+
+    path = tmp_path / "old.db"
+    old = sqlite_utils.Database(path)
+    migrate(old, target=5)
+    uid = old["users"].insert({"name": "old", "created_at": "2026-01-01"}).last_pk
+    for text in ("No meat, no fish; tofu and soba are favourites", "Collects Blue Note records"):
+        old["entries"].insert({"user_id": uid, "kind": "note", "text": text, "created_at": "2026-01-01",
+                               "updated_at": "2026-01-01"})
+    old.conn.close()
+    s = UserStore(path)
+    assert vector_rows(s) == {}
+    assert "tofu" in s.build_context("old", "What should I cook tonight?")
+    assert len(vector_rows(s)) == 2
+    s.close()
+
+
+def test_retrieval_eval_hybrid_beats_keywords_on_the_shipped_set():
+    from costeer.evaluation.retrieval import evaluate_retrieval
+
+    result = evaluate_retrieval()
+    recall = result["recall"]
+    assert recall["hybrid"]["@3"]["mean"] > recall["keyword"]["@3"]["mean"]
+    assert result["rows"] >= 20 and result["context_ms"]["p50"] > 0

@@ -39,8 +39,8 @@ from user_store import KINDS, VOTES, NoUserName, UserStore, read_import
 import fields as F
 from fields import Refused
 from .guard import EXPECTED, info, refusal, warn
-from .render import (TOKENS_EMPTY, md_text, TOKENS_OPEN, bubble, latency_html, privacy_html, settings_line, status_html,
-                     strength_markdown, token_span, tokens_html)
+from .render import (TOKENS_EMPTY, md_text, TOKENS_OPEN, bubble, latency_html, privacy_html, settings_line, shaped_by,
+                     status_html, strength_markdown, token_span, tokens_html)
 
 CONTEXT_TOKENS = 256
 PERSONAS = Path(__file__).resolve().parents[1] / "assets" / "personas"
@@ -158,7 +158,7 @@ class TurnScreen:
             if s not in self.settings:
                 out[s] = gr.skip()
                 continue
-            text = self.summary[s].text
+            text = self.summary[s].shown if final else self.summary[s].text
             answer = {"role": "assistant", "content": bubble(text, self.settings[s] if final else "")}
             out[s] = self.conv[f"{s}_view"] + [{"role": "user", "content": bubble(self.message)}, answer]
         return out
@@ -266,13 +266,15 @@ class Studio:
         C = effective_strength(params)
         decoding = {**sampling.as_dict(), "seed": sampling.seed}
         # the summary's clock starts with the turn: the first token's time includes the context search
-        screen = TurnScreen(conv, message, {s: settings_line(s, params.as_dict(), C, decoding) for s in streams})
+        used = self.store.context_entries(user, message, max_tokens=self.context_tokens, count_tokens=self.count_tokens)
+        context = "\n".join(e["line"] for e in used)
+        shaped = shaped_by(used, defences)
+        screen = TurnScreen(conv, message, {s: settings_line(s, params.as_dict(), C, decoding, shaped) for s in streams})
         skip, busy = gr.skip(), (gr.update(interactive=False), gr.update(visible=True))
         v = screen.views()
         yield v["unsteered"], v["steered"], TOKENS_OPEN, skip, skip, status_html(screen.states), skip, \
             message_box(busy=True), *busy
 
-        context = self.context_for(user, message)
         turn = {"role": "user", "content": message}
         transcript, events = CloudTranscript(), []
         spec = DecodeSpec("side_by_side" if side else "steered", params, sampling, gate=gate, defences=defences,
@@ -568,7 +570,7 @@ class Studio:
                                  no_repeat_ngram_size=no_repeat_ngram_size)
         out = self.engine.generate([{"role": "user", "content": message}], self.context_for(user, message),
                                    DecodeSpec("side_by_side", params, sampling, defences=self.defences_for(user)))
-        return out["texts"]["unsteered"], out["texts"]["steered"]
+        return out["shown"]["unsteered"], out["shown"]["steered"]
 
     def history(self, user) -> list[dict]:
         user = self.check_user(user)

@@ -41,7 +41,16 @@ def bubble(text: str, settings: str = "") -> str:
     return body + (f"\n\n<sub>⚙ {esc(settings)}</sub>" if settings else "")
 
 
-def settings_line(stream: str, params: dict | None, C: float | None, sampling: dict) -> str:
+def shaped_by(entries: list[dict], defences) -> str:
+    """What shaped a steered answer besides the sliders: the history entries its context was built
+    from and the deny-list's size. Two answers to the same request differ only if one of these,
+    or a setting, does."""
+    names = [e["title"] or f"{e['kind']} #{e['id']}" for e in entries]
+    deny = len(defences.deny_ids) if defences is not None else 0
+    return (f"context: {', '.join(names)}" if names else "context: none") + f" · deny-list: {deny} token ids"
+
+
+def settings_line(stream: str, params: dict | None, C: float | None, sampling: dict, shaped: str = "") -> str:
     how = "greedy" if sampling["temperature"] == 0 else \
         f"temperature {sampling['temperature']:g}, top-p {sampling['top_p']:g}, seed {sampling['seed']}"
     rep = []
@@ -52,7 +61,8 @@ def settings_line(stream: str, params: dict | None, C: float | None, sampling: d
     tail = " · ".join([how, *rep] if rep else [how, "no repetition control"])
     if stream == "unsteered":
         return f"cloud model alone · {tail}"
-    return f"T={params['T']} · η={params['eta']:g} · λ={params['lam']:g} · C={C:.3f} · {tail}"
+    line = f"T={params['T']} · η={params['eta']:g} · λ={params['lam']:g} · C={C:.3f} · {tail}"
+    return f"{line} · {shaped}" if shaped else line
 
 
 TOKENS_EMPTY = "<div class='tokens empty'>The steered answer appears here, token by token.</div>"

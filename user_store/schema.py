@@ -123,7 +123,17 @@ def _v5(db: sqlite_utils.Database):
     db["entries"].add_column("version", int, not_null_default=1)
 
 
-MIGRATIONS = [_v1, _v2, _v3, _v4, _v5]
+def _v6(db: sqlite_utils.Database):
+    """Each entry's vector for retrieval by meaning (user_store/embeddings.py), beside its row;
+    `model` names the embedding model, so vectors from another one are recomputed, not mixed.
+    Entries from before this step get theirs the first time their user's context is built."""
+    db.execute("""CREATE TABLE entry_vectors (
+        entry_id INTEGER PRIMARY KEY REFERENCES entries(id) ON DELETE CASCADE,
+        model TEXT NOT NULL,
+        vector BLOB NOT NULL)""")
+
+
+MIGRATIONS = [_v1, _v2, _v3, _v4, _v5, _v6]
 LATEST = len(MIGRATIONS)
 
 

@@ -8,8 +8,11 @@ import re
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
+
 from .checks import VOTES, text_problem
 from .database import Database, StoreError, check_text, utc_now
+from .embeddings import MODEL_NAME, embedder, entry_text, from_blobs, to_blob
 from .formats import TEXT_FIELDS, card_line, is_writing, item_text, without_line
 
 KINDS = ("profile", "preference", "writing", "chat", "note")
@@ -20,6 +23,11 @@ MAX_IMPORT_BYTES = 5_000_000
 EXPORT_FORMAT = "costeer-user"
 MAX_RESULTS = 1000  # search -k
 MAX_CONTEXT_TOKENS = 100_000
+RETRIEVE_K = 3  # entries retrieved per message, besides the pinned and profile ones
+RRF_K = 60  # reciprocal rank fusion's constant (Cormack et al. 2009)
+RRF_DEPTH = 20  # how deep each ranking is read before fusing
+FUNCTION_ZIPF = 6.0  # an English word this common is not searched for (see _function_word)
+MIN_SIMILARITY = 0.15  # cosine an entry needs to be retrieved by meaning alone
 
 
 class UnknownUser(StoreError):
@@ -73,10 +81,13 @@ class UserStore(Database):
                   sensitive: bool = False) -> int:
         """`sensitive` puts the entry's distinctive words on the steering deny-list (costeer/steering/defences.py)."""
         fields = _check_entry({"text": text, "kind": kind, "title": title, "pinned": pinned, "sensitive": sensitive})
+        [vector] = embedder().encode([entry_text(fields)])  # before the transaction: the lock is not held for it
         with self.write() as db:
             now = utc_now()
-            return db["entries"].insert({"user_id": self._user_id(user), **fields,
-                                         "created_at": now, "updated_at": now}).last_pk
+            entry_id = db["entries"].insert({"user_id": self._user_id(user), **fields,
+                                             "created_at": now, "updated_at": now}).last_pk
+            _store_vectors(db, [entry_id], [vector])
+            return entry_id
 
     def update_entry(self, entry_id: int, version: int | None = None, **fields):
         """Edit an entry. `version` is the one the edit was made from (the entry's "version" when it
@@ -99,6 +110,8 @@ class UserStore(Database):
                 raise StaleEntry(f"entry #{entry_id} was changed in another tab or window since you opened it "
                                  f"(version {current['version']}, yours {version}); nothing was saved: reload it, "
                                  "then edit again")
+            if entry_text(merged) != entry_text(current):
+                _store_vectors(db, [entry_id], embedder().encode([entry_text(merged)]))
             if merged["sensitive"] or card_line(merged) != card_line(current):  # marked sensitive, or reworded
                 self._unshare(db, current, self._owner(db, entry_id))
 
@@ -140,8 +153,7 @@ class UserStore(Database):
     def search(self, user: str, query: str, k: int = 5) -> list[dict]:
         """BM25-ranked entries of `user` only. Any text is a safe query: terms are quoted."""
         uid = self._user_id(user)
-        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_RESULTS:
-            raise StoreError(f"k must be an integer in [1, {MAX_RESULTS}], got {str(k)[:30]}")
+        _check_k(k)
         match, short = _fts_query(query or "")
         results: list[dict] = []
         if match:  # already quoted term by term: sqlite-utils' own quoting would join them with AND
@@ -158,22 +170,54 @@ class UserStore(Database):
                     results.append({**r, "score": None})
         return results
 
-    def build_context(self, user: str, query: str, max_tokens: int = 512,
-                      count_tokens: Callable[[str], int] | None = None) -> str:
-        """The personal context for one message: pinned entries and `profile` entries (who the
-        user is matters to every message), then the best retrieved ones, one line each tagged
-        with its kind, cut to `max_tokens`. Other entries that match nothing in the message stay
-        out: a small device model copies whatever context it is given."""
+    def similar(self, user: str, query: str, k: int = 5) -> list[dict]:
+        """Entries of `user` by meaning: cosine similarity of their vectors to the query's."""
+        uid = self._user_id(user)
+        _check_k(k)
+        ids, matrix = self._vectors(uid)
+        if not ids or not (query or "").strip():
+            return []
+        cosine = matrix @ embedder().encode([query])[0]
+        order = np.argsort(-cosine, kind="stable")[:k]
+        found = {e["id"]: e for e in self.rows("entries", f"id IN ({','.join('?' * len(order))})",
+                                                [ids[i] for i in order], select=_ENTRY_COLUMNS)}
+        return [{**found[ids[i]], "similarity": float(cosine[i])} for i in order]
+
+    def retrieve(self, user: str, query: str, k: int = RETRIEVE_K) -> list[dict]:
+        """The entries most relevant to `query`: keyword (BM25) and meaning (vector) rankings fused
+        by reciprocal rank, so an exact name still wins and a message sharing no word with an
+        entry still finds it. An entry found by meaning alone must reach MIN_SIMILARITY: below
+        it, the nearest entries of a short history are unrelated, and the small device model
+        would copy them."""
+        _check_k(k)
+        by_words = self.search(user, query, k=RRF_DEPTH)
+        by_meaning = [e for e in self.similar(user, query, k=RRF_DEPTH) if e["similarity"] >= MIN_SIMILARITY]
+        fused: dict[int, dict] = {}
+        for ranking, key in ((by_words, "words_rank"), (by_meaning, "meaning_rank")):
+            for rank, e in enumerate(ranking, 1):
+                hit = fused.setdefault(e["id"], {**{c: e[c] for c in _ENTRY_FIELDS}, "rrf": 0.0})
+                hit["rrf"] += 1 / (RRF_K + rank)
+                hit[key] = rank
+        return sorted(fused.values(), key=lambda e: (-e["rrf"], e["id"]))[:k]
+
+    def context_entries(self, user: str, query: str, max_tokens: int = 512,
+                        count_tokens: Callable[[str], int] | None = None) -> list[dict]:
+        """The entries the personal context for one message is made of, each with its `line`:
+        pinned and `profile` entries (who the user is matters to every message), then the
+        RETRIEVE_K most relevant others (`retrieve`), cut to `max_tokens`. The rest stay out:
+        a small device model copies whatever context it is given."""
         if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or not 1 <= max_tokens <= MAX_CONTEXT_TOKENS:
             raise StoreError(f"max_tokens must be an integer in [1, {MAX_CONTEXT_TOKENS}], got {str(max_tokens)[:30]}")
         count = count_tokens or (lambda s: len(s.split()))
         standing = [e for e in self.entries(user) if e["pinned"] or e["kind"] == "profile"]
-        retrieved = [e for e in self.search(user, query, k=20) if not (e["pinned"] or e["kind"] == "profile")]
-        lines: list[str] = []
+        retrieved = [e for e in self.retrieve(user, query, k=RETRIEVE_K + len(standing))
+                     if not (e["pinned"] or e["kind"] == "profile")][:RETRIEVE_K]
+        used: list[dict] = []
         for e in standing + retrieved:
-            line = f"[{e['kind']}] " + (f"{e['title']}: " if e["title"] else "") + " ".join(e["text"].split())
+            line = context_line(e)
+            lines = [u["line"] for u in used]
             if count("\n".join(lines + [line])) <= max_tokens:
-                lines.append(line)
+                used.append({**e, "line": line})
                 continue
             words = line.split(" ")  # the first item that does not fit is cut to the budget
             lo, hi = 0, len(words)
@@ -183,10 +227,31 @@ class UserStore(Database):
                     lo = mid
                 else:
                     hi = mid - 1
-            if lo > 1:  # more than the kind tag alone
-                lines.append(" ".join(words[:lo]))
+            if lo > 1:  # more than the first word alone
+                used.append({**e, "line": " ".join(words[:lo])})
             break
-        return "\n".join(lines)
+        return used
+
+    def build_context(self, user: str, query: str, max_tokens: int = 512,
+                      count_tokens: Callable[[str], int] | None = None) -> str:
+        """The personal context for one message, one line per entry (`context_entries`)."""
+        return "\n".join(e["line"] for e in self.context_entries(user, query, max_tokens, count_tokens))
+
+    def _vectors(self, uid: int) -> tuple[list[int], np.ndarray]:
+        """(entry ids, their vectors) for one user; entries stored before vectors existed, or
+        under another embedding model, get theirs now (the migration to schema 6 is lazy)."""
+        with self.lock:
+            rows = self.db.execute(
+                "SELECT e.id, e.title, e.text, v.vector FROM entries e LEFT JOIN entry_vectors v "
+                "ON v.entry_id = e.id AND v.model = ? WHERE e.user_id = ? ORDER BY e.id", [MODEL_NAME, uid]).fetchall()
+            missing = [r for r in rows if r[3] is None]
+            if missing:
+                fresh = embedder().encode([entry_text({"title": r[1], "text": r[2]}) for r in missing])
+                with self.write() as db:
+                    _store_vectors(db, [r[0] for r in missing], fresh)
+                blobs = dict(zip([r[0] for r in missing], (to_blob(v) for v in fresh)))
+                rows = [(r[0], r[1], r[2], r[3] if r[3] is not None else blobs[r[0]]) for r in rows]
+        return [r[0] for r in rows], from_blobs([r[3] for r in rows])
 
     # -- import / export ------------------------------------------------------------
     def export_user(self, user: str) -> dict:
@@ -208,6 +273,7 @@ class UserStore(Database):
             raise StoreError(f"mode must be 'merge' or 'replace', got {mode!r}")
         name, items = _parse_import(data, user)
         name = _check_name(name)
+        vectors = embedder().encode([entry_text(item) for item in items])  # before the transaction
         with self.write() as db:
             uid = self.add_user(name)
             if mode == "replace":
@@ -218,7 +284,7 @@ class UserStore(Database):
                 "user_id = ?", [uid], select="id, kind, title, text, sensitive")}
             added = skipped = 0
             now = utc_now()
-            for item in items:
+            for item, vector in zip(items, vectors):
                 key = (item["kind"], item["title"] or "", item["text"])
                 if key in existing:
                     skipped += 1
@@ -227,6 +293,7 @@ class UserStore(Database):
                         existing[key]["sensitive"] = 1
                     continue
                 new_id = db["entries"].insert({"created_at": now, "updated_at": now, **item, "user_id": uid}).last_pk
+                _store_vectors(db, [new_id], [vector])
                 existing[key] = {**item, "id": new_id}  # a later duplicate in the same file merges into it
                 added += 1
         return {"user": name, "added": added, "skipped": skipped}
@@ -324,8 +391,31 @@ def _fts_query(query: str, max_terms: int = 64) -> tuple[str, list[str]]:
                 terms.append(word)
         elif _CJK.search(word):
             short.append(word)
-    unique = list(dict.fromkeys(t.lower() for t in terms))[:max_terms]
+    unique = [t for t in dict.fromkeys(t.lower() for t in terms) if not _function_word(t)][:max_terms]
     return " OR ".join('"' + t.replace('"', '""') + '"' for t in unique), list(dict.fromkeys(short))[:max_terms]
+
+
+def context_line(entry: dict) -> str:
+    """One entry as a line of the personal context."""
+    return f"[{entry['kind']}] " + (f"{entry['title']}: " if entry["title"] else "") + " ".join(entry["text"].split())
+
+
+def _store_vectors(db, entry_ids: list[int], vectors):
+    db["entry_vectors"].upsert_all([{"entry_id": i, "model": MODEL_NAME, "vector": to_blob(v)}
+                                    for i, v in zip(entry_ids, vectors)], pk="entry_id")
+
+
+def _check_k(k):
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_RESULTS:
+        raise StoreError(f"k must be an integer in [1, {MAX_RESULTS}], got {str(k)[:30]}")
+
+
+def _function_word(term: str) -> bool:
+    """"for", "my", "what": so common in English (wordfreq Zipf >= FUNCTION_ZIPF) that, matched
+    as trigrams inside other words ("for" in "before", "formal"), they only add noise to BM25."""
+    from wordfreq import zipf_frequency
+
+    return zipf_frequency(term, "en") >= FUNCTION_ZIPF
 
 
 def _like_escape(text: str) -> str:

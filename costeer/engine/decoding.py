@@ -153,13 +153,14 @@ class CoSteerEngine:
 
     def generate(self, messages, context: str = "", spec: DecodeSpec = DecodeSpec("side_by_side"),
                  transcript: CloudTranscript | None = None) -> dict:
-        """Run `stream` to the end; return the texts per stream, how many tokens steering changed
+        """Run `stream` to the end; return the texts per stream (and as shown: cut by the token limit,
+        ending on a sentence, text.end_on_sentence), how many tokens steering changed
         and how many device passes the gate skipped (and, speculating, the drafts per stream)."""
         from costeer.engine.summary import ReplySummary
 
         summary = ReplySummary.of(self.stream(messages, context, spec, transcript))
         steered = summary["steered"]
-        result = {"texts": summary.texts(), "changed_tokens": steered.changed, "device_skipped": steered.device_skipped,
+        result = {"texts": summary.texts(), "shown": summary.shown(), "changed_tokens": steered.changed, "device_skipped": steered.device_skipped,
                   "steered_steps": steered.tokens, "effective_strength": effective_strength(spec.params)}
         if spec.speculative:
             result["speculation"] = {s: v.speculation.as_dict() for s, v in summary.streams.items()}

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from costeer.engine.latency import Latency
 from costeer.engine.speculative import Speculation
+from costeer.engine.text import end_on_sentence
 
 
 @dataclass
@@ -33,6 +34,11 @@ class StreamSummary:
         self.token_ids.append(ev.token_id)
         self.finish = ev.finish or self.finish
         self.speculation.add(ev)
+
+    @property
+    def shown(self) -> str:
+        """The text readers see: cut by the token limit, it ends on a sentence, marked."""
+        return end_on_sentence(self.text, self.finish, self.tokens)
 
     @property
     def fluency(self) -> float:
@@ -66,3 +72,6 @@ class ReplySummary:
 
     def texts(self) -> dict[str, str]:
         return {s: v.text for s, v in self.streams.items()}
+
+    def shown(self) -> dict[str, str]:
+        return {s: v.shown for s, v in self.streams.items()}
