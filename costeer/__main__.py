@@ -169,6 +169,8 @@ def cmd_bench(args, parser):
     if args.remote:
         return cmd_remote_bench(args, parser)
     engine = load_engine_or_exit(args, stock_linear=args.stock_linear)
+    if args.project:
+        return cmd_project(engine, args)
     from costeer.bench.speed import defences_bench, gate_bench, http_vs_in_process, topk_agreement
 
     try:
@@ -193,6 +195,27 @@ def cmd_bench(args, parser):
     else:
         for k, v in result.items():
             print(f"{k:40s} {v}")
+
+
+def cmd_project(engine, args):
+    """Measure this machine's device on one side-by-side reply, then project real pairs from it."""
+    from costeer.bench.machine import cpu_name
+    from costeer.bench.projection import measured_from, projection_table, projections
+    from costeer.engine.summary import ReplySummary
+
+    messages = [{"role": "user", "content": "Suggest a plan for my Friday evening."}]
+    context = "[profile] About me: Strict vegetarian living in Osaka. Loves jazz and quiet places."
+    spec = DecodeSpec("side_by_side", sampling=decoding(args, args.tokens))
+    engine.generate(messages, context, spec)  # a warm-up: the first pass pays for allocations
+    latency = ReplySummary.of(engine.stream(messages, context, spec)).latency.summary()
+    measured = measured_from(latency, engine.device.lm.model, engine.same_model, cpu_name())
+    rows = projections(measured)
+    if args.json:
+        from dataclasses import asdict
+
+        print(json.dumps({"measured": asdict(measured), "projections": rows}))
+    else:
+        print(projection_table(measured, rows))
 
 
 def cmd_eval(args, parser):
@@ -332,6 +355,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--repeats", type=_positive_int("repeats", 1, 50), default=3)
     b.add_argument("--stock-linear", action="store_true", help="measure with torch's stock Linear layers")
     b.add_argument("--no-cloud", action="store_true", help="skip the top-k agreement and loopback-HTTP figures")
+    b.add_argument("--project", action="store_true",
+                   help="only 'will it run on my PC?': measure the device here, project real pairs (inputs stated)")
     b.add_argument("--remote", action="store_true",
                    help="only the remote-decoding table: per-token, overlapped and speculative decoding at simulated "
                         "round-trip times (against serve-cloud started here, or --cloud-url)")

@@ -3,12 +3,15 @@ import csv
 import json
 import html
 import random
+import re
 from types import SimpleNamespace
 
 import pytest
 
+from costeer.engine.text import end_on_sentence
 from fields import Refused
 from ui.handlers import DEMO_DECODING, Session, Studio, new_conversation, persona_files
+from ui.render import bubble
 from user_store import StaleEntry, StoreError, UserStore
 
 KENJI = "Kenji (Osaka, vegetarian, jazz)"
@@ -54,12 +57,17 @@ def test_chat_echoes_at_once_streams_and_keeps_two_conversations(studio):
     prompt_sent = privacy.split("Sent to the cloud")[1].split("Then only the chosen tokens")[0]
     assert "Strict vegetarian" not in prompt_sent  # the context is not in the prompt the cloud got
     reply_sent = privacy.split("They spell the reply")[1].split("Stayed on your device")[0]
-    assert conv["steered"][-1]["content"].split("\n")[0] in html.unescape(reply_sent)  # the reply is: it did reach it
+    reply_text = html.unescape(re.sub(r"<[^>]+>", "", reply_sent))  # exposed terms are marked up in it
+    assert conv["steered"][-1]["content"].split("\n")[0] in reply_text  # the reply is: it did reach it
     assert "chosen tokens can carry personal information" in privacy
     assert "No earlier steered answers" in privacy
-    assert "first token after" in latency and "device (small model passes)" in latency and "T costs nothing" in latency
+    assert "first token after" in latency and "one model plays both roles" in latency and "T costs nothing" in latency
+    assert "Will it run on my PC?" in latency and "paper pair, 0.5B device" in latency and "laptop" in latency
     assert "steered</b>: done · " in status and "class='tok" in tokens
-    assert conv["steered"][-1]["content"] in s_chat[-1]["content"]  # the raw answer is in the state
+    raw = conv["steered"][-1]["content"]  # the state holds the whole answer; the bubble may end it on a sentence
+    shown = s_chat[-1]["content"].split("\n\n<sub>")[0]
+    assert shown == bubble(end_on_sentence(raw, "length" if "(cut at 24 tokens)" in shown else None, 24))
+    assert "context: About me, Style" in s_chat[-1]["content"] and "deny-list: 0 token ids" in s_chat[-1]["content"]
     u2, s2, _, privacy2, *_, conv2, _, _, _ = _chat(studio, "Something quieter?", conv)
     assert len(u2) == len(s2) == 4 and len(conv2["steered"]) == 4
     assert u2[1] == u_chat[1] and s2[1] == s_chat[1]  # each column continues its own conversation
@@ -332,9 +340,9 @@ def test_chat_speculates_with_the_same_answer_and_counts_rejected_drafts(studio)
     assert spec[1][-1]["content"] == plain[1][-1]["content"] and spec[0][-1]["content"] == plain[0][-1]["content"]
     latency = spec[4]
     assert "Speculation:" in latency and "round trips for 16 steered tokens" in latency
-    noisy = _chat(studio, "Plan my Friday evening", new_conversation(), max_new_tokens=16, speculate=4, sigma=0.5,
+    noisy = _chat(studio, "Plan my Friday evening", new_conversation(), max_new_tokens=16, speculate=4, sigma=1.0,
                   seed=3)
-    n = int(noisy[4].split("<b>")[-1].split(" rejected")[0])
+    n = int(noisy[4].split("<b>")[-2].split(" rejected")[0])  # the speculation line, before the projection
     assert n > 0 and f"the cloud also saw <b>{n} drafted token(s)</b>" in noisy[3]
     with pytest.raises(Refused, match=r"speculate K: must be an integer in \[1, 8\]"):
         _chat(studio, "hi", new_conversation(), speculate=9)

@@ -484,6 +484,33 @@ def test_privacy_panel_marks_the_exposed_terms_and_a_sensitive_entry_goes_on_the
     expect(cloud.locator(".rejected-drafts")).to_contain_text(f"{rejected} drafted token(s)")
 
 
+def test_an_answer_cut_by_the_token_limit_ends_on_a_sentence_with_the_mark(new_page, app):
+    """The bubble shows the answer up to its last sentence (or list line) and "(cut at N tokens)";
+    the token view still shows every token the cloud received."""
+    from gradio_client import Client
+    from playwright.sync_api import expect
+
+    from costeer.engine.text import end_on_sentence
+
+    message, n = "Recommend three albums for a rainy Sunday.", 40
+    page = new_page()
+    pick_user(page, KENJI)
+    send(page, message, max_new=n)
+    wait_done(page)
+    mark = f"(cut at {n} tokens)"
+    expect(page.locator("#steered")).to_contain_text(mark)
+    raw = page.locator("#tokens .tokens").inner_text()  # every token generated, as the cloud received them
+    bubble = " ".join(page.locator("#steered").inner_text().split())
+    shown = end_on_sentence(raw, "length", n)
+    kept = " ".join(shown.removesuffix(mark).split())
+    assert kept and len(kept) < len(" ".join(raw.split()))  # the half sentence at the end is gone
+    cut_at = len(shown.removesuffix(mark).rstrip())
+    assert kept[-1] in ".!?:\"')]" or raw[cut_at:].lstrip(" \t")[:1] == "\n"  # a sentence or a list line ended
+    assert " ".join(shown.split()) in bubble
+    _, api = Client(app[0], verbose=False).predict(KENJI, message, 20, 10, 2, n, api_name="/generate_pair")
+    assert " ".join(api.split()) in bubble  # the API shows the same answer, cut the same way
+
+
 def test_browser_time_against_the_engines_for_the_same_request(new_page, app):
     """Reports (does not assert) the browser's time for a 128-token side-by-side answer against
     the same request through /generate_pair, measured one after the other in this run."""

@@ -194,3 +194,15 @@ def test_bad_gate_settings_name_the_field():
         ConfidenceGate(0.1, 3, "sometimes")
     with pytest.raises(ValueError, match=re.escape("gate patience must be an integer in [1, 100]")):
         ConfidenceGate(0.1, 0)
+
+
+def test_an_answer_cut_by_the_limit_ends_on_its_last_sentence_marked():
+    from costeer.engine.text import end_on_sentence
+
+    assert end_on_sentence("Go early. Then walk along the ri", "length", 12) == "Go early. (cut at 12 tokens)"
+    assert end_on_sentence("- Vegetable ramen\n- Quiet walk along", "length", 9) == "- Vegetable ramen (cut at 9 tokens)"
+    assert end_on_sentence("Three picks:\n1. Kind of", "length", 9) == "Three picks: (cut at 9 tokens)"  # "1." ends nothing
+    assert end_on_sentence('He said "go." Then', "length", 9) == 'He said "go." (cut at 9 tokens)'
+    assert end_on_sentence("週末はジャズ喫茶へ。それから", "length", 9) == "週末はジャズ喫茶へ。 (cut at 9 tokens)"
+    assert end_on_sentence("no boundary at all", "length", 4) == "no boundary at all (cut at 4 tokens)"
+    assert end_on_sentence("Done. Half", "eos", 4) == "Done. Half"  # only the token limit cuts

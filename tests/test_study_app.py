@@ -19,6 +19,7 @@ from gradio_client import Client
 
 from apprunner import free_port, running_app, running_process
 from conftest import ROOT
+from costeer.bench.machine import cpu_name
 from ui.access import Access, owner_gate
 from user_store import UserStore
 
@@ -28,19 +29,6 @@ SETTINGS = [{"lam": 1, "label": "strong"}, {"lam": 2, "label": "paper"}, {"lam":
 RATERS = 12
 P95_TARGET_S = 0.300  # next_pair as a rater's client sees it; measured and reported, not asserted (below)
 ARTIFACTS = ROOT / "artifacts"
-
-
-def cpu_name() -> str:
-    """Which CPU a figure came from (the machine's CPU changes between sessions): its name and the
-    widest vector extensions it has."""
-    name, flags = "unknown", set()
-    for line in open("/proc/cpuinfo", encoding="utf-8"):
-        if line.startswith("model name"):
-            name = line.split(":", 1)[1].strip()
-        elif line.startswith("flags"):
-            flags = set(line.split(":", 1)[1].split())
-    isa = [f for f in ("amx_tile", "avx512_bf16", "avx512f", "avx2") if f in flags]
-    return f"{name} ({', '.join(isa) or 'no AVX2'})"
 
 
 def token_of(link: dict) -> str:

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import gradio as gr
 
+from costeer.bench.machine import cpu_name
+from costeer.bench.projection import measured_from, projections
 from costeer.engine.decoding import CloudTranscript, ConfidenceGate, CoSteerEngine, Defences, Sampling
 from costeer.evaluation.audit import attacker_model
 from costeer.steering.defences import sent_deny_ids
@@ -350,7 +352,7 @@ class Studio:
         note = "the simulated cloud attacker is guessing who you are; a message sent now waits for it" \
             if guessing else ""
         yield (v["unsteered"], v["steered"], tokens_html(events), panel(),
-               latency_html(summary.latency.summary(), self.remote(), shared, spec and spec.as_dict()),
+               self.latency_readout(summary.latency.summary(), shared, spec),
                status_html(screen.states, note), new,
                message_box(), gr.update(interactive=True), gr.update(visible=False))
         if guessing and session.current(run):
@@ -558,6 +560,12 @@ class Studio:
         return (f"Vote #{vid} saved. **{steered} was steered (CoSteer)**, {other} was the cloud model alone.", None,
                 gr.update(label=f"A: {names['A']}"), gr.update(label=f"B: {names['B']}"),
                 *[gr.update(interactive=False)] * len(VOTES))
+
+    def latency_readout(self, latency: dict, shared: bool, speculation) -> str:
+        """The reply's timing and, from it, the projection for real pairs (bench/projection.py)."""
+        measured = measured_from(latency, self.engine.device.lm.model, shared, cpu_name())
+        return latency_html(latency, self.remote(), shared, speculation and speculation.as_dict(),
+                            (measured, projections(measured)))
 
     # -- the named API -------------------------------------------------------------------
     def generate_pair(self, user, message, T=20, eta=10.0, lam=2.0, max_new_tokens=128,

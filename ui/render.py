@@ -103,24 +103,48 @@ def status_html(states: dict[str, str], note: str = "") -> str:
     return "<div class='status'>" + " ".join(parts) + "</div>"
 
 
-def latency_html(summary: dict, remote: bool, shared: bool = False, speculation: dict | None = None) -> str:
+def latency_html(summary: dict, remote: bool, shared: bool = False, speculation: dict | None = None,
+                 projection: tuple | None = None) -> str:
     """The reply's timing: first token, speed, and where each step's time went. `shared`: the
-    one-model demo, where the device's rows ride in the cloud's batched forward; `speculation`
-    (speculative.Speculation.as_dict of the steered stream): round trips and drafts."""
+    one-model demo, where the device's rows ride in the cloud's batched forward (said in the row
+    itself); `speculation` (speculative.Speculation.as_dict of the steered stream): round trips and
+    drafts; `projection` (bench/projection.py: what was measured, the projected pairs): "will it
+    run on my PC?" for real pairs."""
     per = summary["per_step_ms"]
     cloud = "cloud (HTTP round trip)" if remote else "cloud (forward pass)"
-    rows = "".join(f"<tr><td>{name}</td><td>{per[key]:.1f} ms</td></tr>" for name, key in (
-        ("device (small model passes)", "device"), (cloud, "cloud"), ("steering and choosing", "steering"),
-        ("UI (rendering, sending)", "ui"), ("other", "other")))
+    rows = [("device (small model, two passes)", f"{per['device']:.1f} ms"), (cloud, f"{per['cloud']:.1f} ms")]
+    if shared:
+        rows = [("device (small model, two passes)", "inside the forward below: one model plays both roles, its "
+                 "three rows run as one batch"), ("cloud and device rows (one forward pass)", f"{per['cloud']:.1f} ms")]
+    rows += [(name, f"{per[key]:.1f} ms") for name, key in (
+        ("steering and choosing", "steering"), ("UI (rendering, sending)", "ui"), ("other", "other"))]
+    table = "".join(f"<tr><td>{name}</td><td>{value}</td></tr>" for name, value in rows)
     return (f"<div class='latency'><b>⏱ This reply:</b> first token after {summary['time_to_first_token_ms'] / 1000:.2f} s · "
             f"{summary['tokens_per_s']:.1f} tokens/s · {summary['ms_per_step']:.0f} ms per step "
             f"({summary['steps']} steps, {summary['total_ms'] / 1000:.1f} s)"
-            f"<table><tr><th>per step</th><th></th></tr>{rows}</table>"
-            + _speculation_html(speculation)
-            + ("<p class='note'>One model plays both roles here, so the device's passes run inside the "
-               "cloud's batched forward and are counted under cloud.</p>" if shared else "")
+            f"<table><tr><th>per step</th><th></th></tr>{table}</table>"
+            + _speculation_html(speculation) + _projection_html(projection)
             + "<p class='note'>T costs nothing at decode time: the closed form computes one number C from "
             "(T, η, λ, α, β), so T = 100 runs as fast as T = 1.</p></div>")
+
+
+def _projection_html(projection) -> str:
+    """Will it run on my PC: the projected speed of real pairs, with every input stated."""
+    if not projection:
+        return ""
+    from costeer.bench.projection import SPECULATE_K, basis
+
+    measured, rows = projection
+    body = "".join(f"<tr><td title='{html.escape(r['inputs'])}'>{esc(r['pair'])}</td><td>{r['ms_per_token']:.0f} ms</td>"
+                   f"<td>{r[f'speculate_{SPECULATE_K}_ms_per_token']:.0f} ms</td>"
+                   f"<td>{r['time_to_first_token_ms'] / 1000:.2f} s</td></tr>" for r in rows)
+    inputs = "".join(f"<li>{esc(r['pair'])}: {esc(r['inputs'])}</li>" for r in rows)
+    return (f"<div class='projection'><b>Will it run on my PC?</b> Projected for real pairs from this reply "
+            f"({esc(basis(measured))}):<table><tr><th>pair</th><th>per token</th><th>speculating K={SPECULATE_K}</th>"
+            f"<th>first token</th></tr>{body}</table><ul class='note'>{inputs}</ul>"
+            "<p class='note'>Assumed: the cloud's times (a 7B model on a server GPU), the round trips and 70 % of "
+            "drafts kept. The device's step scales with its weights' bytes, the first token with its parameters. "
+            "<code>python -m costeer bench --project</code> prints the same table.</p></div>")
 
 
 def _speculation_html(spec: dict | None) -> str:

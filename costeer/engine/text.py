@@ -10,9 +10,14 @@ from __future__ import annotations
 
 import re
 
-# a sentence ends at . ! ? (Latin or CJK), perhaps followed by a closing quote or bracket, then
-# a space or the end; a line break ends a list item
-_SENTENCE_END = re.compile(r"[.!?\u3002\uff01\uff1f][\"'\u201d\u2019)\]]*(?=\s|$)|\n")
+# a sentence ends at . ! ? followed by a space or the end, or at 。！？ (no spaces in CJK text),
+# either perhaps followed by a closing quote or bracket; a line break ends a list item
+_SENTENCE_END = re.compile(r"[.!?][\"'\u201d\u2019)\]]*(?=\s|$)|[\u3002\uff01\uff1f][\u300d\u300f)\]]*|\n")
+
+
+def _list_number(text: str, at: int) -> bool:
+    """The "." of "2." at a line's start numbers a list item; it ends no sentence."""
+    return text[text.rfind("\n", 0, at) + 1:at].strip().isdigit()
 
 
 def end_on_sentence(text: str, finish: str | None, tokens: int) -> str:
@@ -21,7 +26,7 @@ def end_on_sentence(text: str, finish: str | None, tokens: int) -> str:
     cloud still received every token; this changes what is shown, not what was sent."""
     if finish != "length":
         return text
-    ends = [m.end() for m in _SENTENCE_END.finditer(text.rstrip())]
+    ends = [m.end() for m in _SENTENCE_END.finditer(text.rstrip()) if not _list_number(text, m.start())]
     kept = text[:ends[-1]].rstrip() if ends else text.rstrip()
     return f"{kept} (cut at {tokens} tokens)"
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from costeer.engine.decoding import CoSteerEngine, ConfidenceGate, Sampling, system_with_context
 from costeer.engine.spec import DecodeSpec
 from costeer.engine.summary import ReplySummary
+from costeer.evaluation.content import COPY_RUN, contradictions, copied_run
 from costeer.evaluation.privacy import deny_list
 from costeer.evaluation.stats import bootstrap_ci, repeated_ngram_share
 from costeer.steering.defences import Defences
@@ -39,6 +40,7 @@ class Row:
     profile: list[dict]
     reference: str
     user: str | None = None  # whose row: the privacy audit's attacker guesses it
+    excludes: tuple[str, ...] = ()  # what the person excludes: an answer naming one contradicts them
 
 
 def _check_row_text(path, n: int, fields: list[tuple[str, object]]):
@@ -76,7 +78,12 @@ def load_rows(path, limit: int | None = None) -> list[Row]:
                             + [(f"profile[{i}].title", it["title"]) for i, it in enumerate(items) if it["title"] is not None]
                             + [(f"profile[{i}].text", it["text"]) for i, it in enumerate(items)])
             user = d.get("user")
-            rows.append(Row(str(d.get("id", n)), query, items, reference, str(user) if user is not None else None))
+            excludes = d.get("excludes", [])
+            if not isinstance(excludes, list) or not all(isinstance(x, str) and x.strip() for x in excludes):
+                raise ValueError(f"{path}:{n}: excludes must be a list of non-empty texts")
+            _check_row_text(path, n, [(f"excludes[{i}]", x) for i, x in enumerate(excludes)])
+            rows.append(Row(str(d.get("id", n)), query, items, reference, str(user) if user is not None else None,
+                            tuple(x.strip() for x in excludes)))
             if limit and len(rows) >= limit:
                 break
     return rows
@@ -193,6 +200,13 @@ def summarize(results: list[dict], methods: list[str], baseline: str = "llm") ->
             entry[f"{metric}_ci"] = list(bootstrap_ci(vals))
         entry["mean_words"] = statistics.fmean(len(r["text"].split()) for r in rs)
         entry["repeated_4gram_share"] = statistics.fmean(repeated_ngram_share(r["text"]) for r in rs)
+        if all("copied_run" in r for r in rs):
+            copies = [float(r["copied_run"] >= COPY_RUN) for r in rs]
+            entry["copy_rate"], entry["copy_rate_ci"] = statistics.fmean(copies), list(bootstrap_ci(copies))
+        judged = [float(bool(r["contradicts"])) for r in rs if r.get("contradicts") is not None]
+        if judged:
+            entry["contradiction_rate"], entry["contradiction_rate_ci"] = statistics.fmean(judged), list(bootstrap_ci(judged))
+            entry["contradiction_n"] = len(judged)
         secs = sum(r["seconds"] for r in rs)
         entry["tokens_per_s"] = sum(r["tokens"] for r in rs) / secs if secs > 0 else float("nan")
         params, gate = method_spec(m)
@@ -213,14 +227,18 @@ def summarize(results: list[dict], methods: list[str], baseline: str = "llm") ->
 
 
 def table(summary: dict) -> str:
-    lines = [f"{'method':24s} {'n':>3s} {'ROUGE-1':>22s} {'ROUGE-L':>22s} {'words':>6s} {'rep4':>5s} {'tok/s':>6s} "
-             f"{'win vs llm':>10s}"]
+    lines = [f"{'method':24s} {'n':>3s} {'ROUGE-1':>22s} {'ROUGE-L':>22s} {'copy':>5s} {'contra':>6s} {'words':>6s} "
+             f"{'rep4':>5s} {'tok/s':>6s} {'win vs llm':>10s}"]
     for m, e in summary.items():
         r1 = f"{e['rouge1']:.3f} [{e['rouge1_ci'][0]:.3f},{e['rouge1_ci'][1]:.3f}]"
         rl = f"{e['rougeL']:.3f} [{e['rougeL_ci'][0]:.3f},{e['rougeL_ci'][1]:.3f}]"
         win = f"{100 * e['vs_llm']['win_share']:.0f}%" if "vs_llm" in e else "–"
-        lines.append(f"{m:24s} {e['n']:3d} {r1:>22s} {rl:>22s} {e['mean_words']:6.1f} "
+        copy = f"{e['copy_rate']:.2f}" if "copy_rate" in e else "–"
+        contra = f"{e['contradiction_rate']:.2f}" if "contradiction_rate" in e else "–"
+        lines.append(f"{m:24s} {e['n']:3d} {r1:>22s} {rl:>22s} {copy:>5s} {contra:>6s} {e['mean_words']:6.1f} "
                      f"{e['repeated_4gram_share']:5.2f} {e['tokens_per_s']:6.1f} {win:>10s}")
+    lines.append(f"copy: share of answers holding a run of >= {COPY_RUN} tokens of their context (copied verbatim); "
+                 "contra: share naming something the person excludes (rows with `excludes`).")
     lines.append("rep4: share of repeated word 4-grams in the answers (0 = no loops).")
     lines.append("METEOR: not reported (it needs WordNet data, which cannot be downloaded here).")
     return "\n".join(lines)
@@ -271,7 +289,10 @@ class Evaluator:
         answer = ReplySummary.of(engine.stream(messages, ctx, spec, transcript))[mode]
         seconds = time.perf_counter() - start
         margin = answer.deny_margin if defences is not None and defences.deny_ids else None
+        found = contradictions(answer.text, list(row.excludes))
         out = {"id": row.id, "method": method, "text": answer.text, "tokens": answer.tokens, "seconds": seconds,
+               "copied_run": copied_run(self.engine.cloud.tokenizer, answer.text, context),
+               "contradicts": found if row.excludes else None,
                "device_skipped": answer.device_skipped, "repeated_4grams": repeated_ngram_share(answer.text),
                "deny_margin": margin, **score(self.sc, answer.text, row.reference)}
         if audit is not None:
