@@ -294,9 +294,11 @@ def test_parameter_explorer_flags_word_salad_and_runs_equal_C_once(studio):
                                progress=lambda *a, **k: None)
     assert [r[0] for r in rows] == ["unsteered", "lam = 0.5", "lam = 2", "lam = 2"]
     assert rows[1][1] > 900 and rows[2][1] == pytest.approx(1.783, abs=1e-3)  # C shown for every point
-    assert rows[0][5] == "ok" and rows[2][5] == "ok"
-    assert rows[1][5].startswith("⚠️")  # C ≈ 969: the cloud alone finds that text far less likely
-    assert "same C as lam = 2" in rows[3][5] and rows[3][6] == rows[2][6]
+    assert rows[0][7] == "ok"
+    assert "not fluent" in rows[1][7] or "looping" in rows[1][7]  # C ≈ 969: the cloud alone finds it far less likely
+    assert "same C as lam = 2" in rows[3][7] and rows[3][8] == rows[2][8]
+    for r in rows:  # the copy and contradiction columns agree with the check
+        assert (r[5] >= 8) == ("copies the history" in r[7]) and (r[6] not in ("", "–")) == ("contradicts" in r[7])
     with pytest.raises(Refused, match=r"values: each must be a number in \[0.1, 5\]"):
         studio.explore(KENJI, "hi", "lam", "0, 9", 20, 10, 2, 2, 1, 8, progress=lambda *a, **k: None)
 

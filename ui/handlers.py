@@ -28,6 +28,7 @@ from costeer.bench.machine import cpu_name
 from costeer.bench.projection import measured_from, projections
 from costeer.engine.decoding import CloudTranscript, ConfidenceGate, CoSteerEngine, Defences, Sampling
 from costeer.evaluation.audit import attacker_model
+from costeer.evaluation.content import COPY_RUN, contradictions, copied_run
 from costeer.steering.defences import sent_deny_ids
 from costeer.evaluation.privacy import PersonaAttacker, audit_reply, cloud_view, deny_list
 from costeer.engine.spec import DecodeSpec
@@ -89,6 +90,13 @@ def persona_examples(user: str | None) -> list[str]:
     if path is None:
         return GENERIC_EXAMPLES
     return json.loads(path.read_text(encoding="utf-8")).get("examples") or GENERIC_EXAMPLES
+
+
+def persona_excludes(user: str | None) -> list[str]:
+    """What a shipped persona excludes ("meat" for a strict vegetarian): an answer naming one
+    contradicts their history. Users made in the app have no such list."""
+    path = persona_files().get(user)
+    return json.loads(path.read_text(encoding="utf-8")).get("excludes", []) if path else []
 
 
 def make_params(T, eta, lam, alpha=2.0, beta=1.0) -> SteeringParams:
@@ -636,7 +644,8 @@ class Studio:
     def _answer(self, messages, context, mode, params, sampling, defences=None) -> dict:
         """One answer with its fluency: the mean log-probability the cloud alone gives its tokens."""
         answer = ReplySummary.of(self.engine.stream(messages, context, DecodeSpec(mode, params, sampling, defences=defences)))[mode]
-        return {"text": answer.text, "fluency": answer.fluency, "repeated": repeated_ngram_share(answer.token_ids)}
+        return {"text": answer.text, "fluency": answer.fluency, "repeated": repeated_ngram_share(answer.token_ids),
+                "copied": copied_run(self.engine.cloud.tokenizer, answer.text, context)}
 
     def explore(self, user, message, param, values_text, T, eta, lam, alpha, beta, max_new_tokens,
                 repetition_penalty=1.0, no_repeat_ngram_size=0, progress=gr.Progress()):
@@ -665,11 +674,17 @@ class Studio:
         alone = self._answer(messages, context, "unsteered", SteeringParams(), sampling)
         floor = alone["fluency"] - FLUENCY_MARGIN
 
+        excludes = persona_excludes(user)
+
         def row(setting, C, a, note=""):
             fluent = a["fluency"] >= floor and a["repeated"] <= MAX_REPEATED
-            verdict = "ok" if fluent else ("⚠️ looping" if a["repeated"] > MAX_REPEATED else "⚠️ not fluent")
+            named = contradictions(a["text"], excludes)
+            problems = ([] if fluent else ["⚠️ looping" if a["repeated"] > MAX_REPEATED else "⚠️ not fluent"]) + \
+                ([f"⚠️ copies the history ({a['copied']} tokens in a row)"] if a["copied"] >= COPY_RUN else []) + \
+                ([f"⚠️ contradicts it: {', '.join(named)}"] if named else [])
             return [setting, round(C, 3), round(overlap_score(a["text"], history), 3), round(a["fluency"], 2),
-                    round(a["repeated"], 2), verdict + note, a["text"]]
+                    round(a["repeated"], 2), a["copied"], ", ".join(named) if excludes else "–",
+                    ("; ".join(problems) or "ok") + note, a["text"]]
 
         rows, Cs, scores, by_C = [row("unsteered", 0.0, alone)], [], [], {}
         for i, v in enumerate(values):
@@ -685,8 +700,8 @@ class Studio:
                 by_C[key] = (f"{param} = {v:g}", a)
             rows.append(row(f"{param} = {v:g}", C, a, note))
             Cs.append(C)
-            scores.append(rows[-1][2] if rows[-1][5].startswith("ok") else float("nan"))
-        fig = score_and_strength(values, scores, Cs, param, "word overlap with history (fluent answers only)",
+            scores.append(rows[-1][2] if rows[-1][7].startswith("ok") else float("nan"))
+        fig = score_and_strength(values, scores, Cs, param, "word overlap with history (answers that pass the check)",
                                  "personalization score")
         return rows, fig
 

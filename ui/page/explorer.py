@@ -18,12 +18,15 @@ def build(page: Page, chat) -> SimpleNamespace:
             go = gr.Button("Run sweep", variant="primary", elem_id="ex-go")
         gr.Markdown("Score = share of the answer's words found in the user's history. An answer is "
                     "**flagged** when the cloud model alone finds it much less likely than its own answer "
-                    "(mean log-probability per token more than 5 nats lower) or when it loops (over 20% "
-                    "repeated token 4-grams); flagged answers get no score in the plot. Settings with the "
-                    "same C give the same answer, so they are run once.")
+                    "(mean log-probability per token more than 5 nats lower), when it loops (over 20% "
+                    "repeated token 4-grams), when it copies the history (a run of 8 or more tokens of the "
+                    "context, which the cloud then receives word for word) or when it names something a "
+                    "shipped persona excludes (meat for a strict vegetarian); flagged answers get no score "
+                    "in the plot. Settings with the same C give the same answer, so they are run once.")
         plot = gr.Plot()
         table = gr.Dataframe(headers=["setting", "C", "score", "fluency (mean log-prob)", "repeated token 4-grams",
-                                      "check", "answer"], wrap=True, interactive=False, elem_id="ex-table")
+                                      "copied run (tokens)", "names what the persona excludes", "check", "answer"],
+                             wrap=True, interactive=False, elem_id="ex-table")
     go.click(for_ui(page.studio.explore), [page.user, message, param, values, *chat.sliders, chat.max_new, chat.rep,
                                            chat.ngram], [table, plot], **PRIVATE)
     return SimpleNamespace(tab=tab)
