@@ -200,6 +200,8 @@ def summarize(results: list[dict], methods: list[str], baseline: str = "llm") ->
             entry[f"{metric}_ci"] = list(bootstrap_ci(vals))
         entry["mean_words"] = statistics.fmean(len(r["text"].split()) for r in rs)
         entry["repeated_4gram_share"] = statistics.fmean(repeated_ngram_share(r["text"]) for r in rs)
+        if all("fluency" in r for r in rs):  # the mean log-probability the cloud alone gives the answer's tokens
+            entry["fluency"] = statistics.fmean(r["fluency"] for r in rs)
         if all("copied_run" in r for r in rs):
             copies = [float(r["copied_run"] >= COPY_RUN) for r in rs]
             entry["copy_rate"], entry["copy_rate_ci"] = statistics.fmean(copies), list(bootstrap_ci(copies))
@@ -291,7 +293,7 @@ class Evaluator:
         margin = answer.deny_margin if defences is not None and defences.deny_ids else None
         found = contradictions(answer.text, list(row.excludes))
         out = {"id": row.id, "method": method, "text": answer.text, "tokens": answer.tokens, "seconds": seconds,
-               "copied_run": copied_run(self.engine.cloud.tokenizer, answer.text, context),
+               "copied_run": copied_run(self.engine.cloud.tokenizer, answer.text, context), "fluency": answer.fluency,
                "contradicts": found if row.excludes else None,
                "device_skipped": answer.device_skipped, "repeated_4grams": repeated_ngram_share(answer.text),
                "deny_margin": margin, **score(self.sc, answer.text, row.reference)}
