@@ -117,7 +117,7 @@ def serve(args, engine, store, read_only):
     from ui.studies import STUDY_PATH, StudyDesk
 
     studio = Studio(engine, store, read_only=read_only)
-    pregen = Pregenerator(engine, store, studio.context_for)
+    pregen = Pregenerator(engine, store, studio.context_for, studio.defences_for)
     resumed = pregen.resume()
     if resumed:
         print(f"app: resuming the answers of study {', '.join(map(str, resumed))}", file=sys.stderr)

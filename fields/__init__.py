@@ -115,6 +115,7 @@ MAX_NEW_TOKENS = Number("max_new_tokens", 8, 512, integer=True)
 SIGMA = Number("noise sigma", 0, 3)  # the app's range; the engine takes up to defences.SIGMA_MAX
 TAU = Number("clip tau", 0, 10)  # 0 = off
 SPECULATE = Number("speculate K", 1, 8, integer=True)  # 1 = off; costeer.spec.MAX_SPECULATE
+COPY_GUARD = Number("copy guard", 0, 32, integer=True)  # 0 = off; else 2..32 (costeer/steering/copyguard.py)
 REPETITION_PENALTY = Number("repetition_penalty", 1, 2)
 NO_REPEAT_NGRAM = Number("no_repeat_ngram_size", 0, 10, integer=True)
 GATE_THRESHOLD = Number("gate_threshold", 0.01, 0.5)

@@ -35,8 +35,12 @@ def _same_answer_key(s: Setting):
 
 
 class Pregenerator:
-    def __init__(self, engine: CoSteerEngine, store: UserStore, context_for: Callable[[str, str], str]):
-        self.engine, self.store, self.context_for = engine, store, context_for
+    def __init__(self, engine: CoSteerEngine, store: UserStore, context_for: Callable[[str, str], str],
+                 defences_for: Callable[[str], Defences | None] | None = None):
+        """`context_for` and `defences_for` are the Chat tab's own (the app passes the Studio's), so a
+        study's answer is the one Chat gives to the same request; without `defences_for`, the
+        persona's deny-list alone."""
+        self.engine, self.store, self.context_for, self.defences_for = engine, store, context_for, defences_for
         self.jobs: queue.Queue[int] = queue.Queue()
         self.cancelled: set[int] = set()
         self._lock = threading.Lock()
@@ -86,8 +90,7 @@ class Pregenerator:
             todo = [r["setting_id"] for r in rows]
             messages = [{"role": "user", "content": prompt}]
             context = self.context_for(persona, prompt)
-            deny = deny_list(self.store.entries(persona), self.engine.cloud.tokenizer) if persona in self.store.users() else []
-            defences = Defences(deny_ids=deny) if deny else None  # the persona's sensitive entries stay protected
+            defences = self._defences(persona)  # the persona's sensitive entries stay protected
             base_id = next((i for i in todo if settings[i].baseline), None)
             steered: dict = {}
             for i in todo:
@@ -105,6 +108,14 @@ class Pregenerator:
             if base_id is not None:
                 b = settings[base_id]
                 studies.add_answer(item_id, base_id, *self._answer(study_id, messages, "", "unsteered", b)["unsteered"])
+
+    def _defences(self, persona: str) -> Defences | None:
+        if persona not in self.store.users():
+            return None
+        if self.defences_for is not None:
+            return self.defences_for(persona)
+        deny = deny_list(self.store.entries(persona), self.engine.cloud.tokenizer)
+        return Defences(deny_ids=deny) if deny else None
 
     def _answer(self, study_id: int, messages, context, mode, s: Setting, defences=None) -> dict[str, tuple[str, int]]:
         summary = ReplySummary()

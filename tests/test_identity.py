@@ -43,7 +43,7 @@ def test_one_request_one_answer_alone_side_by_side_api_and_study(engine, tmp_pat
     sid = store.studies.create("s", "judge", items, [{"label": s.label, "baseline": s.baseline, "config": s.config}
                                                       for s in chosen], design.pairs_of(chosen, False),
                                all_pairs=False, pairs_per_rater=0, attention_every=0)
-    Pregenerator(engine, store, studio.context_for).generate(sid)
+    Pregenerator(engine, store, studio.context_for, studio.defences_for).generate(sid)
     paper = next(s["id"] for s in store.studies.settings(sid) if not s["baseline"])
     in_study = {r["prompt"]: r["text"] for r in store.db.query(
         "SELECT i.prompt, a.text FROM study_answers a JOIN study_items i ON i.id = a.item_id WHERE a.setting_id = ?",

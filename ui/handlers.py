@@ -54,6 +54,7 @@ GENERIC_EXAMPLES = ["Suggest a plan for my Friday evening.", "What should I cook
 # without it). PAPER is the paper's plain greedy decoding, one click away in the UI.
 DEMO_DECODING = {"repetition_penalty": 1.1, "no_repeat_ngram_size": 4}
 PAPER_DECODING = {"repetition_penalty": 1.0, "no_repeat_ngram_size": 0}
+DEMO_COPY_GUARD = 0  # the copy guard's n in the app by default (0 = off; costeer/steering/copyguard.py)
 # The explorer's fluency check, measured on the three personas' example prompts: the cloud's own
 # greedy answers average -0.7 to -1.1 nats per token under the cloud, steered answers at C = 1.8
 # -1.2 to -4.8, word salad (C = 19 and C = 969) -9 to -20.
@@ -216,11 +217,14 @@ class Studio:
     def context_for(self, user: str, message: str) -> str:
         return self.store.build_context(user, message, max_tokens=self.context_tokens, count_tokens=self.count_tokens)
 
-    def defences_for(self, user: str, sigma: float = 0.0, tau: float = 0.0) -> Defences | None:
-        """The user's deny-list (entries marked sensitive), the clip (tau 0 = off) and the noise;
-        None when none is on. The noise is seeded by the answer's sampling seed."""
+    def defences_for(self, user: str, sigma: float = 0.0, tau: float = 0.0, copy_guard: int = DEMO_COPY_GUARD
+                     ) -> Defences | None:
+        """The user's deny-list (entries marked sensitive), the clip (tau 0 = off), the noise and
+        the copy guard; None when none is on. The noise is seeded by the answer's sampling seed."""
+        if copy_guard == 1:
+            raise Refused("copy guard: must be 0 (off) or an integer in [2, 32], got 1")
         deny = deny_list(self.store.entries(user), self.engine.cloud.tokenizer)
-        defences = Defences(deny_ids=deny, tau=tau or None, sigma=sigma)
+        defences = Defences(deny_ids=deny, tau=tau or None, sigma=sigma, copy_guard=int(copy_guard))
         return defences if defences.active else None
 
     def check_user(self, user) -> str:
@@ -249,7 +253,7 @@ class Studio:
     # -- chat ---------------------------------------------------------------------------
     def chat(self, user, message, side_by_side, T, eta, lam, alpha, beta, temperature, top_p, seed,
              max_new_tokens, repetition_penalty, no_repeat_ngram_size, gate_on, gate_threshold, gate_patience,
-             gate_mode, sigma, tau, speculate, conv, request: gr.Request = None):
+             gate_mode, sigma, tau, speculate, conv, copy_guard=DEMO_COPY_GUARD, request: gr.Request = None):
         """Stream one turn. Yields (unsteered chat, steered chat, token view, privacy, latency, status,
         conv, message box, Send, Stop). `speculate` K > 1: up to K tokens per cloud round trip."""
         user = self.check_user(user)
@@ -258,7 +262,7 @@ class Studio:
         params = make_params(T, eta, lam, alpha, beta)
         sampling = make_sampling(temperature, top_p, seed, max_new_tokens, repetition_penalty, no_repeat_ngram_size)
         gate = make_gate(gate_on, gate_threshold, gate_patience, gate_mode)
-        defences = self.defences_for(user, F.SIGMA.check(sigma), F.TAU.check(tau))
+        defences = self.defences_for(user, F.SIGMA.check(sigma), F.TAU.check(tau), F.COPY_GUARD.check(copy_guard))
         speculate = int(F.SPECULATE.check(speculate))
         conv = conv or new_conversation()
         session = self.session(request)

@@ -22,7 +22,8 @@ from costeer.engine.arrangements import OneModel, Split
 from costeer.engine.cloud import CloudLM
 from costeer.engine.device import DeviceLM
 from costeer.models.load import LoadedModel
-from costeer.steering.defences import Defences, deny_margin
+from costeer.steering.copyguard import CopyGuard
+from costeer.steering.defences import Defences, cap_at_base, deny_margin
 from costeer.steering.policy import effective_strength
 from costeer.engine.prompts import build_prompts, check_fits, conversation_ids, system_with_context  # noqa: F401  (re-exported)
 from costeer.engine.sampling import Chooser, Sampling, resolve_seed  # noqa: F401  (re-exported)
@@ -109,7 +110,7 @@ class CoSteerEngine:
         is decided by `Reply.decide`; the schedule (per token here, or speculative.rounds) only
         says which positions to decide, with which b, and when."""
         prompts = self._cloud_prompts(messages, unsteered_messages or messages, context, spec)
-        reply = Reply(self, prompts, spec, transcript)
+        reply = Reply(self, prompts, spec, transcript, context)
         if spec.speculative:
             from costeer.engine import speculative
 
@@ -174,13 +175,17 @@ class Reply:
     positions to decide with which b, and when."""
 
     def __init__(self, engine: CoSteerEngine, prompts: dict[str, list[int]], spec: DecodeSpec,
-                 transcript: CloudTranscript | None):
+                 transcript: CloudTranscript | None, context: str = ""):
         self.engine, self.prompts, self.spec, self.transcript = engine, prompts, spec, transcript
         sampling, defences = spec.sampling, spec.defences
         self.seed = resolve_seed(sampling)
         self.max_new = sampling.max_new_tokens
         self.steer = processor(spec.params, spec.gate, spec.reference, defences, self.seed)
         self.deny = torch.tensor(defences.deny_ids, dtype=torch.long) if defences and defences.deny_ids else None
+        # the copy guard's table is built here, on the device, from the context the device holds
+        self.guard = CopyGuard(engine.cloud.tokenizer, context, defences.copy_guard) \
+            if defences and defences.copy_guard and context.strip() else None
+        self.answers: dict[str, list[int]] = {s: [] for s in prompts}  # each stream's tokens so far
         self.choose = {s: Chooser(sampling, self.seed, ids) for s, ids in prompts.items()}  # same seed: alike draws
         self.texts = {s: TextStream(engine.cloud.tokenizer, sampling.stop) for s in prompts}
         if transcript is not None:
@@ -205,15 +210,24 @@ class Reply:
             device_ms += (time.perf_counter() - start) * 1000
         start = time.perf_counter()
         p = self.steer(b, d) if steered else b
+        if steered and self.guard is not None:
+            p = self.guarded(p, b, self.answers[s])
         token, kept = (self.choose[s](p), False) if draft is None else self.choose[s].verify(p, *draft)
         ev = self._event(s, position, token, b, p, steered and d is None, cloud_ms, device_ms)
         ev.steer_ms = (time.perf_counter() - start) * 1000
         if self.deny is not None and steered:
             ev.deny_margin = deny_margin(p, b, self.deny)
         self._finish(ev, self.texts[s], last=position == self.max_new - 1)
+        self.answers[s].append(token)
         if self.transcript is not None:
             self.transcript.token_ids[s].append(token)
         return ev, kept
+
+    def guarded(self, p: torch.Tensor, b: torch.Tensor, answer: list[int]) -> torch.Tensor:
+        """p after the copy guard (no token completing a run of n context tokens); the deny-list's
+        cap is applied again, since removing tokens renormalizes the rest."""
+        p = self.guard(p, answer)
+        return cap_at_base(p, b, self.deny) if self.deny is not None else p
 
     def _event(self, stream, step, token, b, p, skipped, cloud_ms, device_ms) -> TokenEvent:
         base_logprob = max(float(b[token]), LOGPROB_FLOOR)  # a token outside a remote top-k has -inf

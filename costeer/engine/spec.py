@@ -21,7 +21,7 @@ MAX_SPECULATE = 8  # tokens per round trip: a side-by-side round is 2 x 8 rows, 
 STEERING_KEYS = ("T", "eta", "lam", "alpha", "beta")
 SAMPLING_KEYS = ("max_new_tokens", "temperature", "top_p", "seed", "stop", "repetition_penalty", "no_repeat_ngram_size")
 GATE_KEYS = ("gate_threshold", "gate_patience", "gate_mode")
-DEFENCE_KEYS = ("deny_ids", "tau", "sigma", "noise_seed")
+DEFENCE_KEYS = ("deny_ids", "tau", "sigma", "noise_seed", "copy_guard")
 SCHEDULE_KEYS = ("mode", "reference", "speculate", "overlap")
 
 
@@ -37,7 +37,7 @@ class DecodeSpec:
     params: SteeringParams = field(default_factory=SteeringParams)
     sampling: Sampling = field(default_factory=Sampling)
     gate: ConfidenceGate | None = None  # skip the device while the cloud is sure (AdaCoSteer)
-    defences: Defences | None = None  # the deny-list, the clip τ and the noise σ, applied to d on the device
+    defences: Defences | None = None  # the deny-list, the clip τ, the noise σ and the copy guard, on the device
     reference: bool = False  # steer with the paper's explicit T-step FTRL loop instead of the closed form
     speculate: int = 1  # K > 1: the device drafts, one cloud round trip yields up to K tokens
     overlap: bool = False  # the device's passes run while the cloud's request is in flight
@@ -73,7 +73,7 @@ class DecodeSpec:
             out.update(gate_threshold=self.gate.threshold, gate_patience=self.gate.patience, gate_mode=self.gate.mode)
         if self.defences is not None:
             d = self.defences
-            out.update(deny_ids=list(d.deny_ids), tau=d.tau, sigma=d.sigma, noise_seed=d.seed)
+            out.update(deny_ids=list(d.deny_ids), tau=d.tau, sigma=d.sigma, noise_seed=d.seed, copy_guard=d.copy_guard)
         return out
 
     @classmethod
@@ -93,6 +93,6 @@ class DecodeSpec:
         if any(k in values for k in DEFENCE_KEYS):
             d = pick(DEFENCE_KEYS)
             defences = Defences(deny_ids=tuple(d.get("deny_ids", ())), tau=d.get("tau"), sigma=d.get("sigma", 0.0),
-                                seed=d.get("noise_seed"))
+                                seed=d.get("noise_seed"), copy_guard=d.get("copy_guard", 0))
         return cls(params=SteeringParams(**pick(STEERING_KEYS)), sampling=Sampling(**sampling), gate=gate,
                    defences=defences, **pick(SCHEDULE_KEYS))

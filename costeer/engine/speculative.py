@@ -89,8 +89,8 @@ class Drafter:
     """The device's side of one stream: its rows follow the stream's answer plus the draft."""
 
     def __init__(self, stream: str, rows, steer, deny: torch.Tensor | None, sampling, generator: torch.Generator,
-                 top_k: int | None):
-        self.stream, self.rows, self.steer, self.deny = stream, rows, steer, deny
+                 top_k: int | None, guard=None):
+        self.stream, self.rows, self.steer, self.deny, self.guard = stream, rows, steer, deny, guard
         self.sampling, self.generator, self.top_k = sampling, generator, top_k
 
     def at(self, ids: list[int]) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -107,6 +107,8 @@ class Drafter:
         if d is None:
             return slm, None
         q = self.steer(slm, d)
+        if self.guard is not None:  # a draft never completes a run of the context either (copyguard.py)
+            q = self.guard(q, ids)
         return (without(q, self.deny) if self.deny is not None else q), d
 
     def propose(self, logprobs: torch.Tensor, control: Chooser) -> tuple[int, torch.Tensor | None]:
@@ -172,7 +174,7 @@ def rounds(reply, messages, unsteered_messages, context):
         # answer's so that verification sees the per-token loop's noise
         drafter = Drafter(s, rows, processor(spec.params, None, False, spec.defences, reply.seed, salt=0xD4AF7),
                           reply.deny, spec.sampling, torch.Generator().manual_seed(reply.seed ^ 0x5EED),
-                          getattr(cloud, "top_k", None))
+                          getattr(cloud, "top_k", None), reply.guard if s == "steered" else None)
         lanes[s] = Lane(drafter, reply.choose[s], engine.eos_ids)
     scorer = cloud.scorer(list(prompts.values()))
     live = list(prompts)

@@ -89,7 +89,7 @@ def load_rows(path, limit: int | None = None) -> list[Row]:
     return rows
 
 
-METHOD_KEYS = ("T", "eta", "lam", "alpha", "beta", "gate", "patience", "mode", "sigma", "tau", "deny")
+METHOD_KEYS = ("T", "eta", "lam", "alpha", "beta", "gate", "patience", "mode", "sigma", "tau", "deny", "copy")
 
 
 def _method_parts(name: str) -> dict[str, str]:
@@ -114,7 +114,7 @@ def method_spec(name: str) -> tuple[SteeringParams | None, ConfidenceGate | None
         raise ValueError(f"unknown method {name!r}; choose from {', '.join(BASE_METHODS)} or costeer:T=..,eta=..,lam=..")
     kwargs, gate = {}, {}
     for key, value in _method_parts(name).items():
-        if key in ("sigma", "tau", "deny"):
+        if key in ("sigma", "tau", "deny", "copy"):
             continue
         if key == "mode":
             gate["mode"] = value  # paper | reopen, checked by ConfidenceGate
@@ -136,9 +136,10 @@ def method_spec(name: str) -> tuple[SteeringParams | None, ConfidenceGate | None
 
 
 def method_defences(name: str) -> dict:
-    """{"sigma", "tau", "deny"} of a CoSteer variant: `costeer:sigma=0.3,tau=2` adds noise,
-    `costeer:deny=all` marks every history entry of the row sensitive (the deny-list)."""
-    out = {"sigma": 0.0, "tau": None, "deny": False}
+    """{"sigma", "tau", "deny", "copy"} of a CoSteer variant: `costeer:sigma=0.3,tau=2` adds noise,
+    `costeer:deny=all` marks every history entry of the row sensitive (the deny-list),
+    `costeer:copy=6` turns the copy guard on (no run of 6 context tokens)."""
+    out = {"sigma": 0.0, "tau": None, "deny": False, "copy": 0}
     if not name.startswith("costeer:"):
         return out
     parts = _method_parts(name)
@@ -148,12 +149,17 @@ def method_defences(name: str) -> dict:
                 out[key] = float(parts[key])
             except ValueError:
                 raise ValueError(f"method {name!r}: {key} must be a number, got {parts[key]!r}") from None
+    if "copy" in parts:
+        try:
+            out["copy"] = int(parts["copy"])
+        except ValueError:
+            raise ValueError(f"method {name!r}: copy must be an integer (tokens), got {parts['copy']!r}") from None
     if "deny" in parts:
         if parts["deny"] != "all":
             raise ValueError(f"method {name!r}: deny must be 'all' (every history entry sensitive), got {parts['deny']!r}")
         out["deny"] = True
     try:
-        Defences(tau=out["tau"], sigma=out["sigma"])  # the ranges, checked before any work
+        Defences(tau=out["tau"], sigma=out["sigma"], copy_guard=out["copy"])  # the ranges, checked before any work
     except ValueError as exc:
         raise ValueError(f"method {name!r}: {exc}") from None
     return out
@@ -164,10 +170,11 @@ def row_defences(tokenizer, row, method: str):
     the words of every history entry's distinctive terms on the deny-list; the noise is seeded
     by the row's id, so a rerun gives the same answers."""
     variant = method_defences(method)
-    if not (variant["deny"] or variant["sigma"] or variant["tau"] is not None):
+    if not (variant["deny"] or variant["sigma"] or variant["tau"] is not None or variant["copy"]):
         return None
     deny = deny_list([{**e, "sensitive": True} for e in row.profile], tokenizer) if variant["deny"] else ()
-    return Defences(deny_ids=deny, tau=variant["tau"], sigma=variant["sigma"], seed=zlib.crc32(row.id.encode()))
+    return Defences(deny_ids=deny, tau=variant["tau"], sigma=variant["sigma"], seed=zlib.crc32(row.id.encode()),
+                    copy_guard=variant["copy"])
 
 
 def parse_method(name: str) -> SteeringParams | None:

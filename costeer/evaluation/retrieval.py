@@ -66,7 +66,7 @@ def evaluate_retrieval(path=DEFAULT_SET) -> dict:
             if file not in users:
                 users[file] = store.import_file(file)["user"]
         scores = {"keyword": {k: [] for k in KS}, "hybrid": {k: [] for k in KS}}
-        context_ms, misses = [], []
+        context_ms, misses, context_recall, context_precision = [], [], [], []
         for row in rows:
             user = users[_persona_path(row["persona"], path.parent)]
             standing = {e["title"] for e in store.entries(user) if e["pinned"] or e["kind"] == "profile"}
@@ -82,9 +82,13 @@ def evaluate_retrieval(path=DEFAULT_SET) -> dict:
             start = time.perf_counter()
             used = store.context_entries(user, row["message"])
             context_ms.append(1000 * (time.perf_counter() - start))
-            missing = set(row["relevant"]) - {e["title"] for e in used}
+            held = {e["title"] for e in used} - standing
+            missing = set(row["relevant"]) - held
             if missing:
                 misses.append({"message": row["message"], "missing": sorted(missing)})
+            context_recall.append(1 - len(missing) / len(set(row["relevant"])))
+            if held:  # what the context holds beyond the pinned and profile entries, and is relevant
+                context_precision.append(len(held & set(row["relevant"])) / len(held))
         add_ms = []
         for i, row in enumerate(rows):
             start = time.perf_counter()
@@ -95,6 +99,9 @@ def evaluate_retrieval(path=DEFAULT_SET) -> dict:
     for method, by_k in scores.items():
         out["recall"][method] = {f"@{k}": {"mean": statistics.fmean(v), "ci": list(bootstrap_ci(v))}
                                  for k, v in by_k.items()}
+    out["context"] = {"recall": statistics.fmean(context_recall), "recall_ci": list(bootstrap_ci(context_recall)),
+                      "precision": statistics.fmean(context_precision) if context_precision else float("nan"),
+                      "precision_ci": list(bootstrap_ci(context_precision)), "messages_with_retrieved": len(context_precision)}
     out["context_ms"] = _quantiles(context_ms)
     out["add_entry_ms"] = _quantiles(add_ms)
     return out
@@ -110,6 +117,10 @@ def retrieval_table(result: dict) -> str:
     for method, by_k in result["recall"].items():
         cells = [f"{v['mean']:.3f} [{v['ci'][0]:.2f},{v['ci'][1]:.2f}]" for v in by_k.values()]
         lines.append(f"{method:8s} " + " ".join(f"{c:>22s}" for c in cells))
+    x = result["context"]
+    lines.append(f"the context itself: recall {x['recall']:.3f} [{x['recall_ci'][0]:.2f},{x['recall_ci'][1]:.2f}], "
+                 f"precision {x['precision']:.3f} [{x['precision_ci'][0]:.2f},{x['precision_ci'][1]:.2f}] "
+                 "(of the retrieved entries it holds beyond the pinned and profile ones)")
     c, a = result["context_ms"], result["add_entry_ms"]
     lines.append(f"{result['rows']} messages; building a context: p50 {c['p50']:.1f} ms, p95 {c['p95']:.1f} ms; "
                  f"adding an entry: p50 {a['p50']:.1f} ms, p95 {a['p95']:.1f} ms")

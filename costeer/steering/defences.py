@@ -1,4 +1,5 @@
-"""Two device-side defences on the delta d, before it steers: a deny-list and noise.
+"""Device-side defences on the delta d, before it steers: a deny-list and noise (and, after it
+steers, the copy guard: copyguard.py).
 
     deny-list   token ids of the words of history entries marked *sensitive*. d is clamped to
                 <= 0 on them, and after steering p is capped at b on them, so for every step
@@ -25,6 +26,8 @@ from dataclasses import dataclass
 
 import torch
 
+from costeer.steering.copyguard import MAX_RUN, MIN_RUN
+
 SIGMA_MAX = 10.0
 TAU_MAX = 100.0
 
@@ -35,6 +38,7 @@ class Defences:
     tau: float | None = None  # None: no clipping
     sigma: float = 0.0  # 0: no noise
     seed: int | None = None  # None: the answer's sampling seed
+    copy_guard: int = 0  # n: no chosen token completes a run of n context tokens (copyguard.py); 0: off
 
     def __post_init__(self):
         object.__setattr__(self, "deny_ids", tuple(sorted(set(int(i) for i in self.deny_ids))))
@@ -44,10 +48,13 @@ class Defences:
         if isinstance(self.sigma, bool) or not isinstance(self.sigma, (int, float)) or \
                 not math.isfinite(self.sigma) or not 0 <= self.sigma <= SIGMA_MAX:
             raise ValueError(f"sigma must be a number in [0, {SIGMA_MAX:g}], got {self.sigma!r}")
+        n = self.copy_guard
+        if isinstance(n, bool) or not isinstance(n, int) or not (n == 0 or MIN_RUN <= n <= MAX_RUN):
+            raise ValueError(f"copy guard must be an integer in [{MIN_RUN}, {MAX_RUN}] tokens, or 0 (off), got {n!r}")
 
     @property
     def active(self) -> bool:
-        return bool(self.deny_ids) or self.tau is not None or self.sigma > 0
+        return bool(self.deny_ids) or self.tau is not None or self.sigma > 0 or self.copy_guard > 0
 
 
 def cap_at_base(p: torch.Tensor, b: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:

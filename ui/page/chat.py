@@ -11,7 +11,7 @@ from costeer.steering.policy import SteeringParams
 
 from ..components import FieldNumber, slider
 from ..guard import for_ui
-from ..handlers import DEMO_DECODING, MESSAGE_HINT, PAPER_DECODING, new_conversation, persona_examples
+from ..handlers import DEMO_COPY_GUARD, DEMO_DECODING, MESSAGE_HINT, PAPER_DECODING, new_conversation, persona_examples
 from ..render import TOKENS_EMPTY, privacy_html
 from . import PRIVATE, Page
 
@@ -99,6 +99,8 @@ def _advanced(c):
                          "noise, not differential privacy)", elem_id="sigma")
         c.speculate = slider(F.SPECULATE, 1, 1, "speculate K: up to K tokens per cloud round trip "
                              "(1 = off; same greedy answer; rejected drafts reach the cloud)", elem_id="speculate")
+        c.copy_guard = slider(F.COPY_GUARD, DEMO_COPY_GUARD, 1, "copy guard n: no n tokens in a row copied from "
+                              "your context (0 = off)", elem_id="copy-guard")
 
 
 def _wire(c, page: Page):
@@ -106,7 +108,7 @@ def _wire(c, page: Page):
     for s in c.sliders:
         s.change(studio.strength, c.sliders, c.strength, show_progress="hidden", concurrency_limit=None, **PRIVATE)
     chat_in = [page.user, c.message, c.side, *c.sliders, *c.decoding, c.gate_on, c.gate_threshold, c.gate_patience,
-               c.gate_mode, c.sigma, c.tau, c.speculate, c.conv]
+               c.gate_mode, c.sigma, c.tau, c.speculate, c.conv, c.copy_guard]
     chat_out = [c.unsteered_chat, c.steered_chat, c.tokens, c.privacy, c.latency, c.status, c.conv, c.message, c.send,
                 c.stop]
     # "always_last": a Send pressed while the last turn still runs its tail (the attacker's guess,
