@@ -50,11 +50,14 @@ PERSONAS = Path(__file__).resolve().parents[1] / "assets" / "personas"
 UPDATE_EVERY_S = 0.25  # at most 4 screen updates per second while a reply streams; the last is never delayed
 GENERIC_EXAMPLES = ["Suggest a plan for my Friday evening.", "What should I cook tonight?",
                     "Write a short note to a friend about my week."]
-# The app's default decoding: greedy with light repetition control (the bundled 135M model loops
-# without it). PAPER is the paper's plain greedy decoding, one click away in the UI.
-DEMO_DECODING = {"repetition_penalty": 1.1, "no_repeat_ngram_size": 4}
-PAPER_DECODING = {"repetition_penalty": 1.0, "no_repeat_ngram_size": 0}
-DEMO_COPY_GUARD = 0  # the copy guard's n in the app by default (0 = off; costeer/steering/copyguard.py)
+# The app's defaults for the bundled model, chosen by a measured sweep (docs/evaluation.md, "Demo
+# defaults"): greedy with light repetition control (the 135M model loops without it) and the copy
+# guard (it copies its context without it). PAPER is the paper's setting, one click away in the UI.
+DEMO = {"T": 20, "eta": 10.0, "lam": 2.0, "repetition_penalty": 1.1, "no_repeat_ngram_size": 4, "copy_guard": 6}
+PAPER = {"T": 20, "eta": 10.0, "lam": 2.0, "repetition_penalty": 1.0, "no_repeat_ngram_size": 0, "copy_guard": 0}
+DEMO_DECODING = {k: DEMO[k] for k in ("repetition_penalty", "no_repeat_ngram_size")}
+PAPER_DECODING = {k: PAPER[k] for k in ("repetition_penalty", "no_repeat_ngram_size")}
+DEMO_COPY_GUARD = DEMO["copy_guard"]
 # The explorer's fluency check, measured on the three personas' example prompts: the cloud's own
 # greedy answers average -0.7 to -1.1 nats per token under the cloud, steered answers at C = 1.8
 # -1.2 to -4.8, word salad (C = 19 and C = 969) -9 to -20.
@@ -546,8 +549,9 @@ class Studio:
         message = F.MESSAGE.check(message).strip()
         params = make_params(T, eta, lam, alpha, beta)
         sampling = make_sampling(temperature, top_p, seed, max_new_tokens, repetition_penalty, no_repeat_ngram_size)
+        defences = self.defences_for(user, copy_guard=F.COPY_GUARD.check(copy_guard))
         out = self.engine.generate([{"role": "user", "content": message}], self.context_for(user, message),
-                                   DecodeSpec("side_by_side", params, sampling, defences=self.defences_for(user)))
+                                   DecodeSpec("side_by_side", params, sampling, defences=defences))
         steered_side = self.rng.choice("AB")
         a, b = ((out["texts"]["steered"], out["texts"]["unsteered"]) if steered_side == "A"
                 else (out["texts"]["unsteered"], out["texts"]["steered"]))
@@ -580,16 +584,17 @@ class Studio:
                             (measured, projections(measured)))
 
     # -- the named API -------------------------------------------------------------------
-    def generate_pair(self, user, message, T=20, eta=10.0, lam=2.0, max_new_tokens=128,
+    def generate_pair(self, user, message, T=DEMO["T"], eta=DEMO["eta"], lam=DEMO["lam"], max_new_tokens=128,
                       repetition_penalty=DEMO_DECODING["repetition_penalty"],
-                      no_repeat_ngram_size=DEMO_DECODING["no_repeat_ngram_size"]):
+                      no_repeat_ngram_size=DEMO_DECODING["no_repeat_ngram_size"], copy_guard=DEMO_COPY_GUARD):
         user = self.check_user(user)
         message = F.MESSAGE.check(message).strip()
         params = make_params(T, eta, lam)
         sampling = make_sampling(max_new_tokens=max_new_tokens, repetition_penalty=repetition_penalty,
                                  no_repeat_ngram_size=no_repeat_ngram_size)
+        defences = self.defences_for(user, copy_guard=F.COPY_GUARD.check(copy_guard))
         out = self.engine.generate([{"role": "user", "content": message}], self.context_for(user, message),
-                                   DecodeSpec("side_by_side", params, sampling, defences=self.defences_for(user)))
+                                   DecodeSpec("side_by_side", params, sampling, defences=defences))
         return out["shown"]["unsteered"], out["shown"]["steered"]
 
     def history(self, user) -> list[dict]:

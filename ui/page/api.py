@@ -6,7 +6,7 @@ from __future__ import annotations
 import gradio as gr
 
 from ..guard import for_api
-from ..handlers import DEMO_DECODING
+from ..handlers import DEMO, DEMO_DECODING
 
 
 def register(studio, desk):
@@ -16,12 +16,14 @@ def register(studio, desk):
 
 
 def _people(studio) -> list:
-    def generate_pair(user: str, message: str, T: int = 20, eta: float = 10.0, lam: float = 2.0,
+    def generate_pair(user: str, message: str, T: int = DEMO["T"], eta: float = DEMO["eta"], lam: float = DEMO["lam"],
                       max_new_tokens: int = 128, repetition_penalty: float = DEMO_DECODING["repetition_penalty"],
-                      no_repeat_ngram_size: int = DEMO_DECODING["no_repeat_ngram_size"]) -> tuple[str, str]:
-        """Unsteered and steered answers to one message for one user."""
+                      no_repeat_ngram_size: int = DEMO_DECODING["no_repeat_ngram_size"],
+                      copy_guard: int = DEMO["copy_guard"]) -> tuple[str, str]:
+        """Unsteered and steered answers to one message for one user, with the Chat tab's demo
+        defaults; an answer cut by max_new_tokens ends on a sentence with "(cut at N tokens)"."""
         return studio.generate_pair(user, message, T, eta, lam, max_new_tokens, repetition_penalty,
-                                    no_repeat_ngram_size)
+                                    no_repeat_ngram_size, copy_guard)
 
     def history(user: str) -> list:
         """One user's history entries (id, kind, title, text, pinned, sensitive)."""

@@ -11,7 +11,7 @@ from costeer.steering.policy import SteeringParams
 
 from ..components import FieldNumber, slider
 from ..guard import for_ui
-from ..handlers import DEMO_COPY_GUARD, DEMO_DECODING, MESSAGE_HINT, PAPER_DECODING, new_conversation, persona_examples
+from ..handlers import DEMO, MESSAGE_HINT, PAPER, new_conversation, persona_examples
 from ..render import TOKENS_EMPTY, privacy_html
 from . import PRIVATE, Page
 
@@ -60,20 +60,27 @@ def _conversation(c):
                             label="Example prompts (click one)", elem_id="examples")
 
 
+PRESETS_NOTE = (f"**Demo defaults** (chosen by measurement on the bundled model, docs/evaluation.md): "
+                f"T={DEMO['T']} η={DEMO['eta']:g} λ={DEMO['lam']:g}, greedy, repetition penalty "
+                f"{DEMO['repetition_penalty']}, no repeated {DEMO['no_repeat_ngram_size']}-grams, copy guard "
+                f"{DEMO['copy_guard']}. **Paper defaults**: T={PAPER['T']} η={PAPER['eta']:g} λ={PAPER['lam']:g}, "
+                "plain greedy, no guard (tuned for 7B/1.5B pairs).")
+
+
 def _controls(c, studio):
     c.side = gr.Checkbox(True, label="Side by side: show the unsteered answer too "
                                      "(changing it starts a new conversation)", elem_id="side-by-side")
-    c.T = slider(F.T, DEFAULTS.T, 1, "T (iterations)")
-    c.eta = slider(F.ETA, DEFAULTS.eta, 0.5, "η (learning rate)")
-    c.lam = slider(F.LAM, DEFAULTS.lam, 0.1, "λ (regularization)")
-    c.strength = gr.Markdown(studio.strength(DEFAULTS.T, DEFAULTS.eta, DEFAULTS.lam, DEFAULTS.alpha, DEFAULTS.beta),
+    c.T = slider(F.T, DEMO["T"], 1, "T (iterations)")
+    c.eta = slider(F.ETA, DEMO["eta"], 0.5, "η (learning rate)")
+    c.lam = slider(F.LAM, DEMO["lam"], 0.1, "λ (regularization)")
+    c.strength = gr.Markdown(studio.strength(DEMO["T"], DEMO["eta"], DEMO["lam"], DEFAULTS.alpha, DEFAULTS.beta),
                              elem_id="strength")
-    c.rep = slider(F.REPETITION_PENALTY, DEMO_DECODING["repetition_penalty"], 0.05, "repetition penalty (1 = off)")
-    c.ngram = slider(F.NO_REPEAT_NGRAM, DEMO_DECODING["no_repeat_ngram_size"], 1,
-                     "no repeated n-grams of size (0 = off)")
+    c.rep = slider(F.REPETITION_PENALTY, DEMO["repetition_penalty"], 0.05, "repetition penalty (1 = off)")
+    c.ngram = slider(F.NO_REPEAT_NGRAM, DEMO["no_repeat_ngram_size"], 1, "no repeated n-grams of size (0 = off)")
     with gr.Row():
-        c.demo_preset = gr.Button("Demo default", size="sm", elem_id="preset-demo")
-        c.paper_preset = gr.Button("Paper: plain greedy", size="sm", elem_id="preset-paper")
+        c.demo_preset = gr.Button("Demo defaults", size="sm", elem_id="preset-demo")
+        c.paper_preset = gr.Button("Paper defaults", size="sm", elem_id="preset-paper")
+    gr.Markdown(PRESETS_NOTE, elem_id="presets-note")
     c.latency = gr.HTML(elem_id="latency")
 
 
@@ -99,7 +106,7 @@ def _advanced(c):
                          "noise, not differential privacy)", elem_id="sigma")
         c.speculate = slider(F.SPECULATE, 1, 1, "speculate K: up to K tokens per cloud round trip "
                              "(1 = off; same greedy answer; rejected drafts reach the cloud)", elem_id="speculate")
-        c.copy_guard = slider(F.COPY_GUARD, DEMO_COPY_GUARD, 1, "copy guard n: no n tokens in a row copied from "
+        c.copy_guard = slider(F.COPY_GUARD, DEMO["copy_guard"], 1, "copy guard n: no n tokens in a row copied from "
                               "your context (0 = off)", elem_id="copy-guard")
 
 
@@ -123,11 +130,10 @@ def _wire(c, page: Page):
     c.clear.click(for_ui(studio.reset), c.side, c.reset_out, **ends)
     c.side.change(for_ui(studio.reset), c.side, c.reset_out, **ends)
     c.examples.click(lambda sample: sample[0], c.examples, c.message, queue=False, **PRIVATE)
-    presets = [*c.sliders, c.temperature, c.top_p, c.seed, c.rep, c.ngram]
+    presets = [*c.sliders, c.temperature, c.top_p, c.seed, c.rep, c.ngram, c.copy_guard]
 
-    def preset(decoding):
-        d = DEFAULTS
-        return (d.T, d.eta, d.lam, d.alpha, d.beta, 0, 1, None, decoding["repetition_penalty"],
-                decoding["no_repeat_ngram_size"])
-    c.demo_preset.click(lambda: preset(DEMO_DECODING), None, presets, queue=False, **PRIVATE)
-    c.paper_preset.click(lambda: preset(PAPER_DECODING), None, presets, queue=False, **PRIVATE)
+    def preset(p):
+        return (p["T"], p["eta"], p["lam"], DEFAULTS.alpha, DEFAULTS.beta, 0, 1, None, p["repetition_penalty"],
+                p["no_repeat_ngram_size"], p["copy_guard"])
+    c.demo_preset.click(lambda: preset(DEMO), None, presets, queue=False, **PRIVATE)
+    c.paper_preset.click(lambda: preset(PAPER), None, presets, queue=False, **PRIVATE)
