@@ -204,7 +204,7 @@ def cmd_project(engine, args):
     from costeer.engine.summary import ReplySummary
 
     messages = [{"role": "user", "content": "Suggest a plan for my Friday evening."}]
-    context = "[profile] About me: Strict vegetarian living in Osaka. Loves jazz and quiet places."
+    context = "- Strict vegetarian living in Osaka. Loves jazz and quiet places."
     spec = DecodeSpec("side_by_side", sampling=decoding(args, args.tokens))
     engine.generate(messages, context, spec)  # a warm-up: the first pass pays for allocations
     latency = ReplySummary.of(engine.stream(messages, context, spec)).latency.summary()

@@ -90,7 +90,7 @@ def test_cli_script_workflow(tmp_path):
     assert json.loads(r.stdout)["added"] == 10
     name = json.loads(Path(persona).read_text())["user"]
     r = run_cli(["-m", "user_store", "--db", db, "context", name, "jazz tonight"])
-    assert r.stdout.startswith("[profile]")
+    assert r.stdout.startswith("- ")
     r = run_cli(["-m", "user_store", "--db", db, "export", "zoe"])
     assert json.loads(r.stdout)["entries"][0]["kind"] == "preference"
     r = run_cli(["-m", "user_store", "--db", db, "add", "nobody", "text"])

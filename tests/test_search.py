@@ -74,12 +74,12 @@ def test_search_follows_updates_and_deletes(store):
 def test_context_order_tags_and_budget(store):
     ctx = store.build_context("ana", "ramen", max_tokens=512)
     lines = ctx.splitlines()
-    assert lines[0] == "[profile] I love jazz clubs in Osaka"  # pinned first
-    assert lines[1] == "[preference] Vegetarian ramen with miso broth"  # then the best match
+    assert lines[0] == "- I love jazz clubs in Osaka"  # pinned first
+    assert lines[1] == "- Vegetarian ramen with miso broth"  # then the best match
     assert len(lines) == 2  # entries that match nothing stay out
     small = store.build_context("ana", "ramen", max_tokens=10)
     assert len(small.split()) <= 10
-    assert small.startswith("[profile] I love jazz clubs in Osaka")
+    assert small.startswith("- I love jazz clubs in Osaka")
     assert store.build_context("ana", "ramen", max_tokens=10) == small  # deterministic
 
 
@@ -87,12 +87,12 @@ def test_profile_entries_always_count(store):
     store.add_user("zed")
     store.add_entry("zed", "Vegan, lives in Lyon", kind="profile")
     store.add_entry("zed", "Collects stamps", kind="note")
-    assert store.build_context("zed", "plan my Friday") == "[profile] Vegan, lives in Lyon"
+    assert store.build_context("zed", "plan my Friday") == "- Vegan, lives in Lyon"
 
 
 def test_context_with_a_custom_counter(store):
     chars = store.build_context("ana", "ramen", max_tokens=60, count_tokens=len)
-    assert len(chars) <= 60 and chars.startswith("[profile]")
+    assert len(chars) <= 60 and chars.startswith("- I love jazz")
 
 
 # -- retrieval by meaning (user_store/embeddings.py): hybrid with the keyword search ------------

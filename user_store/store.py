@@ -227,7 +227,7 @@ class UserStore(Database):
                     lo = mid
                 else:
                     hi = mid - 1
-            if lo > 1:  # more than the first word alone
+            if lo > 1:  # more than the leading "-" alone
                 used.append({**e, "line": " ".join(words[:lo])})
             break
         return used
@@ -396,8 +396,10 @@ def _fts_query(query: str, max_terms: int = 64) -> tuple[str, list[str]]:
 
 
 def context_line(entry: dict) -> str:
-    """One entry as a line of the personal context."""
-    return f"[{entry['kind']}] " + (f"{entry['title']}: " if entry["title"] else "") + " ".join(entry["text"].split())
+    """One entry as a line of the personal context: its text alone. Kind tags and titles
+    ("[preference] Food: …") were copied into answers word for word, and measured no better
+    (docs/evaluation.md)."""
+    return "- " + " ".join(entry["text"].split())
 
 
 def _store_vectors(db, entry_ids: list[int], vectors):

@@ -9,7 +9,9 @@ isolates what the context adds.
 from __future__ import annotations
 
 SYSTEM_PROMPT = "You are a helpful assistant."
-CONTEXT_HEADER = "What you know about the user (private, stays on the user's device):"
+# Measured against `[kind] title: text` lines under "What you know about the user" (docs/evaluation.md):
+# with the copy guard, these plain lines under this header gave the higher ROUGE-L and no copied tags.
+CONTEXT_HEADER = "About the user (private; let it shape your answer, do not quote it):"
 
 
 def system_with_context(context: str, system: str = SYSTEM_PROMPT) -> str:
