@@ -110,6 +110,9 @@ def test_stop_restores_the_conversation_and_frees_send(studio):
     assert len(rest) == 1 and rest[0][:2] == (u_chat, s_chat)  # its last update: the screen Stop left
     assert s_chat == conv["steered_view"] and u_chat == conv["unsteered_view"]
     assert "stopped" in status and send["interactive"] is True
+    assert box["value"] == "And Saturday?" and rest[0][7]["value"] == "And Saturday?"  # the question is kept
+    idle_box = studio.stop(conv, request=TAB)[4]
+    assert "value" not in idle_box  # Stop with nothing running leaves what is typed alone
     assert _chat(studio, "And Saturday?", conv)[1][-1]["content"]  # Send works again
 
 

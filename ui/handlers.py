@@ -129,6 +129,7 @@ class Session:
     epoch: int = 0
     running: int | None = None
     endings: dict[int, tuple] = field(default_factory=dict)  # the screen an ended reply shows last
+    message: str = ""  # the running reply's question: Stop puts it back in the box
 
     def start(self) -> int:
         if self.running is not None:
@@ -270,6 +271,7 @@ class Studio:
         conv = conv or new_conversation()
         session = self.session(request)
         run = session.start()
+        session.message = message
         try:
             yield from self._turn(session, run, user, message, side, params, sampling, gate, defences, speculate, conv)
         finally:
@@ -388,12 +390,15 @@ class Studio:
             audit.unsteered_guess = self._attacker.guess(unsteered_messages, transcript.token_ids["unsteered"], profiles)
 
     def stop(self, conv, request: gr.Request = None):
-        """Stop the running reply: the panes go back to the conversation as it was before it."""
+        """Stop the running reply: the panes go back to the conversation as it was before it, and
+        its question goes back into the message box, to edit or send again."""
         conv = conv or new_conversation()
         idle = (gr.update(interactive=True), gr.update(visible=False))
         u, s, tokens, status = conv["unsteered_view"], conv["steered_view"], TOKENS_EMPTY, status_html({"reply": "stopped"})
-        skip, box = gr.skip(), gr.update(placeholder=MESSAGE_HINT)
-        self.session(request).end((u, s, tokens, skip, skip, status, skip, box, *idle))
+        session = self.session(request)
+        skip = gr.skip()
+        box = message_box(session.message) if session.running is not None else gr.update(placeholder=MESSAGE_HINT)
+        session.end((u, s, tokens, skip, skip, status, skip, box, *idle))
         return u, s, tokens, status, box, *idle
 
     def reset(self, side_by_side, request: gr.Request = None):
@@ -543,8 +548,9 @@ class Studio:
 
     # -- blind A/B ratings ------------------------------------------------------------
     def ab_generate(self, user, message, T, eta, lam, alpha, beta, temperature, top_p, seed, max_new_tokens,
-                    repetition_penalty=1.0, no_repeat_ngram_size=0):
-        """Both answers at once, shown as A and B in a random order; the trial stays server-side in State."""
+                    repetition_penalty=1.0, no_repeat_ngram_size=0, copy_guard=DEMO_COPY_GUARD):
+        """Both answers at once, shown as A and B in a random order; the trial stays server-side in State.
+        The Chat tab's settings, copy guard included, so the vote judges what Chat shows."""
         user = self.check_user(user)
         message = F.MESSAGE.check(message).strip()
         params = make_params(T, eta, lam, alpha, beta)

@@ -36,7 +36,7 @@ def _wire(r, page: Page, chat):
     studio = page.studio
     vote_list = list(r.vote_buttons.values())
     r.go.click(lambda: [gr.update(interactive=False)] * len(vote_list), None, vote_list, queue=False, **PRIVATE).then(
-        for_ui(studio.ab_generate), [page.user, r.message, *chat.sliders, *chat.decoding],
+        for_ui(studio.ab_generate), [page.user, r.message, *chat.sliders, *chat.decoding, chat.copy_guard],
         [r.answer_a, r.answer_b, r.trial, r.reveal, *vote_list], **PRIVATE)
     r.voted = []  # each vote's event: the page refreshes the Results tab after it
     for v, button in r.vote_buttons.items():
