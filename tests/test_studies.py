@@ -289,7 +289,7 @@ def test_pregeneration_batches_dedupes_equal_strengths_and_resumes(engine, tmp_p
         assert answers[item, ids[1]]["text"] != answers[item, ids[3]]["text"]
     first = min(k[0] for k in answers)
     spec = DecodeSpec("unsteered", chosen[0].params, chosen[0].sampling)
-    alone = engine.generate([{"role": "user", "content": items[0]["prompt"]}], "", spec)["texts"]["unsteered"]
+    alone = engine.generate([{"role": "user", "content": items[0]["prompt"]}], "", spec)["shown"]["unsteered"]
     assert answers[first, ids[0]]["text"] == alone  # the baseline from the shared pass is the cloud's own answer
     store.db["study_answers"].delete_where("setting_id = ?", [ids[3]])  # as if a restart came mid-way
     pregen.generate(sid)
