@@ -165,3 +165,15 @@ def test_retrieval_eval_hybrid_beats_keywords_on_the_shipped_set():
     recall = result["recall"]
     assert recall["hybrid"]["@3"]["mean"] > recall["keyword"]["@3"]["mean"]
     assert result["rows"] >= 20 and result["context_ms"]["p50"] > 0
+
+
+def test_a_bad_labelled_set_is_one_line_naming_the_line_and_field(tmp_path):
+    from conftest import run_main
+
+    bad = tmp_path / "set.jsonl"
+    bad.write_text('{"persona": "kenji_osaka.json", "message": "hi", "relevant": []}\n', encoding="utf-8")
+    r = run_main(["-m", "costeer", "retrieval", "--set", str(bad)])
+    assert r.returncode == 2 and f"{bad}:1: relevant must be a non-empty list of entry titles" in r.stderr
+    bad.write_text("{not json\n", encoding="utf-8")
+    r = run_main(["-m", "costeer", "retrieval", "--set", str(bad)])
+    assert r.returncode == 2 and f"{bad}:1: not valid JSON" in r.stderr and "Traceback" not in r.stderr

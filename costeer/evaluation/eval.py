@@ -55,37 +55,43 @@ def _check_row_text(path, n: int, fields: list[tuple[str, object]]):
             raise ValueError(f"{path}:{n}: {name} {problem}")
 
 
-def load_rows(path, limit: int | None = None) -> list[Row]:
-    """Our JSONL (id, query, profile, reference) or LongLaMP-style (input, output, profile/top_5)."""
-    rows = []
+def jsonl_rows(path):
+    """(line number, value) for each non-blank line of a JSONL file; a bad line is a ValueError
+    naming the file and the line."""
     with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
                 continue
             try:
-                d = json.loads(line)
+                yield n, json.loads(line)
             except json.JSONDecodeError as exc:
                 raise ValueError(f"{path}:{n}: not valid JSON ({exc.msg})") from None
             except RecursionError:
                 raise ValueError(f"{path}:{n}: nested too deeply to be a row") from None
-            parsed = eval_row(d) if isinstance(d, dict) else None
-            if parsed is None:
-                raise ValueError(f"{path}:{n}: a row needs query/input (text), reference/output (text) and "
-                                 "profile/top_5 (a list)")
-            query, reference, profile = parsed
-            items = [{"title": item.get("title"), "text": text} for item in profile if (text := item_text(item))]
-            _check_row_text(path, n, [("query", query), ("reference", reference)]
-                            + [(f"profile[{i}].title", it["title"]) for i, it in enumerate(items) if it["title"] is not None]
-                            + [(f"profile[{i}].text", it["text"]) for i, it in enumerate(items)])
-            user = d.get("user")
-            excludes = d.get("excludes", [])
-            if not isinstance(excludes, list) or not all(isinstance(x, str) and x.strip() for x in excludes):
-                raise ValueError(f"{path}:{n}: excludes must be a list of non-empty texts")
-            _check_row_text(path, n, [(f"excludes[{i}]", x) for i, x in enumerate(excludes)])
-            rows.append(Row(str(d.get("id", n)), query, items, reference, str(user) if user is not None else None,
-                            tuple(x.strip() for x in excludes)))
-            if limit and len(rows) >= limit:
-                break
+
+
+def load_rows(path, limit: int | None = None) -> list[Row]:
+    """Our JSONL (id, query, profile, reference) or LongLaMP-style (input, output, profile/top_5)."""
+    rows = []
+    for n, d in jsonl_rows(path):
+        parsed = eval_row(d) if isinstance(d, dict) else None
+        if parsed is None:
+            raise ValueError(f"{path}:{n}: a row needs query/input (text), reference/output (text) and "
+                             "profile/top_5 (a list)")
+        query, reference, profile = parsed
+        items = [{"title": item.get("title"), "text": text} for item in profile if (text := item_text(item))]
+        _check_row_text(path, n, [("query", query), ("reference", reference)]
+                        + [(f"profile[{i}].title", it["title"]) for i, it in enumerate(items) if it["title"] is not None]
+                        + [(f"profile[{i}].text", it["text"]) for i, it in enumerate(items)])
+        user = d.get("user")
+        excludes = d.get("excludes", [])
+        if not isinstance(excludes, list) or not all(isinstance(x, str) and x.strip() for x in excludes):
+            raise ValueError(f"{path}:{n}: excludes must be a list of non-empty texts")
+        _check_row_text(path, n, [(f"excludes[{i}]", x) for i, x in enumerate(excludes)])
+        rows.append(Row(str(d.get("id", n)), query, items, reference, str(user) if user is not None else None,
+                        tuple(x.strip() for x in excludes)))
+        if limit and len(rows) >= limit:
+            break
     return rows
 
 

@@ -8,7 +8,6 @@ hybrid the app uses (`UserStore.retrieve`). Timings are the store's own calls on
 """
 from __future__ import annotations
 
-import json
 import statistics
 import tempfile
 import time
@@ -23,20 +22,18 @@ KS = (1, 3, 5)
 
 def load_set(path) -> list[dict]:
     """Rows of {persona (a file in assets/personas or a path), message, relevant: [titles]}."""
+    from costeer.evaluation.eval import jsonl_rows
+
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{n}: not JSON ({exc.msg})") from None
-            if not isinstance(row, dict) or not {"persona", "message", "relevant"} <= set(row):
-                raise ValueError(f"{path}:{n}: each row needs persona, message and relevant")
-            if not isinstance(row["relevant"], list) or not row["relevant"]:
-                raise ValueError(f"{path}:{n}: relevant must be a non-empty list of entry titles")
-            rows.append(row)
+    for n, row in jsonl_rows(path):
+        if not isinstance(row, dict) or not {"persona", "message", "relevant"} <= set(row):
+            raise ValueError(f"{path}:{n}: each row needs persona, message and relevant")
+        if not isinstance(row["message"], str) or not row["message"].strip():
+            raise ValueError(f"{path}:{n}: message must be non-empty text")
+        if not isinstance(row["relevant"], list) or not row["relevant"] or \
+                not all(isinstance(t, str) for t in row["relevant"]):
+            raise ValueError(f"{path}:{n}: relevant must be a non-empty list of entry titles")
+        rows.append(row)
     return rows
 
 
