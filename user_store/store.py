@@ -81,10 +81,11 @@ class UserStore(Database):
                   sensitive: bool = False) -> int:
         """`sensitive` puts the entry's distinctive words on the steering deny-list (costeer/steering/defences.py)."""
         fields = _check_entry({"text": text, "kind": kind, "title": title, "pinned": pinned, "sensitive": sensitive})
+        uid = self._user_id(user)  # an unknown user is refused before any embedding work
         [vector] = embedder().encode([entry_text(fields)])  # before the transaction: the lock is not held for it
         with self.write() as db:
             now = utc_now()
-            entry_id = db["entries"].insert({"user_id": self._user_id(user), **fields,
+            entry_id = db["entries"].insert({"user_id": uid, **fields,
                                              "created_at": now, "updated_at": now}).last_pk
             _store_vectors(db, [entry_id], [vector])
             return entry_id

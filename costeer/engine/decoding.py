@@ -185,7 +185,6 @@ class Reply:
         # the copy guard's table is built here, on the device, from the context the device holds
         self.guard = CopyGuard(engine.cloud.tokenizer, context, defences.copy_guard) \
             if defences and defences.copy_guard and context.strip() else None
-        self.answers: dict[str, list[int]] = {s: [] for s in prompts}  # each stream's tokens so far
         self.choose = {s: Chooser(sampling, self.seed, ids) for s, ids in prompts.items()}  # same seed: alike draws
         self.texts = {s: TextStream(engine.cloud.tokenizer, sampling.stop) for s in prompts}
         if transcript is not None:
@@ -211,14 +210,13 @@ class Reply:
         start = time.perf_counter()
         p = self.steer(b, d) if steered else b
         if steered and self.guard is not None:
-            p = self.guarded(p, b, self.answers[s])
+            p = self.guarded(p, b, self.choose[s].ids[len(self.prompts[s]):])  # the chooser holds prompt + answer
         token, kept = (self.choose[s](p), False) if draft is None else self.choose[s].verify(p, *draft)
         ev = self._event(s, position, token, b, p, steered and d is None, cloud_ms, device_ms)
         ev.steer_ms = (time.perf_counter() - start) * 1000
         if self.deny is not None and steered:
             ev.deny_margin = deny_margin(p, b, self.deny)
         self._finish(ev, self.texts[s], last=position == self.max_new - 1)
-        self.answers[s].append(token)
         if self.transcript is not None:
             self.transcript.token_ids[s].append(token)
         return ev, kept
