@@ -34,10 +34,17 @@ class Number:
     hi: float
     integer: bool = False
     optional: bool = False  # blank means "not set" (None)
+    off: float | None = None  # a value outside [lo, hi] that means "off" (the copy guard's 0)
 
     @property
     def allowed(self) -> str:
-        return f"{'an integer' if self.integer else 'a number'} in [{self.lo:g}, {self.hi:g}]"
+        span = f"{'an integer' if self.integer else 'a number'} in [{self.lo:g}, {self.hi:g}]"
+        return span if self.off is None else f"{self.off:g} (off) or {span}"
+
+    @property
+    def lowest(self) -> float:
+        """The smallest value a control may offer (the off value counts)."""
+        return self.lo if self.off is None else min(self.lo, self.off)
 
     def check(self, value):
         if value is None or (isinstance(value, str) and not value.strip()) or \
@@ -47,6 +54,8 @@ class Number:
             raise Refused(f"{self.name}: required; enter {self.allowed}")
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise Refused(f"{self.name}: must be {self.allowed}, got {_shown(value)}")
+        if self.off is not None and value == self.off:
+            return int(value) if self.integer else float(value)
         if isinstance(value, int) and not self.lo <= value <= self.hi:  # exact for any int: 10**400 has no float
             raise Refused(f"{self.name}: must be {self.allowed}, got {_shown_int(value)}")
         if not math.isfinite(value):
@@ -115,7 +124,7 @@ MAX_NEW_TOKENS = Number("max_new_tokens", 8, 512, integer=True)
 SIGMA = Number("noise sigma", 0, 3)  # the app's range; the engine takes up to defences.SIGMA_MAX
 TAU = Number("clip tau", 0, 10)  # 0 = off
 SPECULATE = Number("speculate K", 1, 8, integer=True)  # 1 = off; costeer.spec.MAX_SPECULATE
-COPY_GUARD = Number("copy guard", 0, 32, integer=True)  # 0 = off; else 2..32 (costeer/steering/copyguard.py)
+COPY_GUARD = Number("copy guard", 2, 32, integer=True, off=0)  # costeer/steering/copyguard.py (MIN_RUN, MAX_RUN)
 REPETITION_PENALTY = Number("repetition_penalty", 1, 2)
 NO_REPEAT_NGRAM = Number("no_repeat_ngram_size", 0, 10, integer=True)
 GATE_THRESHOLD = Number("gate_threshold", 0.01, 0.5)

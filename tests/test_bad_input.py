@@ -163,6 +163,12 @@ def handler_cases():
         yield "update_entry", "entry id", lambda s, b=bad: s.update_entry(KENJI, b, "t", "note", "", False, False)
         yield "ask_delete", "entry id", lambda s, b=bad: s.ask_delete(KENJI, b)
         yield "ab_generate", "T", lambda s, b=bad: s.ab_generate(KENJI, "hi", b, 10, 2, 2, 1, 0, 1, None, 8)
+    for bad in (1, 33, -1, 2.5, True, "6", math.nan, 10**400, None):
+        yield "chat", "copy guard", lambda s, b=bad: list(s.chat(*[v for _, _, v in CHAT], new_conversation(), b,
+                                                                request=SimpleNamespace(session_hash="c")))
+        yield "generate_pair", "copy guard", lambda s, b=bad: s.generate_pair(KENJI, "hi", max_new_tokens=8, copy_guard=b)
+        yield "ab_generate", "copy guard", lambda s, b=bad: s.ab_generate(KENJI, "hi", 20, 10, 2, 2, 1, 0, 1, None, 8,
+                                                                         1.1, 4, b)
     for bad in CHOICES:
         yield "add_entry", "kind", lambda s, b=bad: s.add_entry(KENJI, "ok", b, "", False, False)
         yield "import_history", "import mode", lambda s, b=bad: s.import_history(KENJI, "x.json", b, False)

@@ -31,4 +31,4 @@ def FieldNumber(*args, **kwargs) -> gr.Number:  # noqa: N802
 
 def slider(spec, value, step, label, elem_id=None, **kw) -> gr.Slider:
     """A slider offering exactly the range its field allows (fields/)."""
-    return FieldSlider(spec.lo, spec.hi, value, step=step, label=label, elem_id=elem_id or spec.name, **kw)
+    return FieldSlider(spec.lowest, spec.hi, value, step=step, label=label, elem_id=elem_id or spec.name, **kw)

@@ -225,8 +225,6 @@ class Studio:
                      ) -> Defences | None:
         """The user's deny-list (entries marked sensitive), the clip (tau 0 = off), the noise and
         the copy guard; None when none is on. The noise is seeded by the answer's sampling seed."""
-        if copy_guard == 1:
-            raise Refused("copy guard: must be 0 (off) or an integer in [2, 32], got 1")
         deny = deny_list(self.store.entries(user), self.engine.cloud.tokenizer)
         defences = Defences(deny_ids=deny, tau=tau or None, sigma=sigma, copy_guard=int(copy_guard))
         return defences if defences.active else None
