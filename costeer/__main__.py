@@ -289,6 +289,15 @@ def cmd_retrieval(args, parser):
     print(json.dumps(result) if args.json else retrieval_table(result))
 
 
+def cmd_canary(args, parser):
+    from costeer.evaluation.canary import canary_table, run_canaries
+
+    engine = load_engine_or_exit(args)
+    progress = None if args.no_progress else (lambda m: print(m, file=sys.stderr, flush=True))
+    result = run_canaries(engine, args.trials, args.max_new_tokens, args.seed, progress)
+    print(json.dumps(result) if args.json else canary_table(result))
+
+
 def cmd_serve_cloud(args, parser):
     from costeer.serving.server import check_audit_log, serve
 
@@ -394,6 +403,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="JSONL rows: persona (file), message, relevant (entry titles); default: the shipped set")
     r.add_argument("--json", action="store_true")
     r.set_defaults(func=cmd_retrieval, subparser=r)
+
+    k = sub.add_parser("canary", help="how often a made-up code name in the context reaches the cloud, per defence")
+    k.add_argument("--trials", type=_positive_int("--trials", 1, 500), default=20, help="canaries per setting (1..500)")
+    k.add_argument("--max-new-tokens", type=_positive_int("--max-new-tokens", 1, 512), default=32,
+                   help="answer length (1..512)")
+    k.add_argument("--seed", type=_positive_int("--seed", 0, 2**31 - 1), default=0, help="draws the canaries")
+    k.add_argument("--json", action="store_true")
+    k.add_argument("--no-progress", action="store_true")
+    _add_model_args(k)
+    k.set_defaults(func=cmd_canary, subparser=k)
 
     c = sub.add_parser("serve-cloud", help="serve a model as an OpenAI-compatible cloud endpoint with top-k logprobs")
     c.add_argument("--model", default=os.environ.get("COSTEER_CLOUD_MODEL"), help=f"default {DEFAULT_MODEL}")

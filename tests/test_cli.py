@@ -168,3 +168,12 @@ def test_the_installed_commands_are_the_modules_commands(tmp_path):
     r = subprocess.run([shutil.which("costeer"), "generate", "--prompt", "hi", "--T", "0"], capture_output=True,
                        text=True, cwd=tmp_path, timeout=120)
     assert r.returncode == 2 and "T must be an integer in [1, 1000]" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_canary_refuses_out_of_range_trials_and_runs_on_the_bundled_model():
+    err = _one_line_error(run_main(["-m", "costeer", "canary", "--trials", "0"]))
+    assert "--trials must be an integer in [1, 500], got 0" in err
+    r = run_main(["-m", "costeer", "canary", "--trials", "1", "--max-new-tokens", "8", "--json", "--no-progress"])
+    result = json.loads(r.stdout.strip().splitlines()[-1])
+    assert set(result["settings"]) == {"paper defaults", "copy guard 6", "marked sensitive"}
+    assert result["settings"]["marked sensitive"]["verbatim"] == 0.0

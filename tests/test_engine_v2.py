@@ -18,6 +18,8 @@ from costeer.engine.sampling import Chooser
 from costeer.steering.processors import ConfidenceGate, Gate, processor
 from costeer.engine.text import TextStream
 from costeer.engine.spec import DecodeSpec
+from costeer.evaluation.privacy import deny_list
+from costeer.steering.defences import Defences
 
 FRIDAY = [{"role": "user", "content": "Suggest a plan for my Friday evening."}]
 
@@ -51,23 +53,45 @@ class RecordingCloud:
         return Recorded()
 
 
-def test_no_personal_data_reaches_a_cloud_in_process(lm):
-    canary = f"CANARY-{uuid.uuid4().hex[:10]}"
-    context = (f"My code name is {canary}. I am a strict vegetarian living in Osaka, I love jazz and quiet "
-               "places, and my cat is called Mochi.")
+def _code_context():
+    canary = f"CANARY-{uuid.uuid4().hex[:10]}"  # letters and digits, new every run
+    return canary, (f"My code name is {canary}. I am a strict vegetarian living in Osaka, I love jazz and "
+                    "quiet places, and my cat is called Mochi.")
+
+
+def test_the_cloud_receives_the_question_and_chosen_tokens_only(lm):
+    """The boundary itself: the cloud's prompts are the conversation without the context, and
+    after them it receives, per step, exactly the tokens the streams chose. What a steered
+    answer *says* is another matter (the next test): chosen tokens may repeat the context."""
+    canary, context = _code_context()
     cloud = RecordingCloud(lm)
     engine = CoSteerEngine(cloud, DeviceLM(lm))
-    texts = {}
-    for mode in ("steered", "side_by_side"):
+    without, _ = build_prompts(lm.tokenizer, FRIDAY, context)
+    for mode, streams in (("steered", ["steered"]), ("side_by_side", ["unsteered", "steered"])):
+        cloud.received.clear()
+        chosen = {s: [] for s in streams}
         for ev in engine.stream(FRIDAY, context, DecodeSpec(mode, sampling=Sampling(max_new_tokens=24))):
-            texts[(mode, ev.stream)] = texts.get((mode, ev.stream), "") + ev.text
-    assert texts[("steered", "steered")] == texts[("side_by_side", "steered")]  # the split engine steers
-    sent = [t for chunk in cloud.received for t in chunk]
-    assert sent and canary not in lm.tokenizer.decode(sent)
-    ctx_ids = lm.tokenizer(context, add_special_tokens=False)["input_ids"]
-    grams = {tuple(ctx_ids[i:i + 8]) for i in range(len(ctx_ids) - 7)}
-    for prompt in cloud.received:
-        assert not grams & {tuple(prompt[i:i + 8]) for i in range(len(prompt) - 7)}
+            chosen[ev.stream].append(ev.token_id)
+        prompts, steps = cloud.received[:len(streams)], cloud.received[len(streams):]
+        assert prompts == [without] * len(streams), mode
+        sent = {s: [step[i] for step in steps if i < len(step)] for i, s in enumerate(streams)}
+        for s in streams:  # the last chosen token is never sent: nothing is asked after it
+            assert sent[s] == chosen[s][:len(sent[s])] and len(chosen[s]) - len(sent[s]) <= 1, (mode, s)
+
+
+def test_a_code_marked_sensitive_never_reaches_the_cloud(lm):
+    """Unmarked, the bundled model copies a code name from the context into its steered answer,
+    which goes to the cloud token by token (python -m costeer canary measures how often). Marked
+    sensitive, its pieces (the digits too) are capped at the cloud's own probability."""
+    canary, context = _code_context()
+    deny = deny_list([{"text": context, "sensitive": True}], lm.tokenizer)
+    cloud = RecordingCloud(lm)
+    engine = CoSteerEngine(cloud, DeviceLM(lm))
+    answer = "".join(ev.text for ev in engine.stream(
+        FRIDAY, context, DecodeSpec("steered", sampling=Sampling(max_new_tokens=24), defences=Defences(deny))))
+    sent = lm.tokenizer.decode([t for chunk in cloud.received for t in chunk])
+    hex_part = canary.split("-")[1]
+    assert answer.strip() and canary not in sent and hex_part[:4] not in sent.lower()
 
 
 def test_no_cloud_type_can_take_a_context():

@@ -99,6 +99,13 @@ def test_every_word_of_a_sensitive_entry_is_listed_but_function_words_and_letter
     assert deny_list([{**entry, "sensitive": False}], tok) == []
 
 
+def test_a_sensitive_number_lists_its_digits(engine):
+    """The bundled tokenizer spells numbers digit by digit: a PIN is held back only by its digits."""
+    tok = engine.cloud.tokenizer
+    listed = {tok.decode([i]) for i in deny_list([{"text": "My PIN is 4921.", "sensitive": True}], tok)}
+    assert {"4", "9", "2", "1"} <= listed and " PIN" in listed and not {"3", "5", "0"} & listed
+
+
 @pytest.mark.slow
 def test_deny_list_guarantee_holds_at_every_step_of_real_generations(engine, store):
     entries = store.entries(KENJI)

@@ -113,19 +113,24 @@ def term_spans(text: str, terms: list[Term]) -> list[tuple[int, int, Term]]:
 
 
 _WORD = re.compile(r"[^\W\d_]+(?:['’][^\W\d_]+)*")
+_NUMBER = re.compile(r"\d+")
 
 
 def deny_words(entries: list[dict]) -> list[str]:
     """Every word of the entries except function words. Frequency decides what is *distinctive*
     (for exposure), not what a user may protect: "HIV", "cancer" and "pregnant" are common words,
-    and a user who marks an entry sensitive means them too."""
+    and a user who marks an entry sensitive means them too. Numbers (a PIN, a code, a date) are
+    listed too: the tokenizers we ship spell them digit by digit."""
     from wordfreq import zipf_frequency
 
     out: dict[str, None] = {}
     for e in entries:
-        for w in _WORD.findall(f"{e.get('title') or ''}\n{e['text']}"):  # as typed: "HIV" stays upper-case
+        text = f"{e.get('title') or ''}\n{e['text']}"
+        for w in _WORD.findall(text):  # as typed: "HIV" stays upper-case
             if len(w) >= 2 and zipf_frequency(w, LANGUAGE) < FUNCTION_ZIPF:
                 out.setdefault(w)
+        for n in _NUMBER.findall(text):
+            out.setdefault(n)
     return list(out)
 
 
@@ -135,13 +140,19 @@ def deny_token_ids(tokenizer, terms) -> list[int]:
     start are two tokenizations). A word written as one token is listed whatever its length; a
     word split into pieces lists the pieces of two letters or more. Single characters (the "t"
     and "y" of " B|ik|t|arv|y") and function words are never listed: they spell every other word
-    too, and the deny-list is for the personal words, not for "the"."""
+    too, and the deny-list is for the personal words, not for "the". A number is the exception:
+    its digits are single tokens, and a sensitive PIN can only be held back by listing them."""
     from wordfreq import zipf_frequency
 
     ids: set[int] = set()
     for term in terms:
         text = term.text if isinstance(term, Term) else str(term)
         for w in text.split():
+            if w.isdigit():
+                for variant in (w, " " + w):
+                    ids.update(i for i in tokenizer(variant, add_special_tokens=False)["input_ids"]
+                               if any(c.isdigit() for c in tokenizer.decode([i])))
+                continue
             if zipf_frequency(w, LANGUAGE) >= FUNCTION_ZIPF:
                 continue
             for form in {w, w.lower(), w.capitalize()}:
