@@ -1,5 +1,7 @@
 """The privacy claim, checked on the wire: a cloud in its own process audits every request it gets;
-steered generations for users whose histories hold canaries leak nothing of them."""
+steered generations for users whose histories hold canaries leak nothing of them. The code names
+are marked sensitive, as a user would mark one: unmarked, a steered answer can copy a code into
+what it sends (python -m costeer canary measures how often; docs/privacy.md)."""
 import pytest
 import json
 import uuid
@@ -8,6 +10,8 @@ from cloudrunner import remote_engine, running_cloud
 from costeer.engine.cloud import PROBE_TEXT
 from costeer.engine.decoding import Sampling
 from costeer.engine.spec import DecodeSpec
+from costeer.evaluation.privacy import deny_list
+from costeer.steering.defences import Defences
 from user_store import UserStore
 
 HISTORIES = {
@@ -28,7 +32,7 @@ def test_no_personal_data_reaches_the_cloud(tmp_path, lm):
     for user, texts in HISTORIES.items():
         store.add_user(user)
         canaries[user] = f"CANARY-{uuid.uuid4().hex[:12]}"
-        store.add_entry(user, f"My code name is {canaries[user]}.", kind="profile", pinned=True)
+        store.add_entry(user, f"My code name is {canaries[user]}.", kind="profile", pinned=True, sensitive=True)
         for t in texts:
             store.add_entry(user, t, kind="profile")
     prompts = ["Plan my Friday evening.", "Write a short note to my family about my week."]
@@ -40,7 +44,8 @@ def test_no_personal_data_reaches_the_cloud(tmp_path, lm):
                 context = store.build_context(user, prompt)
                 assert canaries[user] in context  # the device model did read the canary
                 contexts.append(context)
-                spec = DecodeSpec("side_by_side", sampling=Sampling(max_new_tokens=8))
+                deny = deny_list(store.entries(user), lm.tokenizer)
+                spec = DecodeSpec("side_by_side", sampling=Sampling(max_new_tokens=8), defences=Defences(deny))
                 events = list(engine.stream([{"role": "user", "content": prompt}], context, spec))
                 assert events
     records = [json.loads(line) for line in audit.read_text(encoding="utf-8").splitlines()]
