@@ -155,6 +155,31 @@ def test_attacker_tells_a_personas_own_words_from_the_others(lm, store):
     assert guess.posterior[KENJI] > 1 / 3
 
 
+
+def test_the_calibrated_attacker_learns_nothing_from_the_clouds_own_answer(lm, store):
+    """Against the cloud's own answer, every profile's lift cancels: all candidates tie and the
+    attacker earns chance exactly. A reply in Kenji's words still points at Kenji."""
+    attacker = PersonaAttacker(lm)
+    profiles = {u: attacker.profile(store.entries(u)) for u in store.users()}
+    messages = [{"role": "user", "content": "Plan my Friday evening."}]
+    own = lm.tokenizer("Dinner with friends, then a movie.", add_special_tokens=False)["input_ids"]
+    tie = attacker.guess(messages, own, profiles, reference_ids=own)
+    assert tie.calibrated and set(tie.scores.values()) == {0.0}
+    assert tie.credit(KENJI) == pytest.approx(1 / 3) and tie.credit(KENJI, 3) == 1.0
+    kenji = lm.tokenizer("Vinyl night at a jazz kissa in Nakazakicho, then vegetable ramen.",
+                         add_special_tokens=False)["input_ids"]
+    guess = attacker.guess(messages, kenji, profiles, reference_ids=own)
+    assert guess.name == KENJI and guess.credit(KENJI) == 1.0 and guess.scores[KENJI] > 0
+
+
+def test_guess_credit_orders_ties_at_random():
+    from costeer.evaluation.privacy import Guess
+
+    g = Guess("a", {"a": 0.25, "b": 0.25, "c": 0.25, "d": 0.25}, {"a": 1.0, "b": 1.0, "c": 0.0, "d": -2.0})
+    assert g.credit("a") == 0.5 and g.credit("b") == 0.5 and g.credit("c") == 0.0 and g.credit("c", 3) == 1.0
+    assert g.credit("d", 3) == 0.0 and g.credit("a", 2) == 1.0
+
+
 def test_reply_audit_of_a_real_side_by_side_turn(engine, store):
     messages = [{"role": "user", "content": "Suggest a plan for my Friday evening."}]
     transcript = CloudTranscript()
@@ -204,7 +229,8 @@ def test_method_names_for_the_defences():
 def test_privacy_summary_arithmetic_on_known_inputs():
     def r(id, method, share, correct, margin=None):
         return {"id": id, "method": method, "exposure": share, "exposed": ["x"] * int(share * 10), "terms": 10,
-                "attacker_correct": correct, "attacker_posterior": 0.5, "candidates": 4, "deny_margin": margin}
+                "attacker_correct": float(correct), "attacker_top3": 1.0, "attacker_posterior": 0.5, "candidates": 4,
+                "deny_margin": margin}
     rows = [r("1", "llm", 0.0, False), r("2", "llm", 0.1, True), r("1", "costeer", 0.3, True),
             r("2", "costeer", 0.2, True), r("1", "costeer:deny=all", 0.1, False, -0.5),
             r("2", "costeer:deny=all", 0.0, False, 0.0), {"id": "1", "method": "slm_ctx", "exposure": None}]
@@ -212,6 +238,8 @@ def test_privacy_summary_arithmetic_on_known_inputs():
     assert s["llm"]["exposure"] == pytest.approx(0.05) and s["llm"]["attacker_accuracy"] == pytest.approx(0.5)
     assert s["costeer"]["exposure_vs_llm"] == pytest.approx(0.2) and s["costeer"]["attacker_chance"] == 0.25
     assert s["costeer:deny=all"]["deny_margin_max"] == 0.0 and "slm_ctx" not in s
+    assert s["costeer"]["marginal_leakage"] == pytest.approx(0.5) and s["costeer:deny=all"]["marginal_leakage"] == pytest.approx(-0.5)
+    assert s["costeer"]["attacker_top3"] == 1.0 and "marginal_leakage" not in s["llm"]
 
 
 @pytest.mark.slow
@@ -227,6 +255,7 @@ def test_eval_privacy_cli_on_two_personas(tmp_path):
     p = result["privacy"]
     assert set(p) == {"llm", "costeer", "costeer:deny=all", "costeer:sigma=0.5"}
     assert all(e["attacker_chance"] == 0.5 and 0 <= e["attacker_accuracy"] <= 1 for e in p.values())
+    assert p["llm"]["attacker_accuracy"] == 0.5  # greedy: the llm answer is the cloud's own, a tie of two
     assert p["costeer:deny=all"]["deny_margin_max"] <= 1e-6
     assert plot.stat().st_size > 10_000 and result["attacker_model"] == "the cloud model"
     bad = run_cli(["-m", "costeer", "eval", "--data", str(data), "--sweep", "sigma=-2", "--no-progress"])

@@ -383,9 +383,9 @@ class Studio:
         candidates = users[:MAX_CANDIDATES] + ([user] if user not in users[:MAX_CANDIDATES] else [])
         profiles = {u: self._attacker.profile(self.store.entries(u)) for u in candidates}
         audit.truth = user
-        audit.guess = self._attacker.guess(messages, transcript.token_ids["steered"], profiles)
-        if unsteered_messages is not None:
-            audit.unsteered_guess = self._attacker.guess(unsteered_messages, transcript.token_ids["unsteered"], profiles)
+        # side by side, the cloud's own answer is on screen: the guess is calibrated against it
+        reference = transcript.token_ids["unsteered"] if unsteered_messages is not None else None
+        audit.guess = self._attacker.guess(messages, transcript.token_ids["steered"], profiles, reference)
 
     def stop(self, conv, request: gr.Request = None):
         """Stop the running reply: the panes go back to the conversation as it was before it, and

@@ -188,11 +188,12 @@ def _share(e) -> str:
 
 
 def _guess_line(guess, truth: str, label: str) -> str:
-    if guess is None:
-        return ""
+    chance = f"chance {100 / len(guess.posterior):.0f}%"
+    if len(set(guess.scores.values())) == 1:
+        return f"<li>{label}: no evidence, it is the cloud's own answer ({chance})</li>"
     verdict = "✅ right" if guess.name == truth else "wrong"
     return (f"<li>{label}: guesses <b>{esc(guess.name)}</b> ({verdict}; it gives {esc(truth)} "
-            f"{100 * guess.posterior[truth]:.0f}%, chance {100 / len(guess.posterior):.0f}%)</li>")
+            f"{100 * guess.posterior[truth]:.0f}%, {chance})</li>")
 
 
 def deny_check_text(deny: dict) -> str:
@@ -227,9 +228,11 @@ def audit_html(audit, deny: dict | None = None) -> str:
                     + (f" (#{t.entry_id})" if t.entry_id is not None else "") + "</li>" for t in s.exposed)
     guesses = ""
     if audit.guess is not None:
-        guesses = ("<p>A curious cloud scoring this reply under each user's profile (one forward each):</p><ul>"
-                   + _guess_line(audit.guess, audit.truth, "steered reply")
-                   + _guess_line(audit.unsteered_guess, audit.truth, "unsteered reply") + "</ul>")
+        how = ("how much each user's profile makes this reply likelier than its own answer to the same message"
+               if audit.guess.calibrated else "this reply under each user's profile (uncalibrated: side by side "
+               "compares it with the cloud's own answer)")
+        guesses = (f"<p>A curious cloud scoring {how}:</p><ul>"
+                   + _guess_line(audit.guess, audit.truth, "steered reply") + "</ul>")
     deny_line = ""
     if deny is not None:
         deny_line = f"<p class='note deny-check'>{deny_check_text(deny)}</p>"

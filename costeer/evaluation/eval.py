@@ -328,8 +328,8 @@ def evaluate(engine, rows: list[Row], methods: list[str], max_new_tokens: int = 
     if out and Path(out).exists():
         with open(out, encoding="utf-8") as f:
             done = [json.loads(line) for line in f if line.strip()]
-    if privacy:
-        done = [r for r in done if "exposure" in r]
+    if privacy:  # a stored result from before the calibrated attacker is run again
+        done = [r for r in done if "exposure" in r and ("attacker_correct" not in r or "attacker_top3" in r)]
     have = {(r["id"], r["method"]) for r in done}
     ids = {r.id for r in rows}
     todo = [(row, m) for row in rows for m in methods if (row.id, m) not in have]
@@ -338,7 +338,7 @@ def evaluate(engine, rows: list[Row], methods: list[str], max_new_tokens: int = 
     if privacy:
         from costeer.evaluation.audit import PrivacyAudit
 
-        audit = PrivacyAudit(engine, rows)
+        audit = PrivacyAudit(engine, rows, ev.sampling)
     results = [r for r in done if r["id"] in ids and r["method"] in methods]
     contexts: dict[str, str] = {}
     sink = open(out, "a", encoding="utf-8") if out else None

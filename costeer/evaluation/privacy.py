@@ -169,9 +169,16 @@ def deny_token_ids(tokenizer, terms) -> list[int]:
 
 # -- the cloud-side attacker --------------------------------------------------------------
 class PersonaAttacker:
-    """What a curious cloud can do with what it received: for each candidate persona, the
-    log-likelihood of the reply under its own model told that persona's profile, and a guess.
-    `lm` is the cloud model (or, with a remote cloud, the device model standing in for it)."""
+    """What a curious cloud can do with what it received: for each candidate persona, how much
+    that persona's profile raises its own model's likelihood of the reply, and a guess.
+    `lm` is the cloud model (or, with a remote cloud, the device model standing in for it).
+
+    Calibrated against the cloud's own answer: a profile that makes *any* reply likelier (a short
+    one distracts the model least) proves nothing, so each candidate's lift on the reply is
+    measured against its lift on `reference`, the answer the cloud gives the same messages with
+    no one's data (which the cloud can always compute). The cloud's own answer then carries no
+    evidence at all, and the attacker scores chance on it exactly; without a reference the score
+    is the raw log-likelihood, which favours short profiles."""
 
     PROFILE_TOKENS = 256  # the app's context budget
 
@@ -194,6 +201,7 @@ class PersonaAttacker:
 
     @torch.inference_mode()
     def loglik(self, messages: list[dict], reply_ids: list[int], profile: str) -> float:
+        """log P(reply | messages, profile) under the cloud's model; profile "" is no one's."""
         from costeer.engine.prompts import conversation_ids, system_with_context
 
         if not reply_ids:
@@ -204,22 +212,44 @@ class PersonaAttacker:
         logits = self.lm.model(input_ids=ids).logits[0, len(prompt) - 1:-1].float()
         return float(torch.log_softmax(logits, -1).gather(1, ids[0, len(prompt):, None]).sum())
 
-    def scores(self, messages: list[dict], reply_ids: list[int], profiles: dict[str, str]) -> dict[str, float]:
-        return {name: self.loglik(messages, reply_ids, profile) for name, profile in profiles.items()}
+    def lifts(self, messages: list[dict], reply_ids: list[int], profiles: dict[str, str]) -> dict[str, float]:
+        """Per token, the log-likelihood each profile adds to the reply over no profile."""
+        base, n = self.loglik(messages, reply_ids, ""), max(1, len(reply_ids))
+        return {name: (self.loglik(messages, reply_ids, profile) - base) / n for name, profile in profiles.items()}
 
-    def guess(self, messages: list[dict], reply_ids: list[int], profiles: dict[str, str]) -> "Guess":
-        s = self.scores(messages, reply_ids, profiles)
+    def scores(self, messages: list[dict], reply_ids: list[int], profiles: dict[str, str],
+               reference_ids: list[int] | None = None) -> dict[str, float]:
+        if reference_ids is None:
+            return {name: self.loglik(messages, reply_ids, profile) for name, profile in profiles.items()}
+        if list(reference_ids) == list(reply_ids):  # the cloud's own answer: no evidence, by construction
+            return dict.fromkeys(profiles, 0.0)
+        lift, ref = self.lifts(messages, reply_ids, profiles), self.lifts(messages, reference_ids, profiles)
+        n = max(1, len(reply_ids))
+        return {name: n * (lift[name] - ref[name]) for name in profiles}  # a log-likelihood ratio, in nats
+
+    def guess(self, messages: list[dict], reply_ids: list[int], profiles: dict[str, str],
+              reference_ids: list[int] | None = None) -> "Guess":
+        s = self.scores(messages, reply_ids, profiles, reference_ids)
         best = max(s, key=s.get)
         top = max(s.values())
         z = sum(math.exp(v - top) for v in s.values())
-        return Guess(best, {k: math.exp(v - top) / z for k, v in s.items()}, s)
+        return Guess(best, {k: math.exp(v - top) / z for k, v in s.items()}, s, reference_ids is not None)
 
 
 @dataclass
 class Guess:
-    name: str  # the persona the attacker picks
+    name: str  # the persona the attacker picks (the first of equals)
     posterior: dict[str, float]  # its belief over the candidates (uniform prior)
-    loglik: dict[str, float]
+    scores: dict[str, float]
+    calibrated: bool = False  # scored against the cloud's own answer
+
+    def credit(self, truth: str, k: int = 1) -> float:
+        """P(truth among the top k) when equal scores are ordered at random: a tie of all N
+        candidates earns k/N, chance, not the first name's luck."""
+        s = self.scores[truth]
+        above = sum(v > s for v in self.scores.values())
+        level = sum(v == s for v in self.scores.values())
+        return min(1.0, max(0.0, (k - above) / level))
 
 
 # -- one reply, as the app's privacy panel shows it ----------------------------------------
@@ -240,7 +270,6 @@ class ReplyAudit:
     steered: Exposure
     unsteered: Exposure | None = None
     guess: Guess | None = None
-    unsteered_guess: Guess | None = None
     truth: str | None = None
 
     @property
