@@ -32,6 +32,20 @@ def test_summary_arithmetic_on_known_inputs():
     assert "vs_llm" not in s["llm"]
 
 
+def test_the_overlap_set_is_hard_by_design():
+    """assets/eval/overlap.jsonl: ten personas whose interests overlap (four cook, two cycle, three
+    play or love music, three eat no meat), every question asked of four to six of them, so the
+    topic alone does not name the user and chance is 10 %."""
+    rows = load_rows(ROOT / "assets" / "eval" / "overlap.jsonl")
+    users = {r.user for r in rows}
+    asked = {}
+    for r in rows:
+        asked.setdefault(r.query, set()).add(r.user)
+        assert r.excludes and r.reference.strip() and len(r.profile) == 5
+    assert len(users) == 10 and len(rows) == 30 and all(4 <= len(u) <= 6 for u in asked.values())
+    assert all(sum(r.user == u for r in rows) == 3 for u in users)
+
+
 def test_gated_variant_and_its_skip_share():
     assert method_spec("costeer:gate=0.2,patience=3") == (SteeringParams(), ConfidenceGate(0.2, 3))
     with pytest.raises(ValueError, match="patience and mode need gate"):
