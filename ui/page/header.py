@@ -12,9 +12,11 @@ from . import PRIVATE, Page
 
 def build(page: Page) -> SimpleNamespace:
     engine = page.studio.engine
-    gr.Markdown("### CoSteer Studio\n**Personalize a cloud language model with data that never leaves your device.** "
+    gr.Markdown("### CoSteer Studio\n**Personalize a cloud language model without sending it your history.** "
                 "A small on-device model reads your private history and steers the cloud model token by token "
-                "(CoSteer, arXiv 2507.04756); the cloud only ever receives the chosen tokens.", elem_id="header")
+                "(CoSteer, arXiv 2507.04756). The cloud receives the chosen tokens only, and those can carry what "
+                "your history says: the privacy panel shows what crossed, and an entry marked sensitive has its "
+                "words capped at the cloud's own probability.", elem_id="header")
     if engine.same_model:
         gr.Markdown(f"ℹ️ Demo set-up: **one model ({engine.cloud.name}) plays both roles**, cloud and device. "
                     "It shows the mechanism, not the quality of a real cloud/device pair.", elem_id="model-note")
