@@ -54,6 +54,8 @@ class PrivacyAudit:
                "user": row.user}
         if self.can_attack and row.user is not None:
             messages = [{"role": "user", "content": row.query}]
+            if method == "llm":  # the cloud alone, with the eval's sampling: the reference itself
+                self._reference.setdefault(row.id, list(reply))
             guess = self.attacker.guess(messages, reply, self.profiles, self.reference(row, messages))
             out.update(attacker_guess=guess.name, attacker_correct=guess.credit(row.user),
                        attacker_top3=guess.credit(row.user, 3),

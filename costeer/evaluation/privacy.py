@@ -15,6 +15,8 @@ No UI code here: the app, the eval and the tests all call these.
 """
 from __future__ import annotations
 
+import functools
+
 import math
 import re
 from dataclasses import dataclass, field
@@ -217,13 +219,20 @@ class PersonaAttacker:
         base, n = self.loglik(messages, reply_ids, ""), max(1, len(reply_ids))
         return {name: (self.loglik(messages, reply_ids, profile) - base) / n for name, profile in profiles.items()}
 
+    @functools.lru_cache(maxsize=32)
+    def _reference_lifts(self, messages: tuple, reference_ids: tuple, profiles: tuple) -> dict[str, float]:
+        """The reference's lifts, once per message: every method of an eval row shares them."""
+        return self.lifts([{"role": r, "content": c} for r, c in messages], list(reference_ids), dict(profiles))
+
     def scores(self, messages: list[dict], reply_ids: list[int], profiles: dict[str, str],
                reference_ids: list[int] | None = None) -> dict[str, float]:
         if reference_ids is None:
             return {name: self.loglik(messages, reply_ids, profile) for name, profile in profiles.items()}
         if list(reference_ids) == list(reply_ids):  # the cloud's own answer: no evidence, by construction
             return dict.fromkeys(profiles, 0.0)
-        lift, ref = self.lifts(messages, reply_ids, profiles), self.lifts(messages, reference_ids, profiles)
+        lift = self.lifts(messages, reply_ids, profiles)
+        ref = self._reference_lifts(tuple((m["role"], m["content"]) for m in messages), tuple(reference_ids),
+                                    tuple(profiles.items()))
         n = max(1, len(reply_ids))
         return {name: n * (lift[name] - ref[name]) for name in profiles}  # a log-likelihood ratio, in nats
 
