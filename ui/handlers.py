@@ -371,20 +371,20 @@ class Studio:
                status_html(screen.states, note), new,
                message_box(), gr.update(interactive=True), gr.update(visible=False))
         if guessing and session.current(run):
-            self.guess(audit, user, users, transcript, conv["steered"] + [turn],
-                       conv["unsteered"] + [turn] if side else None)
+            self.guess(audit, user, users, transcript, conv["steered"] + [turn], calibrate=side)
             if session.current(run):
                 yield skip, skip, skip, panel(), skip, status_html(screen.states), skip, skip, skip, skip
 
-    def guess(self, audit, user, users, transcript, messages, unsteered_messages=None):
-        """The simulated cloud attacker's guess among the store's users (the first MAX_CANDIDATES)."""
+    def guess(self, audit, user, users, transcript, messages, calibrate: bool = False):
+        """The simulated cloud attacker's guess among the store's users (the first MAX_CANDIDATES);
+        with `calibrate` (side by side), against the unsteered answer: the cloud's own, no one's data
+        in it (after the first turn it answers the unsteered conversation, which differs)."""
         if self._attacker is None:
             self._attacker = PersonaAttacker(attacker_model(self.engine)[0])
         candidates = users[:MAX_CANDIDATES] + ([user] if user not in users[:MAX_CANDIDATES] else [])
         profiles = {u: self._attacker.profile(self.store.entries(u)) for u in candidates}
         audit.truth = user
-        # side by side, the cloud's own answer is on screen: the guess is calibrated against it
-        reference = transcript.token_ids["unsteered"] if unsteered_messages is not None else None
+        reference = transcript.token_ids["unsteered"] if calibrate else None
         audit.guess = self._attacker.guess(messages, transcript.token_ids["steered"], profiles, reference)
 
     def stop(self, conv, request: gr.Request = None):
