@@ -63,7 +63,7 @@ def test_the_cloud_receives_the_question_and_chosen_tokens_only(lm):
     """The boundary itself: the cloud's prompts are the conversation without the context, and
     after them it receives, per step, exactly the tokens the streams chose. What a steered
     answer *says* is another matter (the next test): chosen tokens may repeat the context."""
-    canary, context = _code_context()
+    _, context = _code_context()
     cloud = RecordingCloud(lm)
     engine = CoSteerEngine(cloud, DeviceLM(lm))
     without, _ = build_prompts(lm.tokenizer, FRIDAY, context)
