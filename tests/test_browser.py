@@ -74,11 +74,15 @@ def pick_user(page, name):
 
 
 def send(page, message, max_new=None):
+    from playwright.sync_api import expect
+
     if max_new is not None:
         page.get_by_text("Advanced").click()
         box = page.locator("#max_new_tokens input[type=number]")
         box.fill(str(max_new))
         box.press("Enter")
+        # the value must have reached the slider before Send reads it (once, in CI, it had not)
+        expect(page.locator("#max_new_tokens input[type=range]")).to_have_value(str(max_new))
         page.get_by_text("Advanced").click()
     page.locator("#message textarea").fill(message)
     page.locator("#send").click()
