@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from costeer.engine.spec import MAX_SPECULATE, DecodeSpec
-from costeer.models.load import DEFAULT_MODEL, DTYPES, ModelLoadError, load_model, set_offline
+from costeer.models.load import DEFAULT_MODEL, DTYPES, PRECISIONS, ModelLoadError, load_model, set_offline
 from costeer.models.options import add_model_args as _add_model_args
 from costeer.models.options import bounded_int as _positive_int
 from costeer.models.options import load_engine_or_exit
@@ -147,7 +147,7 @@ def cmd_remote_bench(args, parser):
 
     rtts, ks = args.rtt_ms, args.speculate  # argparse applies `type` to the string defaults too
     try:
-        lm = load_model(args.local_model or args.cloud_model, args.device, args.dtype)
+        lm = load_model(args.local_model or args.cloud_model, args.device, args.dtype, precision=args.precision)
     except ModelLoadError as exc:
         print(f"costeer: error: {exc}", file=sys.stderr)
         sys.exit(2)
@@ -179,6 +179,10 @@ def cmd_bench(args, parser):
         parser.error(str(exc))
     result = run_bench(engine, tokens=args.tokens, repeats=args.repeats, sampling=sampling)
     result["stock_linear"] = args.stock_linear
+    if engine.same_model and engine.device.lm.precision != "fp32":
+        from costeer.bench.speed import fp32_reference
+
+        result.update(fp32_reference(engine, result, tokens=args.tokens, repeats=args.repeats, sampling=sampling))
     if engine.same_model and not args.no_cloud:
         from costeer.bench.speed import llama_server_anchor
 
@@ -306,7 +310,7 @@ def cmd_serve_cloud(args, parser):
     except OSError as exc:
         parser.error(f"--audit-log: cannot write {args.audit_log}: {exc.strerror or exc}")
     try:
-        lm = load_model(args.model, args.device, args.dtype)
+        lm = load_model(args.model, args.device, args.dtype, precision=args.precision)
     except ModelLoadError as exc:
         print(f"costeer: error: model load failed: {exc}", file=sys.stderr)
         sys.exit(1)
@@ -429,6 +433,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="memory for the KV caches of recent requests, in MiB")
     c.add_argument("--device", default="cpu")
     c.add_argument("--dtype", default="float32", choices=DTYPES)
+    c.add_argument("--precision", default="fp32", choices=PRECISIONS,
+                   help="the Linear weights: fp32 (default), int8, int4 or auto (models/quantized.py)")
     c.add_argument("--allow-downloads", action="store_true")
     c.set_defaults(func=cmd_serve_cloud, subparser=c)
     return parser

@@ -585,7 +585,7 @@ class Studio:
         """The reply's timing and, from it, the projection for real pairs (bench/projection.py)."""
         measured = measured_from(latency, self.engine.device.lm.model, shared, cpu_name())
         return latency_html(latency, self.remote(), shared, speculation and speculation.as_dict(),
-                            (measured, projections(measured)))
+                            (measured, projections(measured)), self.engine.device.lm.precision)
 
     # -- the named API -------------------------------------------------------------------
     def generate_pair(self, user, message, T=DEMO["T"], eta=DEMO["eta"], lam=DEMO["lam"], max_new_tokens=128,

@@ -103,13 +103,17 @@ def status_html(states: dict[str, str], note: str = "") -> str:
     return "<div class='status'>" + " ".join(parts) + "</div>"
 
 
+PRECISION_NAMES = {"fp32": "fp32 (the exact reference)", "int8": "int8 (torch's int8 kernel)",
+                   "int4": "int4, output head int8 (torch's int4 kernel)"}
+
+
 def latency_html(summary: dict, remote: bool, shared: bool = False, speculation: dict | None = None,
-                 projection: tuple | None = None) -> str:
+                 projection: tuple | None = None, precision: str = "fp32") -> str:
     """The reply's timing: first token, speed, and where each step's time went. `shared`: the
     one-model demo, where the device's rows ride in the cloud's batched forward (said in the row
     itself); `speculation` (speculative.Speculation.as_dict of the steered stream): round trips and
     drafts; `projection` (bench/projection.py: what was measured, the projected pairs): "will it
-    run on my PC?" for real pairs."""
+    run on my PC?" for real pairs; `precision`: the device's weights (models/quantized.py)."""
     per = summary["per_step_ms"]
     cloud = "cloud (HTTP round trip)" if remote else "cloud (forward pass)"
     rows = [("device (small model, two passes)", f"{per['device']:.1f} ms"), (cloud, f"{per['cloud']:.1f} ms")]
@@ -121,7 +125,8 @@ def latency_html(summary: dict, remote: bool, shared: bool = False, speculation:
     table = "".join(f"<tr><td>{name}</td><td>{value}</td></tr>" for name, value in rows)
     return (f"<div class='latency'><b>⏱ This reply:</b> first token after {summary['time_to_first_token_ms'] / 1000:.2f} s · "
             f"{summary['tokens_per_s']:.1f} tokens/s · {summary['ms_per_step']:.0f} ms per step "
-            f"({summary['steps']} steps, {summary['total_ms'] / 1000:.1f} s)"
+            f"({summary['steps']} steps, {summary['total_ms'] / 1000:.1f} s) · "
+            f"<span class='precision'>device weights: {esc(PRECISION_NAMES.get(precision, precision))}</span>"
             f"<table><tr><th>per step</th><th></th></tr>{table}</table>"
             + _speculation_html(speculation) + _projection_html(projection)
             + "<p class='note'>T costs nothing at decode time: the closed form computes one number C from "

@@ -19,7 +19,8 @@ from costeer.engine.device import DeviceLM
 from costeer.engine.prompts import build_prompts
 from costeer.engine.rows import ModelRows
 from costeer.engine.spec import DecodeSpec
-from costeer.models.cpu_linear import WeightLeftLinear, matmul_floor_ms, matmul_hot_cache_ms, orientation_times
+from costeer.models.cpu_linear import (WeightLeftLinear, matmul_floor_ms, matmul_hot_cache_ms, orientation_times,
+                                       weight_bytes)
 from costeer.steering.policy import SteeringParams
 
 BENCH_PROMPTS = [
@@ -89,8 +90,11 @@ def run_bench(engine: CoSteerEngine, tokens: int = 64, repeats: int = 3, samplin
     out["matmul_floor_ms_per_token"] = round(floor, 2)
     out["matmul_hot_cache_ms_per_token"] = round(matmul_hot_cache_ms(model), 2)
     out["plain_over_matmul_floor"] = round(med["plain"] / floor, 3)
-    out["linear_orientation"] = "weight-left" if any(isinstance(m, WeightLeftLinear) for m in model.modules()) else "stock"
-    out["linear_orientation_probe"] = orientation_times(model)
+    out["precision"] = engine.device.lm.precision
+    out["weights_mb_per_step"] = round(weight_bytes(model) / 1e6, 1)
+    if engine.device.lm.precision == "fp32":
+        out["linear_orientation"] = "weight-left" if any(isinstance(m, WeightLeftLinear) for m in model.modules()) else "stock"
+        out["linear_orientation_probe"] = orientation_times(model)
     out["steered_over_plain"] = round(med["steered"] / med["plain"], 3)
     out["side_by_side_over_plain"] = round(med["side_by_side"] / med["plain"], 3)
     out["naive_over_steered"] = round(med["naive_steered"] / med["steered"], 3)
@@ -102,6 +106,29 @@ def run_bench(engine: CoSteerEngine, tokens: int = 64, repeats: int = 3, samplin
     out["torch_threads"] = torch.get_num_threads()
     out["cloud_model"], out["local_model"] = engine.cloud.name, engine.device.name
     out["same_model"] = engine.same_model
+    return out
+
+
+def fp32_reference(engine: CoSteerEngine, fast: dict, tokens: int = 64, repeats: int = 3,
+                   sampling: Sampling | None = None) -> dict:
+    """For a quantized engine whose `run_bench` figures are `fast`: the same modes on an fp32 copy
+    of its model in the same run, the speed-ups over it, and top-1 agreement with it over 100
+    teacher-forced steps (bench/precision.py)."""
+    from costeer.bench.precision import top1_agreement
+    from costeer.engine.decoding import build_engine
+    from costeer.models.load import load_model
+
+    lm = engine.device.lm
+    reference = load_model(lm.name, lm.device)
+    fp32 = run_bench(build_engine(reference, reference), tokens, repeats, sampling)
+    out = {f"fp32_{k}_ms_per_token": fp32[f"{k}_ms_per_token"] for k in ("plain", "steered", "side_by_side")}
+    out.update({f"{k}_speedup_over_fp32": round(fp32[f"{k}_ms_per_token"] / fast[f"{k}_ms_per_token"], 3)
+                for k in ("plain", "steered", "side_by_side")})
+    out["fp32_weights_mb_per_step"], out["fp32_matmul_floor_ms_per_token"] = (fp32["weights_mb_per_step"],
+                                                                              fp32["matmul_floor_ms_per_token"])
+    agreement = top1_agreement(reference, lm, steps=100)
+    out["top1_agreement_with_fp32"], out["top1_misses_fp32_margin_nats"] = (agreement["top1_agreement"],
+                                                                            agreement["miss_margins_nats"])
     return out
 
 
@@ -156,7 +183,7 @@ def _wait_until_up(url: str, proc, name: str, tries: int = 600):
 
 
 @contextmanager
-def serve_cloud_process(model: str, top_k: int = 20):
+def serve_cloud_process(model: str, top_k: int = 20, precision: str = "fp32"):
     """`serve-cloud` for `model` as its own process on a free loopback port; always stopped."""
     import subprocess
     import sys
@@ -165,7 +192,7 @@ def serve_cloud_process(model: str, top_k: int = 20):
     port = _free_port()
     root = Path(__file__).resolve().parents[2]  # the project folder, so -m costeer finds this copy
     server = subprocess.Popen([sys.executable, "-m", "costeer", "serve-cloud", "--port", str(port),
-                               "--model", model, "--max-logprobs", str(top_k)],
+                               "--model", model, "--max-logprobs", str(top_k), "--precision", precision],
                               cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -181,7 +208,7 @@ def http_vs_in_process(engine: CoSteerEngine, tokens: int = 32, repeats: int = 2
     and the requests/s serve-cloud sustains for 1 and 4 concurrent clients."""
     from costeer.engine.cloud import RemoteCloud
 
-    with serve_cloud_process(engine.cloud.name, top_k) as url:
+    with serve_cloud_process(engine.cloud.name, top_k, engine.device.lm.precision) as url:
         lm = engine.device.lm
         remote = CoSteerEngine(RemoteCloud(url, lm.tokenizer, lm.vocab_size, lm.eos_ids, top_k=top_k).connect(),
                                DeviceLM(lm))

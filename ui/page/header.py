@@ -18,11 +18,12 @@ def build(page: Page) -> SimpleNamespace:
                 "your history says: the privacy panel shows what crossed, and an entry marked sensitive has its "
                 "words capped at the cloud's own probability.", elem_id="header")
     if engine.same_model:
-        gr.Markdown(f"ℹ️ Demo set-up: **one model ({engine.cloud.name}) plays both roles**, cloud and device. "
+        gr.Markdown(f"ℹ️ Demo set-up: **one model ({engine.cloud.name}, {engine.device.lm.precision} weights) plays "
+                    "both roles**, cloud and device. "
                     "It shows the mechanism, not the quality of a real cloud/device pair.", elem_id="model-note")
     else:
         gr.Markdown(f"Cloud model: **{engine.cloud.name}** ({engine.cloud.where}) · device model: "
-                    f"**{engine.device.name}**", elem_id="model-note")
+                    f"**{engine.device.name}** ({engine.device.lm.precision} weights)", elem_id="model-note")
     banner = gr.Markdown(visible=False, elem_id="banner")
     with gr.Row():
         page.user = gr.Dropdown([], label="User", value=None, elem_id="user", scale=2)
