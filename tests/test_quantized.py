@@ -113,3 +113,14 @@ def test_the_bench_compares_the_fast_path_with_fp32_in_one_run(int4):
         assert out[f"{k}_speedup_over_fp32"] == pytest.approx(
             out[f"fp32_{k}_ms_per_token"] / fast[f"{k}_ms_per_token"], rel=0.01)
     assert 0 < out["top1_agreement_with_fp32"] <= 1
+
+
+def test_the_projection_counts_the_bytes_a_quantized_step_reads(lm, int4):
+    """'Will it run on my PC?' scales by the bytes a step reads: int4's codes and scales, not the
+    fp32 embedding table left beside them; the parameter count is the model's either way."""
+    from costeer.bench.projection import measured_from
+
+    summary = {"per_step_ms": {"cloud": 10.0, "device": 0.0, "steering": 1.0}, "time_to_first_token_ms": 100.0}
+    fp32, fast = (measured_from(summary, m.model, True, "cpu") for m in (lm, int4))
+    assert fast.params == fp32.params > 100e6
+    assert fp32.weight_bytes > 5 * fast.weight_bytes > 0  # 538 MB against 95 MB

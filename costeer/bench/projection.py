@@ -62,12 +62,14 @@ class Measured:
 def measured_from(summary: dict, device_model, shared: bool, cpu: str) -> Measured:
     """From a reply's latency summary. With one model in both roles the device's rows ride in the
     cloud's forward, so that whole forward is taken as the device's time (an upper bound)."""
+    from costeer.models.cpu_linear import product_layers, weight_bytes
+
     per = summary["per_step_ms"]
-    params = {id(p): p for p in device_model.parameters()}.values()  # tied weights once
+    # what a step reads: the products' weights in the precision they run in (int4: ~95 MB, fp32: ~538 MB);
+    # the parameter count is the products' whatever their precision (norms are a rounding error)
     return Measured(device_ms=per["cloud"] + per["device"] if shared else per["device"], steer_ms=per["steering"],
-                    first_token_ms=summary["time_to_first_token_ms"],
-                    weight_bytes=sum(p.numel() * p.element_size() for p in params),
-                    params=sum(p.numel() for p in params), cpu=cpu)
+                    first_token_ms=summary["time_to_first_token_ms"], weight_bytes=weight_bytes(device_model),
+                    params=sum(m.in_features * m.out_features for m in product_layers(device_model)), cpu=cpu)
 
 
 def project(m: Measured, pair: Pair, acceptance: float = ACCEPTANCE, K: int = SPECULATE_K) -> dict:
