@@ -62,6 +62,7 @@ def test_chat_echoes_at_once_streams_and_keeps_two_conversations(studio):
     assert "chosen tokens can carry personal information" in privacy
     assert "No earlier steered answers" in privacy
     assert "first token after" in latency and "one model plays both roles" in latency and "T costs nothing" in latency
+    assert "device weights: fp32 (the exact reference)" in latency  # the precision that ran (models/quantized.py)
     assert "Will it run on my PC?" in latency and "paper pair, 0.5B device" in latency and "laptop" in latency
     assert "steered</b>: done · " in status and "class='tok" in tokens
     raw = conv["steered"][-1]["content"]  # the state holds the whole answer; the bubble may end it on a sentence
@@ -72,6 +73,19 @@ def test_chat_echoes_at_once_streams_and_keeps_two_conversations(studio):
     assert len(u2) == len(s2) == 4 and len(conv2["steered"]) == 4
     assert u2[1] == u_chat[1] and s2[1] == s_chat[1]  # each column continues its own conversation
     assert "1 earlier steered answer(s)" in privacy2 and "<mark class='echo'>" in privacy2  # said, and shown
+
+
+def test_a_reset_keeps_the_unsent_question_in_the_box(studio):
+    """New conversation, the side-by-side toggle and a user switch all reset; none of them may wipe a
+    question typed and not sent, and a reply they end gives its question back, as Stop does (#27)."""
+    *_, box, send, stop = studio.reset(True, request=TAB)
+    assert "value" not in box and send["interactive"] is True  # what is typed in the box stays there
+    run = studio.chat(KENJI, "Plan my Friday evening", True, *_args(max_new_tokens=64), new_conversation(), request=TAB)
+    [next(run) for _ in range(3)]
+    *_, box, send, stop = studio.reset(True, request=TAB)
+    assert box["value"] == "Plan my Friday evening"
+    rest = list(run)
+    assert rest[-1][7]["value"] == "Plan my Friday evening"  # the ended reply's last update agrees
 
 
 def test_user_text_is_shown_as_text(studio):

@@ -400,12 +400,16 @@ class Studio:
         return u, s, tokens, status, box, *idle
 
     def reset(self, side_by_side, request: gr.Request = None):
-        """A new conversation (also after switching user or the side-by-side toggle)."""
+        """A new conversation (also after switching user or the side-by-side toggle). Nothing typed
+        is lost: a question not yet sent stays in the box, and a running reply's question goes back
+        into it, as Stop does."""
         idle = (gr.update(interactive=True), gr.update(visible=False))
         blank = privacy_html(None, "", False)
-        self.session(request).end(([], [], TOKENS_EMPTY, blank, "", "", gr.skip(), message_box(), *idle))
+        session = self.session(request)
+        box = message_box(session.message) if session.running is not None else gr.update(placeholder=MESSAGE_HINT)
+        session.end(([], [], TOKENS_EMPTY, blank, "", "", gr.skip(), box, *idle))
         return (new_conversation(), [], [], gr.update(visible=bool(side_by_side)), TOKENS_EMPTY, blank, "", "",
-                message_box(), *idle)
+                box, *idle)
 
     # -- users ------------------------------------------------------------------------
     def user_choices(self, selected=None):
