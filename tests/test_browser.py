@@ -80,7 +80,7 @@ def send(page, message, max_new=None):
         page.get_by_text("Advanced").click()
         box = page.locator("#max_new_tokens input[type=number]")
         box.fill(str(max_new))
-        box.press("Enter")
+        box.blur()  # Gradio's slider takes a typed number when its box loses focus, not on Enter
         # the value must have reached the slider before Send reads it (once, in CI, it had not)
         expect(page.locator("#max_new_tokens input[type=range]")).to_have_value(str(max_new))
         page.get_by_text("Advanced").click()
@@ -134,11 +134,16 @@ def test_persona_chat_side_by_side_vote_results_and_exports(new_page, app):
     page.get_by_role("tab", name="Rate (blind A/B)").click()
     expect(page.locator("#ab-card")).to_contain_text("Strict vegetarian")  # the persona the vote judges for
     expect(page.locator("#vote-A")).to_be_disabled()  # nothing to vote on yet
-    page.locator("#rater textarea").fill("rita")
     page.locator("#ab-message textarea").fill("What should I cook tonight?")
     page.locator("#ab-generate").click()
     expect(page.locator("#reveal")).to_contain_text("Read both answers", timeout=LONG)
     expect(page.locator("#vote-A")).to_be_enabled()
+    page.locator("#vote-A").click()  # no rater name yet: refused, and the pair and its buttons stay (#27)
+    expect(page.get_by_test_id("toast-body").filter(has_text="rater")).to_be_visible(timeout=30_000)
+    for v in ("A", "B"):
+        expect(page.locator(f"#vote-{v}")).to_be_enabled()
+    expect(page.locator("#reveal")).to_contain_text("Read both answers")
+    page.locator("#rater textarea").fill("rita")
     page.locator("#vote-A").click()
     expect(page.locator("#reveal")).to_contain_text("was steered (CoSteer)", timeout=30_000)
     expect(page.locator("#vote-B")).to_be_disabled()  # one vote per pair

@@ -12,9 +12,14 @@ def esc(text: str) -> str:
     return html.escape(text, quote=False)
 
 
-def lock_js(selector: str) -> str:
-    """Browser-side: disable the buttons matching `selector` at once (a double tap sends one vote)."""
-    return f"() => {{ document.querySelectorAll({selector!r}).forEach((b) => {{ b.disabled = true; }}); }}"
+def lock_js(selector: str, needs: str | None = None) -> str:
+    """Browser-side: disable the buttons matching `selector` at once (a double tap sends one vote).
+    With `needs` (a text box's selector), only when that box holds text: the server refuses an empty
+    one in a toast, and buttons locked here would stay locked (nothing in the page's state changed)."""
+    lock = f"document.querySelectorAll({selector!r}).forEach((b) => {{ b.disabled = true; }});"
+    if needs:
+        lock = f"const box = document.querySelector({needs!r}); if (box && box.value.trim()) {{ {lock} }}"
+    return f"() => {{ {lock} }}"
 
 
 def md_text(text: str) -> str:

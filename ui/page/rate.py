@@ -6,6 +6,8 @@ from types import SimpleNamespace
 
 import gradio as gr
 
+import fields as F
+
 from ..guard import for_ui
 from ..render import lock_js
 from ..studies import VOTE_LABELS
@@ -19,7 +21,7 @@ def build(page: Page, chat) -> SimpleNamespace:
                     "with many raters and settings, use the Studies tab.")
         r = SimpleNamespace(tab=tab, trial=gr.State(None), card=gr.Markdown(elem_id="ab-card"))
         with gr.Row():
-            r.rater = gr.Textbox(label="Your name (rater)", elem_id="rater")
+            r.rater = gr.Textbox(label="Your name (rater)", elem_id="rater", max_length=F.RATER.max_chars)
             r.message = gr.Textbox(label="Message", scale=3, elem_id="ab-message")
             r.go = gr.Button("Generate A and B", variant="primary", elem_id="ab-generate")
         with gr.Row():
@@ -40,6 +42,7 @@ def _wire(r, page: Page, chat):
         [r.answer_a, r.answer_b, r.trial, r.reveal, *vote_list], **PRIVATE)
     r.voted = []  # each vote's event: the page refreshes the Results tab after it
     for v, button in r.vote_buttons.items():
-        r.voted.append(button.click(None, None, None, js=lock_js("[id^=vote-]"), **PRIVATE).then(
+        r.voted.append(button.click(None, None, None, js=lock_js("[id^=vote-]", needs="#rater textarea"),
+                                    **PRIVATE).then(
             for_ui(studio.cast_vote), [r.rater, r.trial, gr.State(v)],
             [r.reveal, r.trial, r.answer_a, r.answer_b, *vote_list], **PRIVATE))
