@@ -59,7 +59,9 @@ def parse_args(argv=None):
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=bounded_int("--port", 1, 65535), default=7860)
     p.add_argument("--db", default=None, help="SQLite file (env COSTEER_DB; default ./data/costeer.db)")
-    add_model_args(p)  # --cloud-model, --local-model, --cloud-url, --top-k, --device, --dtype, --allow-downloads
+    # --cloud-model, --local-model, --cloud-url, --top-k, --device, --dtype, --precision, --allow-downloads;
+    # the app runs the fast path by default (--precision auto), the measuring commands fp32
+    add_model_args(p, precision="auto")
     p.add_argument("--auth", default=None, help="USER:PASS required to open the app")
     p.add_argument("--insecure-no-auth", action="store_true",
                    help="allow a non-loopback --host without --auth (anyone on the network can read all histories)")

@@ -545,6 +545,8 @@ def test_browser_time_against_the_engines_for_the_same_request(new_page, app):
     wait_done(page)
     browser_s = time.perf_counter() - start
     panel = page.locator("#latency").inner_text()
+    precision = re.search(r"device weights: (fp32|int8|int4)", panel).group(1)  # the app says which path ran
+    expect(page.locator("#model-note")).to_contain_text(f"{precision} weights")
     shown = " ".join(page.locator("#tokens .tokens").inner_text().split())  # every token, never cut
     kept = " ".join(steered.split(" (cut at 128 tokens)")[0].split())  # the API ends a cut answer on a sentence
     assert shown.startswith(kept) and (kept == shown or steered.endswith("(cut at 128 tokens)"))  # the same answer

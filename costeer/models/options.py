@@ -67,7 +67,10 @@ def writable_file_problem(path: str | None) -> str | None:
     return None
 
 
-def add_model_args(p: argparse.ArgumentParser):
+def add_model_args(p: argparse.ArgumentParser, precision: str = "fp32"):
+    """The model options. `precision` is the default of --precision: the app runs the fast path
+    (auto); the measuring commands (eval, canary, bench, generate) default to the fp32 reference,
+    so the figures the docs quote come back from the commands they quote."""
     p.add_argument("--cloud-model", default=os.environ.get("COSTEER_CLOUD_MODEL"),
                    help=f"hub id, local folder or .gguf for the cloud LLM (env COSTEER_CLOUD_MODEL; default {DEFAULT_MODEL})")
     p.add_argument("--local-model", default=os.environ.get("COSTEER_LOCAL_MODEL"),
@@ -79,9 +82,10 @@ def add_model_args(p: argparse.ArgumentParser):
                    help="with --cloud-url: how many next-token log-probs the cloud returns (vLLM's default cap is 20)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--dtype", default="float32", choices=DTYPES)
-    p.add_argument("--precision", default="fp32", choices=PRECISIONS,
-                   help="the Linear weights on the CPU: fp32 (the exact reference, default), int8 or int4 "
-                        "(torch's kernels, 2x faster here; docs/benchmarks.md), or auto (int8 where it measures faster)")
+    p.add_argument("--precision", default=precision, choices=PRECISIONS,
+                   help=f"the Linear weights on the CPU: fp32 (the exact reference), int8 or int4 (torch's kernels, "
+                        f"1.6-1.8x faster on a 2-core EPYC; docs/benchmarks.md), or auto (int4 or int8 where they "
+                        f"measure clearly faster at load); default {precision}")
     p.add_argument("--allow-downloads", action="store_true",
                    help="let transformers fetch a hub model (off by default: nothing leaves this machine)")
 
