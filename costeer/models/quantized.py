@@ -11,13 +11,13 @@ The kernels are torch's own, so nothing is compiled at install time:
   4-bit files keep their output layer at higher precision too). The bundled model's body is
   Q4_1 (4 bits, groups of 32, a scale and a minimum) in its GGUF, so int4 nearly re-creates it.
 
-Both take bf16 activations (the int8 kernel is 5-6x slower on fp32 activations, measured), so a
+Both take bf16 activations (on fp32 activations the int8 kernel was 6-12x slower here), so a
 Linear's input is rounded to bf16 and its output returned in the model's dtype; everything else
 (norms, attention, the KV cache, the log-softmax the steering reads) stays fp32. Each output row
 depends on its input row alone, whatever the batch (checked by the tests), which is what lets the
 one-row, two-row and speculative forwards of the engine agree with each other exactly on any path.
 
-`choose_precision` times the kernels on the model's own largest layers at load time, as
+`choose_precision` times the kernels on one layer of each of the model's shapes at load time, as
 `cpu_linear.weight_left_pays` does for the fp32 orientation: the CPU differs from one machine to
 the next, and a kernel that is fast on one can be slow on another.
 """
