@@ -15,8 +15,10 @@ def build(page: Page) -> SimpleNamespace:
     with gr.Tab("History") as tab:
         h = SimpleNamespace(tab=tab, pending_delete=gr.State(None),
                             entry_version=gr.State(None))  # the picked entry's version: a save over a newer edit is refused
+        # widths that keep pinned and sensitive on screen at 1280 px: the text wraps instead (#27)
         h.table = gr.Dataframe(headers=["id", "kind", "title", "text", "pinned", "sensitive"], interactive=False,
-                               wrap=True, elem_id="history-table")
+                               wrap=True, elem_id="history-table",
+                               column_widths=["6%", "10%", "16%", "48%", "10%", "10%"])
         _entry_form(h)
         _files(h)
         with gr.Row():
