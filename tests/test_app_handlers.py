@@ -248,6 +248,17 @@ def test_bad_import_files_are_refused_and_lose_nothing(studio, tmp_path, content
     with pytest.raises(StoreError, match=words):
         studio.import_history(KENJI, str(f), "replace", True)
     assert len(studio.history_rows(KENJI)) == 10
+    # the page's Import button says why and takes the bad file out of the upload box (#27)
+    with pytest.warns(UserWarning, match=words):
+        _, _, upload = studio.import_from_page(KENJI, str(f), "replace", True)
+    assert upload is None and len(studio.history_rows(KENJI)) == 10
+
+
+def test_an_import_refused_for_its_options_keeps_the_file(studio, tmp_path):
+    nameless = tmp_path / "nameless.json"
+    nameless.write_text(json.dumps([{"text": "x"}]), encoding="utf-8")
+    with pytest.raises(Refused, match="tick 'into the selected user'"):  # the guard shows it; the file stays
+        studio.import_from_page(KENJI, str(nameless), "merge", False)
 
 
 def test_full_disk_and_read_only_database_are_messages(studio, tmp_path):

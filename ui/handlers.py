@@ -37,7 +37,7 @@ from costeer.evaluation.plots import score_and_strength
 from costeer.steering.policy import SteeringParams, effective_strength
 from costeer.evaluation.stats import overlap_score, repeated_ngram_share, summarize_votes
 from studies.export import spreadsheet_safe
-from user_store import KINDS, VOTES, NoUserName, UserStore, read_import
+from user_store import KINDS, VOTES, NoUserName, StoreError, UserStore, read_import
 
 import fields as F
 from fields import Refused
@@ -536,6 +536,16 @@ class Studio:
             raise Refused("import: the file names no user; tick 'into the selected user' to import it there") from None
         info(f"Imported into {result['user']}: {result['added']} added, {result['skipped']} duplicates skipped.")
         return self.user_choices(result["user"]), self.history_rows(result["user"]), None
+
+    def import_from_page(self, user, file, mode, into_selected):
+        """The Import button: as `import_history`, but a file that cannot be imported (unreadable, not
+        JSON, bad entries) is taken out of the upload box with the reason, so the next try starts from
+        a fresh pick. A refusal about the options (which user, replace) keeps the file for the retry."""
+        try:
+            return self.import_history(user, file, mode, into_selected)
+        except StoreError as exc:
+            warn(refusal("import_history", exc))
+            return gr.skip(), gr.skip(), None
 
     def export_history(self, user):
         user = self.check_user(user)

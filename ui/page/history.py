@@ -74,8 +74,8 @@ def _wire(h, page: Page):
     h.confirm_no.click(lambda: (gr.update(visible=False), None), None, [h.confirm_row, h.pending_delete], queue=False,
                        **PRIVATE)
     h.table.select(for_ui(studio.select_entry), user, [h.entry_id, *form, h.table, h.entry_version], **PRIVATE)
-    h.do_import.click(for_ui(studio.import_history), [user, h.upload, h.mode, h.into_selected], [user, h.table, h.upload],
-                      **PRIVATE)
+    h.do_import.click(for_ui(studio.import_from_page), [user, h.upload, h.mode, h.into_selected],
+                      [user, h.table, h.upload], **PRIVATE)
     h.export.click(for_ui(studio.export_history, raises=True), user, h.export_file, **PRIVATE).success(
         None, None, None, js=download_js("export-file"))
     h.preview.click(for_ui(studio.preview_context), [user, h.preview_msg], h.preview_out, **PRIVATE)
