@@ -31,7 +31,11 @@ def build(page: Page) -> SimpleNamespace:
 
 def _entry_form(h):
     with gr.Row():
-        h.entry_id = gr.Number(None, label="entry id (click a row)", precision=0, interactive=False, elem_id="entry-id")
+        # the id the handlers read, kept hidden: Gradio shows an empty Number as "0", which reads as
+        # an entry; the box beside it shows the id, or nothing until a row is picked (#27)
+        h.entry_id = gr.Number(None, precision=0, visible=False, elem_id="entry-id-value")
+        h.entry_shown = gr.Textbox("", label="entry id (click a row)", interactive=False, placeholder="no row picked",
+                                   elem_id="entry-id")
         h.kind = gr.Dropdown(KIND_CHOICES, value="note", label="kind", elem_id="entry-kind")
         h.title = gr.Textbox(label="title (optional)", elem_id="entry-title")
         h.pinned = gr.Checkbox(False, label="pinned (always in the context)", elem_id="entry-pinned")
@@ -74,6 +78,7 @@ def _wire(h, page: Page):
     h.confirm_no.click(lambda: (gr.update(visible=False), None), None, [h.confirm_row, h.pending_delete], queue=False,
                        **PRIVATE)
     h.table.select(for_ui(studio.select_entry), user, [h.entry_id, *form, h.table, h.entry_version], **PRIVATE)
+    h.entry_id.change(lambda v: "" if v is None else str(int(v)), h.entry_id, h.entry_shown, queue=False, **PRIVATE)
     h.do_import.click(for_ui(studio.import_from_page), [user, h.upload, h.mode, h.into_selected],
                       [user, h.table, h.upload], **PRIVATE)
     h.export.click(for_ui(studio.export_history, raises=True), user, h.export_file, **PRIVATE).success(
