@@ -507,6 +507,28 @@ def test_privacy_panel_marks_the_exposed_terms_and_a_sensitive_entry_goes_on_the
     expect(cloud.locator(".rejected-drafts")).to_contain_text(f"{rejected} drafted token(s)")
 
 
+def test_a_second_sweep_pressed_during_the_first_runs_after_it(new_page):
+    """The explorer's Run pressed while a sweep runs is queued and run with the values then in the
+    form, not dropped; the table's headers stay readable at 1280 px (#27)."""
+    from playwright.sync_api import expect
+
+    page = new_page()
+    pick_user(page, KENJI)
+    send(page, "", max_new=8)  # the explorer uses the Chat tab's max new tokens; an empty message runs nothing
+    page.get_by_role("tab", name="Parameter explorer").click()
+    page.locator("#ex-message textarea").fill("Plan my Friday evening")
+    values = page.locator("#ex-values textarea")
+    values.fill("2, 4")
+    page.locator("#ex-go").click()  # three answers and their checks: seconds of work
+    values.fill("1")
+    page.locator("#ex-go").click()  # while the first sweep runs
+    table = page.locator("#ex-table")
+    expect(table).to_contain_text("lam = 1", timeout=LONG)  # the second sweep ran
+    header = table.get_by_text("repeated token 4-grams", exact=True).first
+    box = header.bounding_box()
+    assert box and box["width"] >= 60, box  # not squashed to a letter per line
+
+
 def test_an_answer_cut_by_the_token_limit_ends_on_a_sentence_with_the_mark(new_page, app):
     """The bubble shows the answer up to its last sentence (or list line) and "(cut at N tokens)";
     the token view still shows every token the cloud received."""

@@ -24,9 +24,13 @@ def build(page: Page, chat) -> SimpleNamespace:
                     "shipped persona excludes (meat for a strict vegetarian); flagged answers get no score "
                     "in the plot. Settings with the same C give the same answer, so they are run once.")
         plot = gr.Plot()
+        # widths that leave every header a word per line at 1280 px, not a letter (#27)
         table = gr.Dataframe(headers=["setting", "C", "score", "fluency (mean log-prob)", "repeated token 4-grams",
                                       "copied run (tokens)", "names what the persona excludes", "check", "answer"],
-                             wrap=True, interactive=False, elem_id="ex-table")
+                             wrap=True, interactive=False, elem_id="ex-table",
+                             column_widths=["8%", "6%", "6%", "9%", "9%", "8%", "10%", "12%", "32%"])
+    # "always_last": a Run pressed during a sweep runs after it, with the values then in the form
+    # (Gradio's default, "once", dropped it without a word)
     go.click(for_ui(page.studio.explore), [page.user, message, param, values, *chat.sliders, chat.max_new, chat.rep,
-                                           chat.ngram], [table, plot], **PRIVATE)
+                                           chat.ngram], [table, plot], trigger_mode="always_last", **PRIVATE)
     return SimpleNamespace(tab=tab)
