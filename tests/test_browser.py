@@ -117,6 +117,11 @@ def test_persona_chat_side_by_side_vote_results_and_exports(new_page, app):
     from playwright.sync_api import expect
 
     page = new_page()
+    # the first screen (1280x800) says where to start, offers the docs' persona and shows the example prompts (#27)
+    expect(page.locator("#start-here")).to_contain_text("Start here")
+    expect(page.locator("#persona input")).to_have_value(KENJI)
+    box = page.locator("#examples").bounding_box()
+    assert box and box["y"] + box["height"] <= 800, box
     page.locator("#persona input").click()
     page.get_by_role("option", name=KENJI).click()
     page.locator("#load-persona").click()
@@ -125,7 +130,7 @@ def test_persona_chat_side_by_side_vote_results_and_exports(new_page, app):
     for slider in ("#T", "#eta", "#lam"):  # the sliders sit beside the chat, above the fold at 1280×800
         box = page.locator(slider).bounding_box()
         assert box["y"] + box["height"] <= 800 and box["x"] > page.locator("#steered").bounding_box()["x"], slider
-    assert page.locator("#steered").bounding_box()["height"] >= 360
+    assert page.locator("#steered").bounding_box()["height"] >= 320  # 330: room for the example prompts above the fold
     page.locator("#examples").get_by_text("What should I cook tonight?").click()  # an example prompt
     expect(page.locator("#message textarea")).to_have_value("What should I cook tonight?")
     send(page, "What does <script>alert(1)</script> mean? Suggest a plan for my Friday evening.", max_new=32)

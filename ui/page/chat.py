@@ -46,18 +46,20 @@ def build(page: Page) -> SimpleNamespace:
 def _conversation(c):
     with gr.Row(equal_height=True):
         c.unsteered_chat = gr.Chatbot(label="Unsteered — cloud model alone, no personal data", elem_id="unsteered",
-                                      height=370, feedback_options=None, latex_delimiters=[])
+                                      height=330, feedback_options=None, latex_delimiters=[])
         c.steered_chat = gr.Chatbot(label="Steered — CoSteer, personalized on your device", elem_id="steered",
-                                    height=370, feedback_options=None, latex_delimiters=[])
+                                    height=330, feedback_options=None, latex_delimiters=[])
     c.status = gr.HTML(elem_id="status")
+    # the example prompts sit above the message box, so a first screen at 1280x800 shows them (#27)
+    c.message = gr.Textbox(label="Message", placeholder=MESSAGE_HINT, scale=5, elem_id="message",
+                           max_length=F.MESSAGE.max_chars, render=False)
+    c.examples = gr.Dataset(components=[c.message], samples=[[e] for e in persona_examples(None)],
+                            label="Example prompts (click one)", elem_id="examples")
     with gr.Row():
-        c.message = gr.Textbox(label="Message", placeholder=MESSAGE_HINT, scale=5, elem_id="message",
-                               max_length=F.MESSAGE.max_chars)
+        c.message.render()
         c.send = gr.Button("Send", variant="primary", scale=1, elem_id="send")
         c.stop = gr.Button("Stop", variant="stop", scale=1, visible=False, elem_id="stop")
         c.clear = gr.Button("New conversation", scale=1, elem_id="new-conversation")
-    c.examples = gr.Dataset(components=[c.message], samples=[[e] for e in persona_examples(None)],
-                            label="Example prompts (click one)", elem_id="examples")
 
 
 PRESETS_NOTE = (f"**Demo defaults** (chosen by measurement on the bundled model, docs/evaluation.md): "
