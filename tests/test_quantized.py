@@ -83,6 +83,31 @@ def test_auto_measures_and_picks_a_precision_here(lm):
         assert chosen == ("int8" if times["int8"] < 0.8 * times["fp32"] else "fp32")
 
 
+def test_auto_is_fp32_where_the_kernels_do_not_apply():
+    """`auto` is the app's default, so `--device cuda` or `--dtype bfloat16` must not be refused for
+    it; only an explicit int8/int4 is (next test)."""
+    lm = load_model(dtype="bfloat16", precision="auto")
+    assert lm.precision == "fp32" and lm.kernel_ms is None
+
+
+def test_a_separate_cloud_stays_fp32(tmp_path, lm):
+    """The precision is the device's: with two models, the in-process cloud it steers keeps fp32."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from costeer.models.load import load_pair
+
+    folder = tmp_path / "tiny"
+    cfg = LlamaConfig(vocab_size=lm.vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+                      num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
+                      eos_token_id=lm.tokenizer.eos_token_id)
+    torch.manual_seed(0)
+    LlamaForCausalLM(cfg).save_pretrained(folder)
+    lm.tokenizer.save_pretrained(folder)
+    cloud, device = load_pair(None, str(folder), precision="int4")
+    assert cloud.precision == "fp32" and device.precision == "int4"
+    assert not any(isinstance(m, (Int4Linear, Int8Linear)) for m in cloud.model.modules())
+
+
 def test_a_bad_precision_is_refused_in_words():
     with pytest.raises(ModelLoadError, match=r"precision must be one of auto, fp32, int8, int4, got 'int3'"):
         load_model(precision="int3")

@@ -117,13 +117,16 @@ def load_model(spec: str | None = None, device: str = "cpu", dtype: str = "float
 
     On CPU in float32 the Linear layers are swapped for `WeightLeftLinear` (see cpu_linear.py)
     when that measures faster on this machine, unless `stock_linear` is set. `precision` int8 or
-    int4 stores the Linear weights in that many bits (models/quantized.py); `auto` measures.
+    int4 stores the Linear weights in that many bits (models/quantized.py); `auto` measures, and is
+    fp32 off the CPU or in another dtype (the app's default must not refuse `--device cuda`).
     """
     name = resolve_spec(spec)
     if dtype not in DTYPES:
         raise ModelLoadError(f"{name}: dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     if precision not in PRECISIONS:
         raise ModelLoadError(f"{name}: precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision == "auto" and (device != "cpu" or dtype != "float32"):
+        precision = "fp32"
     if precision != "fp32" and (device != "cpu" or dtype != "float32"):
         raise ModelLoadError(f"{name}: precision {precision} runs on the CPU with dtype float32 only "
                              f"(got device {device}, dtype {dtype})")
@@ -156,7 +159,8 @@ def load_model(spec: str | None = None, device: str = "cpu", dtype: str = "float
         raise ModelLoadError(f"{name}: could not load ({_one_line(exc, hub_id)})") from exc
     model.to(device)
     model.eval()
-    if device == "cpu" and dtype == "float32" and not stock_linear and weight_left_pays(model):
+    if device == "cpu" and dtype == "float32" and precision in ("fp32", "auto") and not stock_linear \
+            and weight_left_pays(model):
         use_weight_left_linears(model)  # only where it measured faster on this machine
     kernel_ms = None
     if precision == "auto":
@@ -251,10 +255,12 @@ def same_tokenizer(a: LoadedModel, b: LoadedModel) -> bool:
 
 def load_pair(cloud_spec=None, local_spec=None, device="cpu", dtype="float32", stock_linear=False,
               precision="fp32"):
-    """Load the cloud and device models; the same spec loads once and plays both roles."""
-    cloud = load_model(cloud_spec, device, dtype, stock_linear, precision)
-    if resolve_spec(local_spec) == cloud.name:
+    """Load the cloud and device models; the same spec loads once and plays both roles. `precision`
+    is the device's: a separate in-process cloud stays fp32, the model the device steers."""
+    if resolve_spec(local_spec) == resolve_spec(cloud_spec):
+        cloud = load_model(cloud_spec, device, dtype, stock_linear, precision)
         return cloud, cloud
+    cloud = load_model(cloud_spec, device, dtype, stock_linear)
     local = load_model(local_spec, device, dtype, stock_linear, precision)
     if same_tokenizer(cloud, local) and cloud.vocab_size != local.vocab_size:
         raise ModelLoadError(
