@@ -153,6 +153,11 @@ class Session:
     def ending(self, run: int) -> tuple | None:
         return self.endings.pop(run, None)
 
+    def box_after_end(self):
+        """The message box once Stop or a reset ends things: a running reply's question goes back
+        into it; with nothing running, whatever is typed there stays."""
+        return message_box(self.message) if self.running is not None else gr.update(placeholder=MESSAGE_HINT)
+
 
 @dataclass
 class TurnScreen:
@@ -395,7 +400,7 @@ class Studio:
         u, s, tokens, status = conv["unsteered_view"], conv["steered_view"], TOKENS_EMPTY, status_html({"reply": "stopped"})
         session = self.session(request)
         skip = gr.skip()
-        box = message_box(session.message) if session.running is not None else gr.update(placeholder=MESSAGE_HINT)
+        box = session.box_after_end()
         session.end((u, s, tokens, skip, skip, status, skip, box, *idle))
         return u, s, tokens, status, box, *idle
 
@@ -406,7 +411,7 @@ class Studio:
         idle = (gr.update(interactive=True), gr.update(visible=False))
         blank = privacy_html(None, "", False)
         session = self.session(request)
-        box = message_box(session.message) if session.running is not None else gr.update(placeholder=MESSAGE_HINT)
+        box = session.box_after_end()
         session.end(([], [], TOKENS_EMPTY, blank, "", "", gr.skip(), box, *idle))
         return (new_conversation(), [], [], gr.update(visible=bool(side_by_side)), TOKENS_EMPTY, blank, "", "",
                 box, *idle)
