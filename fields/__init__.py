@@ -27,6 +27,11 @@ def _shown_int(value: int) -> str:
     return f"{'a negative' if value < 0 else 'an'} integer of about {int(value.bit_length() * math.log10(2)) + 1} digits"
 
 
+def _bound(x: float) -> str:
+    """A range's end as people write it: 1 and 100, not 1.0; 0.5 stays 0.5."""
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+
 @dataclass(frozen=True)
 class Number:
     name: str
@@ -38,7 +43,8 @@ class Number:
 
     @property
     def allowed(self) -> str:
-        span = f"{'an integer' if self.integer else 'a number'} in [{self.lo:g}, {self.hi:g}]"
+        kind = "an integer" if self.integer else "a number"
+        span = f"{kind} ≥ {_bound(self.lo)}" if self.hi >= 10**15 else f"{kind} in [{_bound(self.lo)}, {_bound(self.hi)}]"
         return span if self.off is None else f"{self.off:g} (off) or {span}"
 
     @property

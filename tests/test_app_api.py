@@ -21,7 +21,7 @@ def client(app):
 @pytest.mark.slow
 def test_named_endpoints_exist(client):
     names = set(client.view_api(print_info=False, return_format="dict")["named_endpoints"])
-    assert {"/generate_pair", "/add_history", "/history", "/ratings_summary", "/create_user", "/load_persona",
+    assert {"/generate_pair", "/chat", "/add_history", "/edit_history", "/delete_history", "/history", "/ratings_summary", "/create_user", "/load_persona",
             "/create_study", "/study_status", "/cancel_study", "/add_raters", "/leaderboard"} == names
     assert "/rate" not in names  # it took any text as a vote; votes now name a pair the server issued
 
@@ -45,6 +45,48 @@ def test_history_generate_summary(client, app):
     assert summary["n"] == before["n"] + 1 and summary["counts"]["A"] == before["counts"]["A"] + 1
     assert 0 <= summary["ci95"][0] <= summary["steered_win_rate"] <= summary["ci95"][1] <= 1
     assert "T=20, eta=10.0, lam=2.0" in summary["by_params"]
+
+
+@pytest.mark.slow
+def test_chat_returns_the_reply_with_what_the_cloud_received_its_audit_and_latency(client, app):
+    kenji = client.predict("Kenji (Osaka, vegetarian, jazz)", api_name="/load_persona")
+    entries = {e["id"]: e for e in UserStore(app[1]).entries(kenji)}
+    out = client.predict(kenji, "What should I cook tonight?", True, 20, 10, 2, 24, api_name="/chat")
+    assert out["steered"].strip() and out["unsteered"].strip() and out["steered"] != out["unsteered"]
+    used = out["settings"]["context_entries"]
+    assert used and set(used) <= set(entries) and out["settings"]["C"] == pytest.approx(1.783, abs=1e-3)
+    food = next(e for e in entries.values() if e["title"] == "Food")
+    assert food["id"] in used  # retrieval by meaning reaches the entry that matters
+    sent = out["privacy"]["cloud_received"]["steered"]
+    assert "What should I cook tonight?" in sent["prompt"] and food["text"][:30] not in sent["prompt"]
+    assert sent["reply"].startswith(out["steered"].split(" (cut at")[0][:20])  # the chosen tokens, as sent
+    assert out["privacy"]["context_sent"] is False
+    assert {"terms", "share", "exposed"} <= set(out["privacy"]["steered_exposure"])
+    latency = out["latency"]
+    assert latency["steps"] == 24 and {"cloud", "device", "steering"} <= set(latency["per_step_ms"])
+    assert latency["device_precision"] and len(latency["projection"]) >= 2
+    alone = client.predict(kenji, "What should I cook tonight?", False, 20, 10, 2, 24, api_name="/chat")
+    assert alone["unsteered"] is None and alone["steered"] == out["steered"]  # steered alone = side by side
+
+
+@pytest.mark.slow
+def test_history_edit_and_delete_act_on_the_users_own_entries_only(client, app):
+    store = UserStore(app[1])
+    for name in ("ed", "other"):
+        store.add_user(name)
+    mine = client.predict("ed", "I cycle to work.", "preference", api_name="/add_history")
+    theirs = client.predict("other", "I hate mornings.", "note", api_name="/add_history")
+    edited = client.predict("ed", mine, "I cycle to work every day.", None, "Commute", True, api_name="/edit_history")
+    assert edited == {"id": mine, "kind": "preference", "title": "Commute", "text": "I cycle to work every day.",
+                      "pinned": True, "sensitive": False}  # kind left out: kept
+    assert client.predict("ed", api_name="/history") == [edited]
+    for endpoint, args in (("/edit_history", ("ed", theirs, "mine now")), ("/delete_history", ("ed", theirs))):
+        with pytest.raises(Exception) as err:
+            client.predict(*args, api_name=endpoint)
+        assert "entry_id" in str(err.value) and "not one of ed's entries" in str(err.value)
+    assert store.entry(theirs)["text"] == "I hate mornings."
+    assert client.predict("ed", mine, api_name="/delete_history") == mine
+    assert client.predict("ed", api_name="/history") == [] and store.entry(theirs) is not None
 
 
 @pytest.mark.parametrize("args, endpoint, message", [

@@ -28,6 +28,14 @@ ENDPOINTS = {
                       ("no_repeat_ngram_size", "int", 4)],
     "add_history": [("user", "text", KENJI), ("text", "text", "a note"), ("kind", "choice", "note"),
                     ("sensitive", "flag", False)],
+    "chat": [("user", "text", KENJI), ("message", "text", "hi"), ("side_by_side", "flag", True), ("T", "int", 20),
+             ("eta", "number", 10), ("lam", "number", 2), ("max_new_tokens", "int", 8),
+             ("repetition_penalty", "number", 1.1), ("no_repeat_ngram_size", "int", 4), ("copy_guard", "int", 6),
+             ("sigma", "number", 0), ("tau", "number", 0), ("speculate", "int", 1)],
+    "edit_history": [("user", "text", KENJI), ("entry_id", "int", 1), ("text", "text", "an edit"),
+                     ("kind", "kind_or_keep", "note"), ("title", "title_or_keep", "t"), ("pinned", "flag_or_keep", False),
+                     ("sensitive", "flag_or_keep", False)],
+    "delete_history": [("user", "text", KENJI), ("entry_id", "int", 10**6)],
     "history": [("user", "text", KENJI)],
     "create_user": [("name", "text", "Zed")],
     "load_persona": [("persona", "text", KENJI)],
@@ -45,14 +53,20 @@ ENDPOINTS = {
 OPTIONAL = {"generate_pair": ("T", "eta", "lam", "max_new_tokens", "repetition_penalty", "no_repeat_ngram_size"),
             "add_history": ("kind", "sensitive"), "create_study": ("all_pairs", "raters", "pairs_per_rater", "attention_every",
                                                    "max_new_tokens"), "leaderboard": ("exclude_flagged",),
-            "add_raters": ("raters",)}  # parameters with defaults, filled in when left out
+            "add_raters": ("raters",), "chat": ("side_by_side", "T", "eta", "lam", "max_new_tokens",
+                                                "repetition_penalty", "no_repeat_ngram_size", "copy_guard", "sigma",
+                                                "tau", "speculate"),
+            "edit_history": ("kind", "title", "pinned", "sensitive")}  # parameters with defaults, filled in when left out
 BAD = {"text": TEXTS, "answer": [None, 5, True, [], {}, "a\ud800b", "a\x00b", "x" * 100_001],
        "int": NUMBERS, "number": [v for v in NUMBERS if v != 2.5], "choice": CHOICES,
        "prompts": [None, 5, True, {}, [], "", [5], [""], [MB], ["a\ud800b"], ["x"] * 30, ["a", "a"]],
        "personas": [None, 5, True, {}, [], "", [5], [""], ["ghost"], [MB], ["a\ud800b"], [KENJI] * 11, "ghost"],
        "settings": [None, 5, True, [], "", [5], [{"lam": 9}], [{"zeta": 1}], [{"T": 2.5}], [{"label": "unsteered"}],
                     [{}] * 9, "lam", MB, [{"lam": 10**400}], [{"gate": "yes"}], [{"label": 5}], [{"lam": 2}, {"T": 0}]],
-       "flag": [None, 1, 0, "yes", "", [], {}]}
+       "flag": [None, 1, 0, "yes", "", [], {}],
+       # edit_history: None keeps the entry's value, so it is not bad there
+       "kind_or_keep": [v for v in CHOICES if v is not None], "title_or_keep": [5, True, [], {}, "x" * 201, "a\x00b"],
+       "flag_or_keep": [1, 0, "yes", "", [], {}]}
 
 
 def corpus():
@@ -124,6 +138,11 @@ def test_the_api_takes_exactly_the_ui_ranges(app):
         assert event == "error" and field in payload["error"], (data, payload)
     event, payload = call(url, "generate_pair", [KENJI, "\u202eRTL and zero\u200bwidth", 1, 0.5, 5, 8, 1, 0])
     assert event == "complete" and len(payload[0]) == 2  # the edges of the ranges, and odd but valid text, work
+    for endpoint, data, said in (("delete_history", [KENJI, 0], "entry_id: must be an integer ≥ 1, got 0"),
+                                 ("chat", [KENJI, "hi", True, 20, 10, 2, 8, 1.1, 4, 1], "copy_guard: must be 0 (off) or "
+                                                                                     "an integer in [2, 32], got 1")):
+        event, payload = call(url, endpoint, data)  # the argument's own name, a range as people write it
+        assert event == "error" and payload["error"] == said, payload
     event, payload = call(url, "add_history", [KENJI, "<script>alert(1)</script>", "note"])
     assert event == "complete" and UserStore(app[1]).entry(payload[0])["text"] == "<script>alert(1)</script>"
 

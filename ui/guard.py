@@ -76,14 +76,28 @@ def for_ui(fn, raises: bool = False):
     return call
 
 
+def api_names(message: str, params) -> str:
+    """A refusal as the API's caller reads it: the field's UI label ("entry id", "noise sigma")
+    becomes the argument's name ("entry_id", "sigma"), so the message names what was passed."""
+    label, sep, rest = message.partition(": ")
+    if not sep or label in params:
+        return message
+    for p in params:
+        if p == label.replace(" ", "_") or p in label.split():
+            return f"{p}: {rest}"
+    return message
+
+
 def for_api(fn):
-    """A named endpoint: refusals become the client's error message."""
+    """A named endpoint: refusals become the client's error message, naming the argument."""
+    params = list(inspect.signature(fn).parameters)
+
     @functools.wraps(fn)
     def call(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
         except EXPECTED as exc:
-            raise gr.Error(refusal(fn.__name__, exc), print_exception=False) from None
+            raise gr.Error(api_names(refusal(fn.__name__, exc), params), print_exception=False) from None
         except Exception as exc:  # noqa: BLE001
             raise gr.Error(bug(fn.__name__, exc), print_exception=False) from None
     return call

@@ -620,6 +620,71 @@ class Studio:
                                    DecodeSpec("side_by_side", params, sampling, defences=defences))
         return out["shown"]["unsteered"], out["shown"]["steered"]
 
+    def chat_reply(self, user, message, side_by_side=True, T=DEMO["T"], eta=DEMO["eta"], lam=DEMO["lam"],
+                   max_new_tokens=128, repetition_penalty=DEMO_DECODING["repetition_penalty"],
+                   no_repeat_ngram_size=DEMO_DECODING["no_repeat_ngram_size"], copy_guard=DEMO_COPY_GUARD,
+                   sigma=0.0, tau=0.0, speculate=1) -> dict:
+        """One turn of a new conversation as the Chat tab runs it, for a script: the answers as shown,
+        the settings and what shaped them, what the cloud received with its privacy audit, and the
+        latency readout with its projection for real pairs."""
+        user = self.check_user(user)
+        message = F.MESSAGE.check(message).strip()
+        side = F.SIDE_BY_SIDE.check(side_by_side)
+        params = make_params(T, eta, lam)
+        sampling = make_sampling(max_new_tokens=max_new_tokens, repetition_penalty=repetition_penalty,
+                                 no_repeat_ngram_size=no_repeat_ngram_size)
+        defences = self.defences_for(user, F.SIGMA.check(sigma), F.TAU.check(tau), F.COPY_GUARD.check(copy_guard))
+        speculate = int(F.SPECULATE.check(speculate))
+        used = self.store.context_entries(user, message, max_tokens=self.context_tokens, count_tokens=self.count_tokens)
+        messages, transcript = [{"role": "user", "content": message}], CloudTranscript()
+        spec = DecodeSpec("side_by_side" if side else "steered", params, sampling, defences=defences,
+                          speculate=speculate, overlap=self.remote())
+        summary = ReplySummary.of(self.engine.stream(messages, "\n".join(e["line"] for e in used), spec, transcript))
+        latency = summary.latency.summary()
+        shared = self.engine.same_model and speculate == 1  # one batch: the device's rows ride in the cloud's pass
+        measured = measured_from(latency, self.engine.device.lm.model, shared, cpu_name())
+        return {"steered": summary["steered"].shown, "unsteered": summary["unsteered"].shown if side else None,
+                "settings": {**params.as_dict(), "C": effective_strength(params), **sampling.as_dict(),
+                             "copy_guard": copy_guard, "sigma": sigma, "tau": tau, "speculate": speculate,
+                             "context_entries": [e["id"] for e in used],
+                             "deny_list_ids": len(defences.deny_ids) if defences else 0},
+                "privacy": self._privacy_report(user, messages, transcript, summary, defences),
+                "latency": {**latency, "device_precision": self.engine.device.lm.precision,
+                            "device_in_cloud_batch": shared,
+                            "projection": projections(measured)}}
+
+    def _privacy_report(self, user, messages, transcript, summary, defences) -> dict:
+        """What the cloud received per stream (prompt, chosen tokens, rejected drafts) and the audit:
+        the user's distinctive terms in it, steered against unsteered, and the deny-list's check."""
+        tokenizer = self.engine.cloud.tokenizer
+        audit = audit_reply(self.store.entries(user), messages, transcript, tokenizer)
+        received = {s: dict(zip(("prompt", "reply", "rejected_drafts"), cloud_view(transcript, s, tokenizer)))
+                    for s in transcript.prompt_ids}
+
+        def exposed(e):
+            return None if e is None else {"terms": e.terms, "share": round(e.share, 4),
+                                           "exposed": [t.text for t in e.exposed]}
+        deny = deny_check(defences, transcript, summary["steered"], tokenizer)
+        return {"cloud_received": received, "context_sent": False, "steered_exposure": exposed(audit.steered),
+                "unsteered_exposure": exposed(audit.unsteered), "attributable_to_steering": audit.attributable,
+                "deny_list": deny}
+
+    def edit_history(self, user, entry_id, text, kind=None, title=None, pinned=None, sensitive=None) -> dict:
+        """Change one of the user's entries; a field left out (None) keeps its value."""
+        user, e = self._entry_of(user, entry_id)
+        keep = {"kind": e["kind"], "title": e["title"] or "", "pinned": bool(e["pinned"]),
+                "sensitive": bool(e["sensitive"])}
+        given = {"kind": kind, "title": title, "pinned": pinned, "sensitive": sensitive}
+        merged = {k: keep[k] if v is None else v for k, v in given.items()}
+        self.store.update_entry(e["id"], **self._entry_fields(text, **merged))
+        return next(h for h in self.history(user) if h["id"] == e["id"])
+
+    def delete_history(self, user, entry_id) -> int:
+        """Delete one of the user's entries (an id of another user's is refused); returns its id."""
+        _, e = self._entry_of(user, entry_id)
+        self.store.delete_entry(e["id"])
+        return e["id"]
+
     def history(self, user) -> list[dict]:
         user = self.check_user(user)
         return [{k: (bool(e[k]) if k in ("pinned", "sensitive") else e[k])

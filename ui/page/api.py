@@ -25,6 +25,28 @@ def _people(studio) -> list:
         return studio.generate_pair(user, message, T, eta, lam, max_new_tokens, repetition_penalty,
                                     no_repeat_ngram_size, copy_guard)
 
+    def chat(user: str, message: str, side_by_side: bool = True, T: int = DEMO["T"], eta: float = DEMO["eta"],
+             lam: float = DEMO["lam"], max_new_tokens: int = 128,
+             repetition_penalty: float = DEMO_DECODING["repetition_penalty"],
+             no_repeat_ngram_size: int = DEMO_DECODING["no_repeat_ngram_size"], copy_guard: int = DEMO["copy_guard"],
+             sigma: float = 0.0, tau: float = 0.0, speculate: int = 1) -> dict:
+        """One turn of a new conversation, as the Chat tab runs it: {steered, unsteered (side by side),
+        settings (with the context entries used and the deny-list size), privacy (what the cloud
+        received per stream and the audit: exposed terms, the deny-list check), latency (the readout,
+        the device's precision and the projection for real pairs)}."""
+        return studio.chat_reply(user, message, side_by_side, T, eta, lam, max_new_tokens, repetition_penalty,
+                                 no_repeat_ngram_size, copy_guard, sigma, tau, speculate)
+
+    def edit_history(user: str, entry_id: int, text: str, kind: str | None = None, title: str | None = None,
+                     pinned: bool | None = None, sensitive: bool | None = None) -> dict:
+        """Change one of the user's history entries (a field left out keeps its value); returns the
+        entry as /history lists it."""
+        return studio.edit_history(user, entry_id, text, kind, title, pinned, sensitive)
+
+    def delete_history(user: str, entry_id: int) -> int:
+        """Delete one of the user's history entries; returns its id."""
+        return studio.delete_history(user, entry_id)
+
     def history(user: str) -> list:
         """One user's history entries (id, kind, title, text, pinned, sensitive)."""
         return studio.history(user)
@@ -45,7 +67,8 @@ def _people(studio) -> list:
         """The live A/B tab's votes: counts and the steered win rate with a 95% interval."""
         return studio.ratings_summary()
 
-    return [generate_pair, add_history, history, ratings_summary, create_user, load_persona]
+    return [generate_pair, chat, add_history, edit_history, delete_history, history, ratings_summary, create_user,
+            load_persona]
 
 
 def _studies(desk) -> list:

@@ -123,7 +123,7 @@ def _wire(c, page: Page):
     # "always_last": a Send pressed while the last turn still runs its tail (the attacker's guess,
     # or a refusal on its way back) waits and then runs, instead of being dropped as "once" does.
     gr.on([c.send.click, c.message.submit], for_ui(studio.chat), chat_in, chat_out, show_progress="hidden",
-          trigger_mode="always_last", **PRIVATE)
+          trigger_mode="always_last", api_name="ui_chat", **PRIVATE)  # /chat is the named API's
     # Stop and the resets end the running reply through its session (ui/handlers.py says why
     # not `cancels=`); the reply then shows the screen they left as its own last update.
     ends = {"queue": False, "show_progress": "hidden", **PRIVATE}
