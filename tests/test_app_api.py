@@ -22,7 +22,7 @@ def client(app):
 def test_named_endpoints_exist(client):
     names = set(client.view_api(print_info=False, return_format="dict")["named_endpoints"])
     assert {"/generate_pair", "/chat", "/add_history", "/edit_history", "/delete_history", "/history", "/ratings_summary", "/create_user", "/load_persona",
-            "/create_study", "/study_status", "/cancel_study", "/add_raters", "/leaderboard"} == names
+            "/create_study", "/study_status", "/cancel_study", "/add_raters", "/leaderboard", "/results"} == names
     assert "/rate" not in names  # it took any text as a vote; votes now name a pair the server issued
 
 
@@ -43,6 +43,7 @@ def test_history_generate_summary(client, app):
                    {"T": 20, "eta": 10.0, "lam": 2.0})
     summary = client.predict(api_name="/ratings_summary")
     assert summary["n"] == before["n"] + 1 and summary["counts"]["A"] == before["counts"]["A"] + 1
+    assert client.predict(api_name="/results")["live"] == summary  # the one Results view, live votes first
     assert 0 <= summary["ci95"][0] <= summary["steered_win_rate"] <= summary["ci95"][1] <= 1
     assert "T=20, eta=10.0, lam=2.0" in summary["by_params"]
 

@@ -449,6 +449,13 @@ def test_the_studies_tab_creates_a_study_hands_out_links_and_shows_results(new_p
     rows = [json.loads(line) for line in Path(battles.value.path()).read_text(encoding="utf-8").splitlines()]
     assert len(rows) == 1 and rows[0]["winner"] == "model_b" and {rows[0]["model_a"], rows[0]["model_b"]} == {
         "paper", "unsteered"}
+    page.get_by_role("tab", name="Results").click()  # one view of every vote: the study is in its menu
+    page.locator("#results-source input").click()
+    page.get_by_role("option", name=f"Study #{study} tab study", exact=False).click()
+    expect(page.locator("#results-summary")).to_contain_text(f"Study #{study}: tab study", timeout=30_000)
+    expect(page.locator("#results-summary")).to_contain_text("1 votes")
+    expect(page.locator("#results-table")).to_contain_text("paper")
+    expect(page.locator("#results-table")).to_contain_text("unsteered")
 
 
 def test_privacy_panel_marks_the_exposed_terms_and_a_sensitive_entry_goes_on_the_deny_list(new_page, app):

@@ -123,6 +123,9 @@ def test_a_study_from_a_script_twelve_raters_at_once_while_another_generates(app
     assert board["agreement"]["pairs"] == 36 and board["agreement"]["alpha"] is not None
     assert board["attention"]["checks"] == 6 * RATERS and board["attention"]["rate"] == 1.0  # these raters are steady
     assert board["position_bias"]["decided"] > 0
+    every = {r["study"]: r for r in owner.predict(api_name="/results")["studies"]}  # the one Results view
+    assert every[study["study"]]["scores"] == board["plain"]["scores"] and every[study["study"]]["votes"] == board["votes"]
+    assert busy["study"] in every and "live" in owner.predict(api_name="/results")
     cancelled = owner.predict(busy["study"], api_name="/cancel_study")
     assert cancelled["status"] == "cancelled"
 

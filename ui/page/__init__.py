@@ -56,7 +56,7 @@ def wire_across_tabs(page: Page, chat, history, rate, studies, results, explorer
         for_ui(studio.history_rows), user, history.table, **PRIVATE).then(
         for_ui(studio.examples_for), user, chat.examples, queue=False, **PRIVATE)
     for voted in rate.voted:
-        voted.then(for_ui(studio.results), None, results.outputs, **PRIVATE)
+        voted.then(for_ui(results.view.show), results.source, results.outputs, **PRIVATE)
     user.change(for_ui(desk.card_view), user, rate.card, queue=False, **PRIVATE)
     studies.tab.select(lambda: gr.Timer(active=True), None, studies.timer, queue=False, **PRIVATE).then(
         for_ui(studies.handlers.choices), studies.choice, studies.choice, **PRIVATE).then(

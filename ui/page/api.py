@@ -7,11 +7,12 @@ import gradio as gr
 
 from ..guard import for_api
 from ..handlers import DEMO, DEMO_DECODING
+from ..results import ResultsView
 
 
 def register(studio, desk):
     """Adds the endpoints to the Blocks being built: the people's and the studies'."""
-    for fn in _people(studio) + _studies(desk):
+    for fn in _people(studio) + _studies(desk) + [_results(studio, desk)]:
         gr.api(for_api(fn), api_name=fn.__name__)
 
 
@@ -103,3 +104,15 @@ def _studies(desk) -> list:
         return desk.leaderboard(study, exclude_flagged)
 
     return [create_study, study_status, cancel_study, add_raters, leaderboard]
+
+
+def _results(studio, desk):
+    view = ResultsView(studio, desk)
+
+    def results() -> dict:
+        """Every vote in one answer, as the Results tab shows it: {"live": the live A/B votes (as
+        /ratings_summary), "studies": [{"study", "name", "status", "votes", "raters", "scores",
+        "style_controlled"}]}, scores being Bradley–Terry with 95% intervals, unsteered = 1000."""
+        return view.everything()
+
+    return results
