@@ -9,6 +9,7 @@ the setting and the field.
 from __future__ import annotations
 
 import itertools
+import re
 from dataclasses import dataclass, replace
 
 from costeer.engine.decoding import ConfidenceGate, Sampling
@@ -26,6 +27,47 @@ SPECS = {"T": F.T, "eta": F.ETA, "lam": F.LAM, "alpha": F.ALPHA, "beta": F.BETA,
          "gate_threshold": F.GATE_THRESHOLD, "gate_patience": F.GATE_PATIENCE, "gate_mode": F.GATE_MODE}
 MAX_PERSONAS, MAX_PROMPTS, MAX_SETTINGS = 10, 20, 8
 LABEL = F.Text("label", 80, required=False)
+# Raters' time is wasted on word salad, so a study refuses a setting stronger than this C unless
+# asked to keep it. Measured with the explorer's fluency check (ui/handlers.py: 5 nats per token
+# below the cloud's own answer, or looping) on the three example personas' first two prompts, 48
+# tokens, demo decoding, the bundled SmolLM2-135M, 2-core AMD EPYC: flagged answers out of 6 at
+# C = 19 (λ=1), 8.9, 5.1: 6; C = 3.3: 3; C = 2.4: 4; C = 1.78 (λ=2, the paper's): 0; C = 0.73: 0.
+FLUENT_C_MAX = 2.0
+DEFAULT_SETTINGS = "lam=2\nlam=3\nlam=4"  # C = 1.78, 0.73, 0.44: each passed the check above
+
+
+def flagged(settings: list["Setting"]) -> list["Setting"]:
+    """The settings the fluency check flags: stronger than FLUENT_C_MAX."""
+    return [s for s in settings if s.strength is not None and s.strength > FLUENT_C_MAX]
+
+
+def fluency_note(settings_text: str) -> str:
+    """The study form's line under its settings: each setting's C, the flagged ones marked."""
+    try:
+        rows = parse_settings_text(settings_text or "")
+        decoding = {"temperature": 0.0, "top_p": 1.0, "seed": None, "max_new_tokens": 128,
+                    "repetition_penalty": 1.1, "no_repeat_ngram_size": 4}  # C does not depend on them
+        settings = [setting_from(r, decoding, f"settings[{i}]") for i, r in enumerate(rows)]
+    except Refused as exc:
+        return f"⚠️ {exc}"
+    marks = [f"**{_md(s.label)}**: C = {s.strength:.3g}" + (" ⚠️ *fails the fluency check*" if s in flagged(settings) else " ✓")
+             for s in settings]
+    return " · ".join(marks) + (f"  \nA setting with C above {FLUENT_C_MAX:g} gave word salad on the bundled model; "
+                                "tick the box to include it anyway." if flagged(settings) else "")
+
+
+def _md(text: str) -> str:
+    """A label as literal text in Markdown (labels are typed by the organizer)."""
+    return re.sub(r"([\\`*_{}\[\]<>#|~])", r"\\\1", text)
+
+
+def refuse_flagged(settings: list["Setting"]):
+    bad = flagged(settings)
+    if bad:
+        named = "; ".join(f"{s.label} (C = {s.strength:.3g})" for s in bad)
+        raise Refused(f"settings: {named} fails the fluency check (C above {FLUENT_C_MAX:g} gave word salad on the "
+                      "bundled model, a waste of raters' time); tick 'include settings the fluency check flags' "
+                      "(API: include_flagged = true) to keep it")
 
 
 @dataclass(frozen=True)

@@ -90,6 +90,15 @@ def test_history_edit_and_delete_act_on_the_users_own_entries_only(client, app):
     assert client.predict("ed", api_name="/history") == [] and store.entry(theirs) is not None
 
 
+@pytest.mark.slow
+def test_a_setting_the_fluency_check_flags_needs_an_explicit_tick(client, app):
+    UserStore(app[1]).add_user("mia")
+    study = client.predict("salad", ["mia"], ["hi"], [{"lam": 0.5, "label": "salad"}], False, 0, 0, 0, 8,
+                           include_flagged=True, api_name="/create_study")
+    assert study["settings"] == ["unsteered", "salad"]
+    assert client.predict(study["study"], api_name="/study_status")["settings"] == ["unsteered", "salad"]
+
+
 @pytest.mark.parametrize("args, endpoint, message", [
     (("ghost", "hi", 20, 10, 2), "/generate_pair", "user: unknown user 'ghost'"),
     (("mia", "   ", 20, 10, 2), "/generate_pair", "message: empty; type something first"),
@@ -100,6 +109,8 @@ def test_history_edit_and_delete_act_on_the_users_own_entries_only(client, app):
     (("mia", "ok", "diary"), "/add_history", "kind: must be one of"),
     (("s", ["mia"], ["hi"], [{"lam": 9}]), "/create_study", "settings[0].lam: must be a number in [0.1, 5], got 9"),
     (("s", ["ghost"], ["hi"], [{"lam": 2}]), "/create_study", "personas: unknown user 'ghost'"),
+    (("s", ["mia"], ["hi"], [{"lam": 2}, {"lam": 0.5, "label": "salad"}]), "/create_study",
+     "settings: salad (C = 969) fails the fluency check"),  # no garbage pairs unless asked for
     ((99,), "/study_status", "unknown study 99"),
 ])
 def test_bad_input_is_a_clear_error_and_the_app_keeps_working(client, app, args, endpoint, message):

@@ -424,7 +424,10 @@ def test_the_studies_tab_creates_a_study_hands_out_links_and_shows_results(new_p
     page.locator("#study-personas input").click()
     page.get_by_role("option", name=KENJI, exact=True).click()
     page.locator("#study-prompts textarea").fill("Plan my Friday evening")
+    page.locator("#study-settings textarea").fill("lam=0.5 label=salad")  # marked in the form
+    expect(page.locator("#study-fluency")).to_contain_text("salad: C = 969 ⚠️ fails the fluency check")
     page.locator("#study-settings textarea").fill("lam=2 label=paper")
+    expect(page.locator("#study-fluency")).to_contain_text("paper: C = 1.78 ✓")
     page.locator("#study-raters input").fill("2")
     box = page.locator("#study-max-new input[type=number]")
     box.fill("8")

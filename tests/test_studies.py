@@ -294,3 +294,15 @@ def test_pregeneration_batches_dedupes_equal_strengths_and_resumes(engine, tmp_p
     store.db["study_answers"].delete_where("setting_id = ?", [ids[3]])  # as if a restart came mid-way
     pregen.generate(sid)
     assert len(list(store.db["study_answers"].rows)) == 8 and store.studies.pending(sid) == []
+
+
+def test_settings_the_fluency_check_flags_are_marked_and_refused_unless_asked():
+    chosen = [design.setting_from(raw, DECODING, f"settings[{i}]")
+              for i, raw in enumerate([{"lam": 2}, {"lam": 0.5, "label": "salad"}, {"lam": 1.8}])]
+    assert [s.label for s in design.flagged(chosen)] == ["salad", "T=20 η=10 λ=1.8"]  # C = 969 and 2.36
+    with pytest.raises(Refused, match=r"settings: salad \(C = 969\); T=20 η=10 λ=1.8 \(C = 2.36\) fails"):
+        design.refuse_flagged(chosen)
+    design.refuse_flagged(chosen[:1])  # the paper's C = 1.78 passes
+    note = design.fluency_note("lam=2\nlam=0.5 label=salad")
+    assert "C = 1.78 ✓" in note and "**salad**: C = 969 ⚠️" in note and "tick the box" in note
+    assert "tick" not in design.fluency_note(design.DEFAULT_SETTINGS)  # the defaults all pass

@@ -25,7 +25,7 @@ from user_store import UserStore
 
 PERSONAS = ["Kenji (Osaka, vegetarian, jazz)", "Jay (teen gamer)", "Prof. Moreau (graph neural networks)"]
 PROMPTS = ["Plan my weekend.", "What should I cook tonight?", "Write a short note to a friend.", "Any tips for me?"]
-SETTINGS = [{"lam": 1, "label": "strong"}, {"lam": 2, "label": "paper"}, {"lam": 4, "label": "mild"}]
+SETTINGS = [{"lam": 1.95, "label": "strong"}, {"lam": 2, "label": "paper"}, {"lam": 4, "label": "mild"}]  # C ≤ 2: fluent
 RATERS = 12
 P95_TARGET_S = 0.300  # next_pair as a rater's client sees it; measured and reported, not asserted (below)
 ARTIFACTS = ROOT / "artifacts"

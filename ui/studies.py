@@ -119,7 +119,7 @@ class StudyDesk:
 
     def create_study(self, name, personas, prompts, settings, all_pairs=False, raters=12, pairs_per_rater=0,
                      attention_every=6, max_new_tokens=128, repetition_penalty=1.1, no_repeat_ngram_size=4,
-                     instructions="", cards=None) -> dict:
+                     instructions="", cards=None, include_flagged=False) -> dict:
         name = F.STUDY_NAME.check(name).strip()
         personas = F.text_list("personas", F.USER, personas, design.MAX_PERSONAS)
         known = set(self.store.users())
@@ -138,6 +138,8 @@ class StudyDesk:
                                           "no_repeat_ngram_size": no_repeat_ngram_size})
         chosen = [design.baseline(decoding)] + [design.setting_from(s, decoding, f"settings[{i}]")
                                                 for i, s in enumerate(settings)]
+        if not F.INCLUDE_FLAGGED.check(include_flagged):
+            design.refuse_flagged(chosen)
         labels = [s.label for s in chosen]
         if len(set(labels)) < len(labels):
             raise Refused(f"settings: two settings share a label ({', '.join(labels)}); give each its own label")
@@ -338,9 +340,9 @@ class StudiesTab:
         return gr.update(choices=options, value=selected)
 
     def create(self, name, personas, prompts, settings, all_pairs, raters, pairs_per_rater, attention_every,
-               max_new_tokens, cards="", request: gr.Request = None):
+               max_new_tokens, cards="", include_flagged=False, request: gr.Request = None):
         out = self.desk.create_study(name, personas or [], prompts, settings, all_pairs, raters, pairs_per_rater,
-                                     attention_every, max_new_tokens, cards=cards)
+                                     attention_every, max_new_tokens, cards=cards, include_flagged=include_flagged)
         return self.links_markdown(out["study"], out["links"], request), self.choices(out["study"])
 
     def add_links(self, study, count, request: gr.Request = None):

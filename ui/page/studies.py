@@ -10,6 +10,8 @@ import fields as F
 
 from ..components import FieldNumber, slider
 from ..guard import for_ui
+from studies import design
+
 from ..studies import LEADERBOARD_HEADERS, StudiesTab
 from . import PRIVATE, Page, download_js
 
@@ -46,10 +48,14 @@ def _design(s):
                                "made before")
     with gr.Row():
         s.prompts = gr.Textbox(label="Prompts, one per line", lines=4, elem_id="study-prompts")
-        s.settings = gr.Textbox("lam=0.5\nlam=2\nlam=4", lines=4, elem_id="study-settings",
+        s.settings = gr.Textbox(design.DEFAULT_SETTINGS, lines=4, elem_id="study-settings",
                                 label="Settings, one per line (key=value: T eta lam alpha beta temperature top_p seed "
                                       "repetition_penalty no_repeat_ngram_size gate label); the unsteered baseline "
                                       "is added")
+    with gr.Row():
+        s.fluency = gr.Markdown(design.fluency_note(design.DEFAULT_SETTINGS), elem_id="study-fluency")
+        s.include_flagged = gr.Checkbox(False, label="include settings the fluency check flags",
+                                        elem_id="study-include-flagged")
     with gr.Row():
         s.all_pairs = gr.Checkbox(False, label="also compare the settings with each other", elem_id="study-all-pairs")
         s.raters = FieldNumber(12, label="rater links", precision=0, minimum=F.RATERS.lo, maximum=F.RATERS.hi,
@@ -82,7 +88,9 @@ def _wire(s, page: Page):
     tab, desk = s.handlers, page.desk
     view = [s.progress, s.summary, s.board, s.matrix, s.by_persona, s.plot]
     s.create.click(for_ui(tab.create), [s.name, s.personas, s.prompts, s.settings, s.all_pairs, s.raters, s.per_rater,
-                                        s.attention, s.max_new, s.cards], [s.links, s.choice], **PRIVATE)
+                                        s.attention, s.max_new, s.cards, s.include_flagged], [s.links, s.choice],
+                   **PRIVATE)
+    s.settings.change(design.fluency_note, s.settings, s.fluency, queue=False, show_progress="hidden", **PRIVATE)
     s.personas.change(for_ui(desk.cards_text), s.personas, s.cards, **PRIVATE)
     s.add.click(for_ui(tab.add_links), [s.choice, s.more], s.links, **PRIVATE)
     s.cancel.click(for_ui(tab.cancel), s.choice, s.progress, **PRIVATE)
