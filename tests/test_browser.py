@@ -368,6 +368,13 @@ def _ready_study(url, name, prompts, raters):
     return study
 
 
+def blind(page):
+    """A rater's page before their last vote: no setting name, no study name (read from the DOM)."""
+    text = page.evaluate("document.body.innerText")
+    for name in ("paper", "unsteered", "phone study", "λ"):
+        assert name not in text, name
+
+
 def test_a_rater_on_a_phone_sees_only_their_study_votes_once_per_pair_and_gets_the_next(browser, app):
     from playwright.sync_api import expect
 
@@ -376,7 +383,7 @@ def test_a_rater_on_a_phone_sees_only_their_study_votes_once_per_pair_and_gets_t
     try:
         page = ctx.new_page()
         page.goto(app[0].rstrip("/") + study["links"][0]["link"])
-        expect(page.locator("#study-header")).to_contain_text("phone study", timeout=30_000)
+        expect(page.locator("#study-header")).to_contain_text("Rating as", timeout=30_000)
         expect(page.locator("#persona-card")).to_contain_text("Strict vegetarian")  # what the rater judges against
         expect(page.locator("#study-prompt")).to_contain_text("Request:")
         expect(page.locator("#study-progress")).to_contain_text("Pair 1 of 2")
@@ -390,13 +397,13 @@ def test_a_rater_on_a_phone_sees_only_their_study_votes_once_per_pair_and_gets_t
         assert box["width"] >= 120 and box["height"] >= 36  # a thumb-sized target
         first_answer = page.locator("#study-a").inner_text()
         page.locator("#study-vote-A").tap()
-        expect(page.locator("#study-reveal")).to_contain_text("A was", timeout=30_000)
-        reveal = page.locator("#study-reveal").inner_text()
-        assert "paper" in reveal and "unsteered" in reveal  # the sides, relabelled with their settings
+        expect(page.locator("#study-reveal")).to_contain_text("Saved", timeout=30_000)
+        blind(page)
         for v in ("A", "B", "tie", "both_bad"):
             expect(page.locator(f"#study-vote-{v}")).to_be_disabled()  # one vote per pair
         page.reload()  # a reload after the vote does not offer the same pair again
         expect(page.locator("#study-progress")).to_contain_text("Pair 2 of 2", timeout=30_000)
+        blind(page)
         assert page.locator("#study-a").inner_text() != first_answer or \
             page.locator("#study-prompt").inner_text() != "Request: Plan my Friday evening"
         page.locator("#study-vote-tie").tap()
@@ -404,6 +411,8 @@ def test_a_rater_on_a_phone_sees_only_their_study_votes_once_per_pair_and_gets_t
         page.locator("#study-next").tap()
         expect(page.locator("#study-reveal")).to_contain_text("All done", timeout=30_000)
         expect(page.locator("#study-a")).to_be_hidden()
+        reveal = page.locator("#study-reveal").inner_text()
+        assert "paper" in reveal and "unsteered" in reveal  # revealed after the last vote, as the study chose
         page.screenshot(path=str(ARTIFACTS / "study_phone.png"), full_page=True)
         votes = UserStore(app[1]).studies.votes(study["study"])
         assert [v["choice"] for v in votes] == ["A", "tie"]

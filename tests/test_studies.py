@@ -306,3 +306,32 @@ def test_settings_the_fluency_check_flags_are_marked_and_refused_unless_asked():
     note = design.fluency_note("lam=2\nlam=0.5 label=salad")
     assert "C = 1.78 ✓" in note and "**salad**: C = 969 ⚠️" in note and "tick the box" in note
     assert "tick" not in design.fluency_note(design.DEFAULT_SETTINGS)  # the defaults all pass
+
+
+def test_the_count_includes_attention_checks_and_the_reveal_waits_for_the_last_vote(tmp_path):
+    from ui.studies import StudyDesk, end_note, progress_line
+
+    store = UserStore(tmp_path / "s.db")
+    sid, links = make_study(store, personas=1, prompts=2, attention_every=3, raters=1)  # 6 pairs + 2 checks
+    desk = StudyDesk(store, pregen=None, cloud_model="c", local_model="d")
+    token = links[0]["token"]
+    shown = []
+    while "pair" in (p := desk.next_pair(sid, token)):
+        shown.append(progress_line(p))
+        said = desk.vote(sid, token, p["pair"], "A")
+        assert set(said) == {"vote", "saved"}  # blind: no setting named before the end
+    assert shown == [f"Pair {i} of 8" for i in range(1, 9)]  # the count never stalls on a repeat
+    assert p["done"] and [(r["vote"], {r["A"], r["B"]} <= set(LABELS)) for r in p["reveal"]] == [("A", True)] * 6
+    assert "Which setting made which answer" in end_note(p) and "unsteered" in end_note(p)
+    store.db.execute("UPDATE studies SET reveal = 'never' WHERE id = ?", [sid])
+    assert "reveal" not in desk.next_pair(sid, token)  # the organizer chose never
+
+
+def test_a_study_closed_before_any_answer_does_not_thank_its_raters_for_nothing(tmp_path):
+    from ui.studies import StudyDesk, end_note
+
+    store = UserStore(tmp_path / "s.db")
+    sid, links = make_study(store, answered=False, raters=1)
+    store.studies.set_status(sid, "cancelled")
+    out = StudyDesk(store, pregen=None, cloud_model="c", local_model="d").next_pair(sid, links[0]["token"])
+    assert out["done"] and out["closed"] and "closed by its organizer" in end_note(out) and "thank" not in end_note(out)

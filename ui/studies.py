@@ -32,8 +32,8 @@ STUDY_PATH = "/study/"
 INSTRUCTIONS = ("Each pair is two answers to a request written by the person on the card. Pick the answer that "
                 "better fits **this person** (their interests, situation and way of writing) while still being a "
                 "good answer. Choose *Tie* when they are equally good, *Both are bad* when neither is acceptable. "
-                "The answers were made by different settings of the same system; which is which is shown after "
-                "your vote.")
+                "The answers were made by different settings of the same system; which is which is not shown "
+                "while you rate.")
 CARD_KINDS = ("profile", "preference")
 CARD_CHARS = 700
 CARD_HEADER = "## "
@@ -119,7 +119,7 @@ class StudyDesk:
 
     def create_study(self, name, personas, prompts, settings, all_pairs=False, raters=12, pairs_per_rater=0,
                      attention_every=6, max_new_tokens=128, repetition_penalty=1.1, no_repeat_ngram_size=4,
-                     instructions="", cards=None, include_flagged=False) -> dict:
+                     instructions="", cards=None, include_flagged=False, reveal="end") -> dict:
         name = F.STUDY_NAME.check(name).strip()
         personas = F.text_list("personas", F.USER, personas, design.MAX_PERSONAS)
         known = set(self.store.users())
@@ -148,13 +148,14 @@ class StudyDesk:
         pairs_per_rater = F.PAIRS_PER_RATER.check(pairs_per_rater)
         attention_every = F.ATTENTION_EVERY.check(attention_every)
         instructions = F.INSTRUCTIONS.check(instructions).strip() or INSTRUCTIONS
+        reveal = F.REVEAL.check(reveal)
         cards = self.check_cards(cards, personas)
         items = [{"persona": p, "prompt": q, "card": cards[p]} for p in personas for q in prompts]
         pairs = design.pairs_of(chosen, all_pairs)
         sid = self.studies.create(
             name, instructions, items, [{"label": s.label, "baseline": s.baseline, "config": s.config} for s in chosen],
             pairs, all_pairs=all_pairs, pairs_per_rater=pairs_per_rater, attention_every=attention_every,
-            cloud_model=self.cloud_model, local_model=self.local_model)
+            cloud_model=self.cloud_model, local_model=self.local_model, reveal=reveal)
         links = self.add_raters(sid, raters)["links"] if raters else []
         self.pregen.submit(sid)
         return {"study": sid, "answers_total": len(items) * len(chosen), "pairs": len(items) * len(pairs),
@@ -222,22 +223,29 @@ class StudyDesk:
 
     def introduction(self, study, token) -> dict:
         rater = self.rater(study, token)
-        s = self.studies.study(rater["study_id"])
-        return {"study": s["id"], "name": s["name"], "instructions": s["instructions"], "rater": rater["name"]}
+        s = self.studies.study(rater["study_id"])  # its name stays the organizer's: raters are blind
+        return {"study": s["id"], "instructions": s["instructions"], "rater": rater["name"]}
 
     def next_pair(self, study, token) -> dict:
         """The rater's next pair: {"pair", "persona", "card", "prompt", "A", "B", "rated", "target"};
         or {"done": true} / {"waiting": true}. Asking again before voting gives the same pair."""
-        out = self.studies.next_pair(self.rater(study, token), self.rng)
+        rater = self.rater(study, token)
+        out = self.studies.next_pair(rater, self.rng)
         if "issue" in out:
             out["pair"] = out.pop("issue")
+        if out.get("done"):
+            s = self.studies.study(rater["study_id"])
+            out["closed"] = s["status"] in ("cancelled", "failed")
+            if s["reveal"] == "end":
+                out["reveal"] = self.studies.reveal(rater)
         return out
 
     def vote(self, study, token, pair, vote) -> dict:
-        """One vote for a pair issued to this link, once; returns which setting was A and which B."""
+        """One vote for a pair issued to this link, once. Which setting made which answer is not
+        returned: raters stay blind until their last vote (next_pair's "reveal")."""
         study, token = F.STUDY.check(study), F.RATER_TOKEN.check(token)
         pair, vote = F.PAIR.check(pair), F.VOTE.check(vote)  # every field checked before the link is looked up
-        return self.studies.vote(self.rater(study, token), pair, vote)
+        return {"vote": self.studies.vote(self.rater(study, token), pair, vote)["vote"], "saved": vote}
 
 
 VOTE_LABELS = (("A", "👈 A is better"), ("B", "👉 B is better"), ("tie", "🤝 Tie"), ("both_bad", "👎 Both are bad"))
@@ -264,7 +272,7 @@ class RaterPage:
             refusal("open study link", exc)
             return (f"### This study link does not work\n{md_text(str(exc))}\n\n"
                     "Check that you opened the whole link you were given."), None
-        head = (f"### {md_text(intro['name'])}\nRating as **{md_text(intro['rater'])}**\n\n"
+        head = (f"### Rating study\nRating as **{md_text(intro['rater'])}**\n\n"
                 f"{md_text(intro['instructions']) if intro['instructions'] != INSTRUCTIONS else INSTRUCTIONS}")
         return head, {"study": intro["study"], "token": token}
 
@@ -275,9 +283,7 @@ class RaterPage:
             return ("", "", "", "", "", "", *locked, gr.update(visible=False), None, gr.update(visible=False))
         out = self.desk.next_pair(link["study"], link["token"])
         if out.get("done") or out.get("waiting"):
-            note = ("**All done: thank you!** You have rated every pair of this study." if out.get("done") else
-                    "**The next answers are still being generated.** Press *Next pair* again in a minute.")
-            return (progress_line(out), "", "", "", "", note, *locked,
+            return (progress_line(out), "", "", "", "", end_note(out), *locked,
                     gr.update(visible=bool(out.get("waiting"))), None, gr.update(visible=False))
         return (progress_line(out), card_markdown(out["card"]), f"**Request:** {md_text(out['prompt'])}",
                 answer_markdown(out["A"]), answer_markdown(out["B"]), "",
@@ -290,8 +296,7 @@ class RaterPage:
             raise Refused("vote: there is no pair on screen to vote on; press Next pair")
         out = self.desk.vote(link["study"], link["token"], pair, vote)
         said = dict(VOTE_LABELS)[vote].split(" ", 1)[1]
-        reveal = (f"Saved: *{said}*. **A** was **{md_text(out['A'])}**, **B** was **{md_text(out['B'])}**.")
-        return (reveal, *[gr.update(interactive=False)] * len(VOTE_LABELS), gr.update(visible=True), None)
+        return (f"Saved: *{said}*. Press *Next pair* to go on.", *[gr.update(interactive=False)] * len(VOTE_LABELS), gr.update(visible=True), None)
 
 
 def card_markdown(card: str) -> str:
@@ -299,8 +304,25 @@ def card_markdown(card: str) -> str:
 
 
 def progress_line(out: dict) -> str:
-    rated, target = out.get("rated", 0), out.get("target", 0)
-    return f"Pair {min(rated + 1, target)} of {target}" if not out.get("done") else f"{rated} of {target} rated"
+    """Every pair shown counts, attention checks included, so the count never stalls."""
+    if out.get("done") or "total" not in out:
+        return f"{out.get('rated', 0)} of {out.get('target', 0)} rated"
+    return f"Pair {min(out['answered'] + 1, out['total'])} of {out['total']}"
+
+
+def end_note(out: dict) -> str:
+    """What a rater reads when there is no pair to show: waiting, closed, or done (with the reveal)."""
+    if out.get("waiting"):
+        return "**The next answers are still being generated.** Press *Next pair* again in a minute."
+    if out.get("closed") and not out.get("rated"):
+        return "**This study was closed by its organizer** before any pair was ready for you: nothing to rate."
+    done = "**All done: thank you!** You have rated every pair of this study."
+    if not out.get("reveal"):
+        return done
+    said = {v: label.split(" ", 1)[1] for v, label in VOTE_LABELS}
+    rows = "\n".join(f"| {md_text(r['prompt'])} | {md_text(r['A'])} | {md_text(r['B'])} | {said[r['vote']]} |"
+                     for r in out["reveal"])
+    return f"{done}\n\nWhich setting made which answer:\n\n| request | A | B | your vote |\n|---|---|---|---|\n{rows}"
 
 
 LEADERBOARD_HEADERS = ["rank", "setting", "C", "score (BT)", "95% CI", "style-controlled", "95% CI ", "battles"]
@@ -340,9 +362,10 @@ class StudiesTab:
         return gr.update(choices=options, value=selected)
 
     def create(self, name, personas, prompts, settings, all_pairs, raters, pairs_per_rater, attention_every,
-               max_new_tokens, cards="", include_flagged=False, request: gr.Request = None):
+               max_new_tokens, cards="", include_flagged=False, reveal="end", request: gr.Request = None):
         out = self.desk.create_study(name, personas or [], prompts, settings, all_pairs, raters, pairs_per_rater,
-                                     attention_every, max_new_tokens, cards=cards, include_flagged=include_flagged)
+                                     attention_every, max_new_tokens, cards=cards, include_flagged=include_flagged,
+                                     reveal=reveal)
         return self.links_markdown(out["study"], out["links"], request), self.choices(out["study"])
 
     def add_links(self, study, count, request: gr.Request = None):

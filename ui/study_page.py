@@ -47,11 +47,13 @@ def build_study_page(desk: StudyDesk) -> gr.Blocks:
 
         # The scriptable rater API (gradio_client on /study/): the link's study id and token each time.
         def next_pair_api(study: int, rater: str) -> dict:
-            """The rater's next pair (the same one until it is voted on), or {"done": true}."""
+            """The rater's next pair (the same one until it is voted on), or {"done": true} with, if the
+            study reveals, "reveal": the settings behind each pair they rated."""
             return desk.next_pair(study, rater)
 
         def vote(study: int, rater: str, pair: int, vote: str) -> dict:
-            """A / B / tie / both_bad for a pair issued to this link, once; returns which setting was which."""
+            """A / B / tie / both_bad for a pair issued to this link, once. Which setting made which answer
+            is not said: raters stay blind until their last vote (next_pair's "reveal")."""
             return desk.vote(study, rater, pair, vote)
 
         gr.api(for_api(next_pair_api), api_name="next_pair", queue=False)

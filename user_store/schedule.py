@@ -20,6 +20,11 @@ class Candidate:
     a_left: int  # how often setting_a was shown as A
 
 
+def checks_in(target: int, every: int) -> int:
+    """How many attention checks a rater of `target` pairs gets: one after every `every`."""
+    return target // every if every > 0 else 0
+
+
 def attention_due(voted: int, checks: int, every: int) -> bool:
     """One check after every `every` first-time votes (0 turns checks off)."""
     return every > 0 and voted > 0 and checks < voted // every

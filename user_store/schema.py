@@ -133,7 +133,13 @@ def _v6(db: sqlite_utils.Database):
         vector BLOB NOT NULL)""")
 
 
-MIGRATIONS = [_v1, _v2, _v3, _v4, _v5, _v6]
+def _v7(db: sqlite_utils.Database):
+    """A study keeps its raters blind: which setting made which answer is revealed after their last
+    vote ("end") or never ("never"), as the organizer chose."""
+    db["studies"].add_column("reveal", str, not_null_default="end")
+
+
+MIGRATIONS = [_v1, _v2, _v3, _v4, _v5, _v6, _v7]
 LATEST = len(MIGRATIONS)
 
 

@@ -14,7 +14,7 @@ import json
 import random
 import secrets
 
-from .schedule import Candidate, attention_due, choose, swapped
+from .schedule import Candidate, attention_due, checks_in, choose, swapped
 from .checks import VOTES
 from .database import Database, StoreError, check_text, utc_now
 
@@ -53,7 +53,7 @@ class StudyStore:
     # -- design ---------------------------------------------------------------------
     def create(self, name: str, instructions: str, items: list[dict], settings: list[dict],
                pairs: list[tuple[int, int]], *, all_pairs: bool, pairs_per_rater: int, attention_every: int,
-               cloud_model: str | None = None, local_model: str | None = None) -> int:
+               cloud_model: str | None = None, local_model: str | None = None, reveal: str = "end") -> int:
         """items: {persona, prompt, card}; settings: {label, baseline, config}, the baseline first;
         pairs: indices into settings, formed for every item. All or nothing."""
         for field, value in (("name", name), ("instructions", instructions)):
@@ -62,7 +62,7 @@ class StudyStore:
             sid = db["studies"].insert({
                 "name": name, "instructions": instructions, "status": "generating", "all_pairs": int(all_pairs),
                 "pairs_per_rater": pairs_per_rater, "attention_every": attention_every, "cloud_model": cloud_model,
-                "local_model": local_model, "problem": None, "created_at": utc_now()}).last_pk
+                "local_model": local_model, "problem": None, "created_at": utc_now(), "reveal": reveal}).last_pk
             setting_ids = [db["study_settings"].insert({"study_id": sid, "label": s["label"], "baseline": int(s["baseline"]),
                                                         "config": json.dumps(s["config"], sort_keys=True)}).last_pk
                            for s in settings]
@@ -155,7 +155,7 @@ class StudyStore:
             (mine,) = self._query("""SELECT count(*) FILTER (WHERE attention_of IS NULL) AS voted,
                                             count(*) FILTER (WHERE attention_of IS NOT NULL) AS checks
                                      FROM study_issues WHERE rater_id = ?""", [rater["id"]])
-            target = study["pairs_per_rater"] or self.count_pairs(study["id"])
+            target = self.target(study)
             if attention_due(mine["voted"], mine["checks"], study["attention_every"]):
                 repeat = self._query(
                     """SELECT x.id, x.pair_id, x.left_setting, p.setting_a, p.setting_b FROM study_issues x
@@ -203,14 +203,21 @@ class StudyStore:
                       (SELECT text FROM study_answers WHERE item_id = p.item_id AND setting_id = p.setting_a) AS text_a,
                       (SELECT text FROM study_answers WHERE item_id = p.item_id AND setting_id = p.setting_b) AS text_b,
                       (SELECT count(*) FROM study_issues y JOIN study_votes v ON v.issue_id = y.id
-                       WHERE y.rater_id = x.rater_id AND y.attention_of IS NULL) AS rated
+                       WHERE y.rater_id = x.rater_id AND y.attention_of IS NULL) AS rated,
+                      (SELECT count(*) FROM study_issues y JOIN study_votes v ON v.issue_id = y.id
+                       WHERE y.rater_id = x.rater_id) AS answered
                FROM study_issues x JOIN study_pairs p ON p.id = x.pair_id JOIN study_items i ON i.id = p.item_id
                WHERE x.id = ?""", [issue_id])
         a_left = row["left_setting"] == row["setting_a"]
         study = self.study(rater["study_id"])
         return {"issue": row["issue"], "persona": row["persona"], "card": row["card"], "prompt": row["prompt"],
                 "A": row["text_a"] if a_left else row["text_b"], "B": row["text_b"] if a_left else row["text_a"],
-                "rated": row["rated"], "target": study["pairs_per_rater"] or self.count_pairs(study["id"])}
+                "rated": row["rated"], "target": self.target(study), "answered": row["answered"],
+                "total": self.target(study) + checks_in(self.target(study), study["attention_every"])}
+
+    def target(self, study: dict) -> int:
+        """How many first-time pairs each rater of `study` rates."""
+        return study["pairs_per_rater"] or self.count_pairs(study["id"])
 
     def vote(self, rater: dict, issue_id: int, choice: str) -> dict:
         """Store one vote for a pair issued to this rater; returns the reveal (which setting was A, B)."""
@@ -229,6 +236,18 @@ class StudyStore:
                 raise AlreadyVoted(f"pair #{issue_id} already has your vote; votes are final")
             vid = db["study_votes"].insert({"issue_id": issue_id, "choice": choice, "created_at": utc_now()}).last_pk
         return {"vote": vid, "A": rows[0]["label_left"], "B": rows[0]["label_right"]}
+
+    def reveal(self, rater: dict) -> list[dict]:
+        """After a rater's last vote, if their study reveals: per pair they rated, the request, the
+        settings shown as A and B, and their vote (attention repeats left out)."""
+        rows = self._query(
+            """SELECT i.prompt, v.choice, (SELECT label FROM study_settings WHERE id = x.left_setting) AS a,
+                      (SELECT label FROM study_settings WHERE id = CASE WHEN x.left_setting = p.setting_a
+                                THEN p.setting_b ELSE p.setting_a END) AS b
+               FROM study_votes v JOIN study_issues x ON x.id = v.issue_id JOIN study_pairs p ON p.id = x.pair_id
+               JOIN study_items i ON i.id = p.item_id
+               WHERE x.rater_id = ? AND x.attention_of IS NULL ORDER BY v.id""", [rater["id"]])
+        return [{"prompt": r["prompt"], "A": r["a"], "B": r["b"], "vote": r["choice"]} for r in rows]
 
     # -- results --------------------------------------------------------------------
     def votes(self, study_id: int) -> list[dict]:

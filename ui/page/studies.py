@@ -56,6 +56,9 @@ def _design(s):
         s.fluency = gr.Markdown(design.fluency_note(design.DEFAULT_SETTINGS), elem_id="study-fluency")
         s.include_flagged = gr.Checkbox(False, label="include settings the fluency check flags",
                                         elem_id="study-include-flagged")
+        s.reveal = gr.Radio([("after their last vote", "end"), ("never", "never")], value="end",
+                            label="Raters rate blind; show them which setting made which answer",
+                            elem_id="study-reveal-choice")
     with gr.Row():
         s.all_pairs = gr.Checkbox(False, label="also compare the settings with each other", elem_id="study-all-pairs")
         s.raters = FieldNumber(12, label="rater links", precision=0, minimum=F.RATERS.lo, maximum=F.RATERS.hi,
@@ -88,7 +91,8 @@ def _wire(s, page: Page):
     tab, desk = s.handlers, page.desk
     view = [s.progress, s.summary, s.board, s.matrix, s.by_persona, s.plot]
     s.create.click(for_ui(tab.create), [s.name, s.personas, s.prompts, s.settings, s.all_pairs, s.raters, s.per_rater,
-                                        s.attention, s.max_new, s.cards, s.include_flagged], [s.links, s.choice],
+                                        s.attention, s.max_new, s.cards, s.include_flagged, s.reveal],
+                   [s.links, s.choice],
                    **PRIVATE)
     s.settings.change(design.fluency_note, s.settings, s.fluency, queue=False, show_progress="hidden", **PRIVATE)
     s.personas.change(for_ui(desk.cards_text), s.personas, s.cards, **PRIVATE)
