@@ -161,6 +161,7 @@ SIDE_BY_SIDE = Flag("side by side")
 ALL_PAIRS = Flag("all_pairs")
 EXCLUDE_FLAGGED = Flag("exclude_flagged")
 INCLUDE_FLAGGED = Flag("include_flagged")
+RATER_NAME = Text("rater", 200, hint="name the rater, as the desk lists them")
 REVEAL = Choice("reveal", ("end", "never"))  # a study's raters learn which setting was which after their last vote, or never
 PINNED = Flag("pinned")
 SENSITIVE = Flag("sensitive")

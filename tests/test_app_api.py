@@ -22,7 +22,8 @@ def client(app):
 def test_named_endpoints_exist(client):
     names = set(client.view_api(print_info=False, return_format="dict")["named_endpoints"])
     assert {"/generate_pair", "/chat", "/add_history", "/edit_history", "/delete_history", "/history", "/ratings_summary", "/create_user", "/load_persona",
-            "/create_study", "/study_status", "/cancel_study", "/add_raters", "/leaderboard", "/results"} == names
+            "/create_study", "/study_status", "/cancel_study", "/add_raters", "/leaderboard", "/results", "/raters",
+            "/revoke_rater"} == names
     assert "/rate" not in names  # it took any text as a vote; votes now name a pair the server issued
 
 

@@ -461,7 +461,24 @@ def test_the_studies_tab_creates_a_study_hands_out_links_and_shows_results(new_p
     rows = [json.loads(line) for line in Path(battles.value.path()).read_text(encoding="utf-8").splitlines()]
     assert len(rows) == 1 and rows[0]["winner"] == "model_b" and {rows[0]["model_a"], rows[0]["model_b"]} == {
         "paper", "unsteered"}
+    second = page.locator("#study-links code").nth(1).inner_text()
+    page.reload()  # the organizer's desk survives a reload: links, progress, time per vote
+    page.locator("#send").wait_for()
+    page.get_by_role("tab", name="Studies").click()
+    page.locator("#study-choice input").click()
+    page.get_by_role("option", name=f"#{study} tab study", exact=False).click()
+    desk = page.locator("#study-desk")
+    expect(desk).to_contain_text(link.split("/study/")[1][:40], timeout=30_000)
+    expect(desk).to_contain_text("1 of 1")  # rater 1: rated of target
+    text = desk.inner_text()
+    assert re.search(r"\d s\b", text) and text.count("never") == 1  # rater 1's median time per vote; rater 2 unseen
+    page.locator("#study-revoke-name textarea").fill("rater 2")
+    page.locator("#study-revoke").click()
+    expect(desk).to_contain_text("revoked", timeout=30_000)
+    with pytest.raises(Exception, match="revoked"):
+        r.predict(study, second.split("rater=")[1], api_name="/next_pair")
     page.get_by_role("tab", name="Results").click()  # one view of every vote: the study is in its menu
+    expect(page.locator("#results-summary")).to_contain_text("Live A/B votes", timeout=30_000)
     page.locator("#results-source input").click()
     page.get_by_role("option", name=f"Study #{study} tab study", exact=False).click()
     expect(page.locator("#results-summary")).to_contain_text(f"Study #{study}: tab study", timeout=30_000)

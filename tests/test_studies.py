@@ -111,7 +111,7 @@ def test_votes_only_for_issued_pairs_once_and_links_only_for_their_study(tmp_pat
     with pytest.raises(BadLink):
         store.studies.rater(sid, "guessed-token")
     assert [v["choice"] for v in store.studies.votes(sid)] == ["B"] and store.studies.votes(other) == []
-    assert store.db["study_raters"].count_where("token_hash = ?", [links[0]["token"]]) == 0  # only the hash is kept
+    assert store.db["study_raters"].count_where("token_hash = ?", [links[0]["token"]]) == 0  # looked up by hash
 
 
 def test_waiting_while_generating_and_a_cap_per_rater(tmp_path):
@@ -335,3 +335,26 @@ def test_a_study_closed_before_any_answer_does_not_thank_its_raters_for_nothing(
     store.studies.set_status(sid, "cancelled")
     out = StudyDesk(store, pregen=None, cloud_model="c", local_model="d").next_pair(sid, links[0]["token"])
     assert out["done"] and out["closed"] and "closed by its organizer" in end_note(out) and "thank" not in end_note(out)
+
+
+def test_the_organizers_desk_lists_each_raters_link_progress_and_time_and_a_revoked_link_is_refused(tmp_path):
+    from ui.studies import StudyDesk
+
+    store = UserStore(tmp_path / "s.db")
+    sid, links = make_study(store, personas=1, prompts=2, attention_every=0, raters=2)
+    desk = StudyDesk(store, pregen=None, cloud_model="c", local_model="d")
+    rita, bo = links
+    for _ in range(2):
+        p = desk.next_pair(sid, rita["token"])
+        desk.vote(sid, rita["token"], p["pair"], "A")
+    rows = {r["name"]: r for r in StudyDesk(store, pregen=None).raters(sid)}  # a fresh desk: as after a reload
+    assert rows["r0"]["link"] == f"/study/?study={sid}&rater={rita['token']}"  # the link, copyable again
+    assert (rows["r0"]["votes"], rows["r0"]["target"], rows["r1"]["votes"]) == (2, 6, 0)
+    assert rows["r0"]["median_s_per_vote"] >= 0 and rows["r0"]["last_seen"] and rows["r1"]["last_seen"] is None
+    assert desk.revoke_rater(sid, "r0")["revoked"]
+    with pytest.raises(BadLink, match="revoked"):
+        desk.next_pair(sid, rita["token"])
+    assert [r["revoked"] for r in desk.raters(sid)] == [True, False] and len(store.studies.votes(sid)) == 2
+    with pytest.raises(BadLink, match="no rater named 'ghost'"):
+        desk.revoke_rater(sid, "ghost")
+    assert "pair" in desk.next_pair(sid, bo["token"])  # the other link still works

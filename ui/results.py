@@ -22,14 +22,14 @@ class ResultsView:
     studio: object  # ui.handlers.Studio: the live votes
     desk: StudyDesk
 
-    def choices(self, selected=LIVE):
-        """The menu: the live votes first, then every study, newest first, with its votes so far."""
+    def choices(self):
+        """The menu: the live votes first, then every study, newest first, with its votes so far. The
+        value is left alone: a choice made while the menu refreshes is not undone."""
         options = [("Live A/B votes (Rate tab)", LIVE)]
         for s in self.desk.studies.studies():
             votes = self.desk.studies.progress(s["id"])["votes"]
             options.append((f"Study #{s['id']} {s['name']} ({s['status']}, {votes} votes)", s["id"]))
-        value = selected if selected in [v for _, v in options] else LIVE
-        return gr.update(choices=options, value=value)
+        return gr.update(choices=options)
 
     def show(self, source=LIVE):
         """(summary, table, plot) for the live votes or one study."""
@@ -37,7 +37,7 @@ class ResultsView:
         if source == LIVE:
             rows, fig = self.studio.results()
             return LIVE_SUMMARY, {"headers": LIVE_HEADERS, "data": rows}, fig
-        _, summary, rows, _, _, fig = StudiesTab(self.desk).view(source)
+        _, summary, rows, _, _, fig, _ = StudiesTab(self.desk).view(source)
         name = self.desk.studies.study(source)["name"]
         return f"### Study #{source}: {name}\n\n{summary}", {"headers": LEADERBOARD_HEADERS, "data": rows}, fig
 

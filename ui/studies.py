@@ -169,6 +169,22 @@ class StudyDesk:
         made = self.studies.add_raters(study, [f"rater {start + i}" for i in range(count)])
         return {"study": study, "links": [{"name": r["name"], "link": link_path(study, r["token"])} for r in made]}
 
+    def raters(self, study) -> list[dict]:
+        """The organizer's desk: each rater's link (again, after a reload), progress, attention
+        checks passed, median seconds per vote, last seen, revoked."""
+        study = self._study(study)
+        target = self.studies.target(self.studies.study(study))
+        checks = self.leaderboard(study)["attention"]["raters"]
+        return [{"name": r["name"], "link": link_path(study, r["token"]) if r["token"] else None,
+                 "votes": r["votes"], "target": target, "checks": r["checks"],
+                 "checks_passed": checks.get(r["name"], {}).get("passed", 0),
+                 "median_s_per_vote": r["median_s_per_vote"], "last_seen": r["last_seen"], "revoked": r["revoked"]}
+                for r in self.studies.desk(study)]
+
+    def revoke_rater(self, study, rater) -> dict:
+        """Revoke one rater's link (by name): refused from now on; their votes stay."""
+        return self.studies.revoke(self._study(study), F.RATER_NAME.check(rater).strip())
+
     def study_status(self, study) -> dict:
         study = self._study(study)
         out = self.studies.progress(study)
@@ -325,6 +341,8 @@ def end_note(out: dict) -> str:
     return f"{done}\n\nWhich setting made which answer:\n\n| request | A | B | your vote |\n|---|---|---|---|\n{rows}"
 
 
+DESK_HEADERS = ["rater", "link", "rated", "attention checks passed", "median time per vote", "last seen (UTC)",
+                "link status"]
 LEADERBOARD_HEADERS = ["rank", "setting", "C", "score (BT)", "95% CI", "style-controlled", "95% CI ", "battles"]
 
 
@@ -376,17 +394,18 @@ class StudiesTab:
     def links_markdown(study: int, links: list[dict], request) -> str:
         host = (getattr(request, "headers", None) or {}).get("host", "127.0.0.1:7860")
         rows = "\n".join(f"| {md_text(r['name'])} | `http://{host}{r['link']}` |" for r in links)
-        return (f"**Study #{study}: rater links.** Send each rater their own link. They are shown only now "
-                f"(only a hash is kept); make more with *Add rater links*.\n\n| rater | link |\n|---|---|\n{rows}"
+        return (f"**Study #{study}: rater links.** Send each rater their own link; the *Raters* table below "
+                f"lists them again after a reload, with each rater's progress. Make more with *Add rater links*."
+                f"\n\n| rater | link |\n|---|---|\n{rows}"
                 if links else f"Study #{study} created without rater links; add some below.")
 
     def cancel(self, study):
         return progress_html(self.desk.cancel_study(study))
 
-    def view(self, study, exclude_flagged=False):
+    def view(self, study, exclude_flagged=False, request: gr.Request = None):
         """Progress, summary, leaderboard, win matrix, per persona, plot."""
         if study is None:
-            return ("", "Create a study, or choose one.", [], None, [], None)
+            return ("", "Create a study, or choose one.", [], None, [], None, [])
         p = self.desk.study_status(study)
         lb = self.desk.leaderboard(study, exclude_flagged)
         names = [n for n in p["settings"]]
@@ -400,17 +419,33 @@ class StudiesTab:
         persona_rows = [[persona, n, _score(r["scores"][n]["score"]), _ci(r["scores"][n]), r["scores"][n]["battles"]]
                         for persona, r in lb["by_persona"].items() for n in order if r["scores"][n]["battles"]]
         return (progress_html(p), summary_markdown(lb), rows,
-                {"headers": ["row beats column →"] + order, "data": matrix}, persona_rows, leaderboard_plot(lb, order))
+                {"headers": ["row beats column →"] + order, "data": matrix}, persona_rows, leaderboard_plot(lb, order),
+                self.desk_rows(study, request))
 
-    def tick(self, study, exclude_flagged, seen):
+    def desk_rows(self, study, request: gr.Request = None) -> list[list]:
+        """The raters' table: one row per rater, with the full link to copy again."""
+        host = (getattr(request, "headers", None) or {}).get("host", "127.0.0.1:7860")
+        return [[r["name"], f"http://{host}{r['link']}" if r["link"] else "(made before links were kept)",
+                 f"{r['votes']} of {r['target']}", f"{r['checks_passed']} of {r['checks']}",
+                 "–" if r["median_s_per_vote"] is None else f"{r['median_s_per_vote']:g} s",
+                 (r["last_seen"] or "never")[:19].replace("T", " "), "revoked" if r["revoked"] else "active"]
+                for r in self.desk.raters(study)]
+
+    def revoke(self, study, name, request: gr.Request = None):
+        if study is None:
+            raise Refused("study: choose a study first")
+        self.desk.revoke_rater(study, name)
+        return self.desk_rows(study, request), ""
+
+    def tick(self, study, exclude_flagged, seen, request: gr.Request = None):
         """The timer: progress always; the results only when a vote has arrived since `seen`."""
         if study is None:
-            return (gr.skip(),) * 7
+            return (gr.skip(),) * 8
         p = self.desk.study_status(study)
         key = (study, p["votes"], exclude_flagged)
         if key == seen:
-            return (progress_html(p), *(gr.skip(),) * 5, seen)
-        return (*self.view(study, exclude_flagged), key)
+            return (progress_html(p), *(gr.skip(),) * 6, seen)
+        return (*self.view(study, exclude_flagged, request), key)
 
     def export(self, study, kind):
         if study is None:

@@ -134,9 +134,14 @@ def _v6(db: sqlite_utils.Database):
 
 
 def _v7(db: sqlite_utils.Database):
-    """A study keeps its raters blind: which setting made which answer is revealed after their last
-    vote ("end") or never ("never"), as the organizer chose."""
+    """The organizer's desk. A study keeps its raters blind: which setting made which answer is
+    revealed after their last vote ("end") or never ("never"), as the organizer chose. A rater's
+    link can be revoked, and is kept so the organizer can copy it again after a reload (the file
+    is the owner's and holds more private things than these links; raters are still looked up
+    by the token's hash). Links made before this step were not kept: their `token` is NULL."""
     db["studies"].add_column("reveal", str, not_null_default="end")
+    db["study_raters"].add_column("token", str)
+    db["study_raters"].add_column("revoked_at", str)
 
 
 MIGRATIONS = [_v1, _v2, _v3, _v4, _v5, _v6, _v7]

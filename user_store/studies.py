@@ -13,6 +13,8 @@ import hashlib
 import json
 import random
 import secrets
+import statistics
+from datetime import datetime
 
 from .schedule import Candidate, attention_due, checks_in, choose, swapped
 from .checks import VOTES
@@ -36,6 +38,11 @@ class NotIssued(StoreError):
 
 class AlreadyVoted(StoreError):
     pass
+
+
+def seconds_between(start: str, end: str) -> float:
+    """Seconds between two of utc_now()'s ISO timestamps."""
+    return (datetime.fromisoformat(end) - datetime.fromisoformat(start)).total_seconds()
 
 
 def token_hash(token: str) -> str:
@@ -73,7 +80,8 @@ class StudyStore:
         return sid
 
     def add_raters(self, study_id: int, names: list[str]) -> list[dict]:
-        """New rater links; the tokens are returned once and only their hashes kept."""
+        """New rater links. The token is kept for the organizer's desk (schema _v7 says why); a
+        rater is found by its hash."""
         self.study(study_id)
         out = []
         with self.store.write() as db:
@@ -81,7 +89,7 @@ class StudyStore:
                 check_text(name, "rater name")
                 token = secrets.token_urlsafe(TOKEN_BYTES)
                 rid = db["study_raters"].insert({"study_id": study_id, "name": name, "token_hash": token_hash(token),
-                                                 "created_at": utc_now()}).last_pk
+                                                 "token": token, "created_at": utc_now()}).last_pk
                 out.append({"rater": rid, "name": name, "token": token})
         return out
 
@@ -140,7 +148,43 @@ class StudyStore:
         rows = self.store.rows("study_raters", "token_hash = ? AND study_id = ?", [token_hash(token), study_id])
         if not rows:
             raise BadLink("this rater link is not valid for this study (ask the study's owner for a new link)")
+        if rows[0]["revoked_at"]:
+            raise BadLink("this rater link was revoked by the study's organizer")
         return rows[0]
+
+    def revoke(self, study_id: int, name: str) -> dict:
+        """Revoke one rater's link by name: it is refused from now on; the votes it cast stay."""
+        self.study(study_id)
+        with self.store.write() as db:
+            rows = self._query("SELECT id, revoked_at FROM study_raters WHERE study_id = ? AND name = ?",
+                               [study_id, name])
+            if not rows:
+                raise BadLink(f"rater: study #{study_id} has no rater named {name!r}")
+            if not rows[0]["revoked_at"]:
+                db["study_raters"].update(rows[0]["id"], {"revoked_at": utc_now()})
+        return {"study": study_id, "rater": name, "revoked": True}
+
+    def desk(self, study_id: int) -> list[dict]:
+        """Every rater of a study for the organizer: link, votes (first-time and checks), the
+        median seconds from a pair being shown to its vote, when last seen, revoked or not."""
+        self.study(study_id)
+        raters = self._query("SELECT id, name, token, created_at, revoked_at FROM study_raters WHERE study_id = ? "
+                             "ORDER BY id", [study_id])
+        times = self._query(
+            """SELECT x.rater_id, x.attention_of, x.issued_at, v.created_at FROM study_issues x
+               JOIN study_raters r ON r.id = x.rater_id LEFT JOIN study_votes v ON v.issue_id = x.id
+               WHERE r.study_id = ?""", [study_id])
+        out = []
+        for r in raters:
+            mine = [t for t in times if t["rater_id"] == r["id"]]
+            voted = [t for t in mine if t["created_at"]]
+            spent = [seconds_between(t["issued_at"], t["created_at"]) for t in voted]
+            seen = [t["created_at"] or t["issued_at"] for t in mine]
+            out.append({"name": r["name"], "token": r["token"], "votes": sum(t["attention_of"] is None for t in voted),
+                        "checks": sum(t["attention_of"] is not None for t in voted),
+                        "median_s_per_vote": round(statistics.median(spent), 1) if spent else None,
+                        "last_seen": max(seen) if seen else None, "revoked": bool(r["revoked_at"])})
+        return out
 
     def next_pair(self, rater: dict, rng: random.Random) -> dict:
         """The rater's open pair if they have one (a reload shows the same pair), else a new one.

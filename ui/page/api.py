@@ -106,7 +106,16 @@ def _studies(desk) -> list:
         persona, position bias, agreement and attention checks."""
         return desk.leaderboard(study, exclude_flagged)
 
-    return [create_study, study_status, cancel_study, add_raters, leaderboard]
+    def raters(study: int) -> list:
+        """The organizer's desk: per rater {"name", "link", "votes", "target", "checks", "checks_passed",
+        "median_s_per_vote", "last_seen", "revoked"}; links made before they were kept are null."""
+        return desk.raters(study)
+
+    def revoke_rater(study: int, rater: str) -> dict:
+        """Revoke one rater's link (by name, as /raters lists it): refused from now on; their votes stay."""
+        return desk.revoke_rater(study, rater)
+
+    return [create_study, study_status, cancel_study, add_raters, leaderboard, raters, revoke_rater]
 
 
 def _results(studio, desk):

@@ -22,7 +22,7 @@ def build(page: Page) -> SimpleNamespace:
         csv_button = gr.Button("Export the live A/B votes (CSV)", elem_id="export-votes")
         csv_file = gr.DownloadButton(visible="hidden", elem_id="votes-file")
     outputs = [summary, table, plot]
-    tab.select(for_ui(view.choices), source, source, **PRIVATE).then(for_ui(view.show), source, outputs, **PRIVATE)
+    tab.select(for_ui(view.choices), None, source, **PRIVATE).then(for_ui(view.show), source, outputs, **PRIVATE)
     source.input(for_ui(view.show), source, outputs, **PRIVATE)
     csv_button.click(for_ui(page.studio.votes_csv, raises=True), None, csv_file, **PRIVATE).success(
         None, None, None, js=download_js("votes-file"))

@@ -12,7 +12,7 @@ from ..components import FieldNumber, slider
 from ..guard import for_ui
 from studies import design
 
-from ..studies import LEADERBOARD_HEADERS, StudiesTab
+from ..studies import DESK_HEADERS, LEADERBOARD_HEADERS, StudiesTab
 from . import PRIVATE, Page, download_js
 
 
@@ -30,6 +30,7 @@ def build(page: Page) -> SimpleNamespace:
             s.more = FieldNumber(1, label="add rater links", precision=0, minimum=1, maximum=F.RATERS.hi, scale=1,
                                  elem_id="study-more")
             s.add = gr.Button("Add rater links", scale=1, elem_id="study-add")
+        _desk(s)
         _results(s)
         s.seen = gr.State(None)
         s.timer = gr.Timer(2.0, active=False)
@@ -71,6 +72,15 @@ def _design(s):
     s.create = gr.Button("Create study and generate its answers", variant="primary", elem_id="study-create")
 
 
+def _desk(s):
+    """The organizer's desk: every rater of the chosen study, kept across reloads."""
+    s.raters_table = gr.Dataframe(headers=DESK_HEADERS, interactive=False, elem_id="study-desk",
+                                  label="Raters (links can be copied again)")
+    with gr.Row():
+        s.revoke_name = gr.Textbox(label="rater to revoke (name as listed)", elem_id="study-revoke-name", scale=3)
+        s.revoke = gr.Button("Revoke their link", variant="stop", elem_id="study-revoke", scale=1)
+
+
 def _results(s):
     s.progress = gr.HTML(elem_id="study-progress-bar")
     s.exclude = gr.Checkbox(False, label="leave out flagged raters (failed attention checks)", elem_id="study-exclude")
@@ -89,15 +99,17 @@ def _results(s):
 
 def _wire(s, page: Page):
     tab, desk = s.handlers, page.desk
-    view = [s.progress, s.summary, s.board, s.matrix, s.by_persona, s.plot]
+    view = [s.progress, s.summary, s.board, s.matrix, s.by_persona, s.plot, s.raters_table]
     s.create.click(for_ui(tab.create), [s.name, s.personas, s.prompts, s.settings, s.all_pairs, s.raters, s.per_rater,
                                         s.attention, s.max_new, s.cards, s.include_flagged, s.reveal],
                    [s.links, s.choice],
                    **PRIVATE)
     s.settings.change(design.fluency_note, s.settings, s.fluency, queue=False, show_progress="hidden", **PRIVATE)
     s.personas.change(for_ui(desk.cards_text), s.personas, s.cards, **PRIVATE)
-    s.add.click(for_ui(tab.add_links), [s.choice, s.more], s.links, **PRIVATE)
+    s.add.click(for_ui(tab.add_links), [s.choice, s.more], s.links, **PRIVATE).then(
+        for_ui(tab.desk_rows), s.choice, s.raters_table, **PRIVATE)
     s.cancel.click(for_ui(tab.cancel), s.choice, s.progress, **PRIVATE)
+    s.revoke.click(for_ui(tab.revoke), [s.choice, s.revoke_name], [s.raters_table, s.revoke_name], **PRIVATE)
     for trigger in (s.choice.change, s.exclude.change):
         trigger(for_ui(tab.view), [s.choice, s.exclude], view, **PRIVATE)
     s.timer.tick(for_ui(tab.tick), [s.choice, s.exclude, s.seen], [*view, s.seen], show_progress="hidden", **PRIVATE)
