@@ -65,6 +65,14 @@ def parse_args(argv=None):
     p.add_argument("--auth", default=None, help="USER:PASS required to open the app")
     p.add_argument("--insecure-no-auth", action="store_true",
                    help="allow a non-loopback --host without --auth (anyone on the network can read all histories)")
+    p.add_argument("--raters-host", default=None,
+                   help="also serve the raters' page alone (no owner page) on this address, e.g. 0.0.0.0 for "
+                        "colleagues on your network; the owner's page stays on --host")
+    p.add_argument("--raters-port", type=bounded_int("--raters-port", 1, 65535), default=7861,
+                   help="the raters' server's port (default 7861)")
+    p.add_argument("--raters-url", default=None,
+                   help="the address raters open, when it is not http://RATERS_HOST:RATERS_PORT (a reverse proxy or "
+                        "a tunnel you run in front of the raters' server); rater links are made with it")
     p.add_argument("--rater-joins", type=join_limit, default=(JOIN_BURST, JOIN_RATE), metavar="BURST,RATE",
                    help=f"queue joins one address may make on the raters' page at once, then per second "
                         f"(default {JOIN_BURST},{JOIN_RATE:g}: a dozen scripted raters on one address fit)")
@@ -73,6 +81,12 @@ def parse_args(argv=None):
         p.error("--auth must be USER:PASS")
     if not 1 <= args.port <= 65535:
         p.error(f"--port must be in [1, 65535], got {args.port}")
+    if args.raters_url and not args.raters_host:
+        p.error("--raters-url needs --raters-host: it names the address of the raters' own server")
+    if args.raters_url and not args.raters_url.startswith(("http://", "https://")):
+        p.error(f"--raters-url must start with http:// or https://, got {args.raters_url[:60]!r}")
+    if args.raters_host and args.raters_host == args.host and args.raters_port == args.port:
+        p.error("--raters-port must differ from --port on the same address")
     return args
 
 
@@ -123,7 +137,7 @@ def serve(args, engine, store, read_only):
     resumed = pregen.resume()
     if resumed:
         print(f"app: resuming the answers of study {', '.join(map(str, resumed))}", file=sys.stderr)
-    desk = StudyDesk(store, pregen, engine.cloud.name, engine.device.name)
+    desk = StudyDesk(store, pregen, engine.cloud.name, engine.device.name, raters_url=raters_url(args))
     owner, _, password = (args.auth or "").partition(":")
     access = Access(owner or None, open_to_all=args.insecure_no_auth and not args.auth)
     owner_page = owner_gate(build_app(studio, desk), access)
@@ -146,16 +160,57 @@ def serve(args, engine, store, read_only):
     gr.mount_gradio_app(app, owner_page, path="", auth=(owner, password) if args.auth else None, **common)
     print(f"app: serving http://{args.host}:{args.port}/ (owner) and {STUDY_PATH} (raters' study links)",
           file=sys.stderr)
-    # The server runs in a thread, as under Gradio's own launch(): SIGTERM and Ctrl-C then end the
-    # process at once instead of waiting for every open event stream. Nothing is lost by that:
-    # each write is its own committed transaction (user_store), and generation resumes at start.
-    server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level="warning"))
-    thread = threading.Thread(target=server.run, name="http", daemon=True)
-    thread.start()
-    while thread.is_alive():
-        thread.join(0.5)
-    if not server.started:
-        print(f"app: error: could not serve on {args.host}:{args.port} (see above)", file=sys.stderr)
+    servers = [(uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level="warning")),
+                f"{args.host}:{args.port}")]
+    if args.raters_host:
+        servers.append((raters_server(args, desk, common), f"{args.raters_host}:{args.raters_port}"))
+        print(f"app: serving the raters' page alone on http://{args.raters_host}:{args.raters_port}{STUDY_PATH} "
+              f"(links read {raters_url(args)}{STUDY_PATH})", file=sys.stderr)
+    run_servers(servers)
+
+
+def raters_url(args) -> str | None:
+    if not args.raters_host:
+        return None
+    return (args.raters_url or f"http://{args.raters_host}:{args.raters_port}").rstrip("/")
+
+
+def raters_server(args, desk, common):
+    """The raters' page alone, for colleagues on the network (or a proxy or tunnel in front of it):
+    its own server and port, with no owner page and no route to one, and the same limits for
+    strangers. The owner's page stays where --host put it."""
+    import fastapi
+    import gradio as gr
+    import uvicorn
+    from starlette.middleware import Middleware
+
+    from ui.limits import StrangerLimits
+    from ui.security import host_guard_middleware
+    from ui.study_page import build_study_page
+    from ui.studies import STUDY_PATH
+
+    page = build_study_page(desk)
+    page.queue(default_concurrency_limit=8, max_size=256)
+    limits = Middleware(StrangerLimits, pages={STUDY_PATH: set(page.fns)}, public=STUDY_PATH, joins=args.rater_joins)
+    app = fastapi.FastAPI(middleware=host_guard_middleware(args.raters_host) + [limits])
+    gr.mount_gradio_app(app, page, path=STUDY_PATH.rstrip("/"),
+                        **{**common, "server_name": args.raters_host, "server_port": args.raters_port})
+    return uvicorn.Server(uvicorn.Config(app, host=args.raters_host, port=args.raters_port, log_level="warning"))
+
+
+def run_servers(servers):
+    """Each server runs in a thread, as under Gradio's own launch(): SIGTERM and Ctrl-C then end the
+    process at once instead of waiting for every open event stream. Nothing is lost by that: each
+    write is its own committed transaction (user_store), and generation resumes at start."""
+    threads = [threading.Thread(target=s.run, name=f"http {where}", daemon=True) for s, where in servers]
+    for t in threads:
+        t.start()
+    while all(t.is_alive() for t in threads):
+        threads[0].join(0.5)
+    failed = [where for (server, where), t in zip(servers, threads) if not t.is_alive() and not server.started]
+    for where in failed:
+        print(f"app: error: could not serve on {where} (see above)", file=sys.stderr)
+    if failed or len(servers) > 1:  # one server of two ended: the app is not what was asked for
         sys.exit(1)
 
 

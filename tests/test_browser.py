@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from apprunner import running_app
+from apprunner import free_port, running_app
 from conftest import ROOT
 from user_store import UserStore
 
@@ -18,6 +18,7 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = ROOT / "artifacts"
 KENJI = "Kenji (Osaka, vegetarian, jazz)"
 JAY = "Jay (teen gamer)"
+RATERS_HOST = "127.0.0.2"
 LONG = 180_000  # ms: a 128-token answer on 2 busy cores
 
 
@@ -27,8 +28,10 @@ def app(tmp_path_factory):
     store = UserStore(db)
     for persona in ("kenji_osaka", "jay_gamer"):
         store.import_file(ROOT / "assets" / "personas" / f"{persona}.json")
-    with running_app(db) as url:
-        yield url, db
+    # the raters' page alone on another address (a loopback alias here; 0.0.0.0 on a real network)
+    raters_port = free_port()
+    with running_app(db, "--raters-host", RATERS_HOST, "--raters-port", str(raters_port)) as url:
+        yield url, db, f"http://{RATERS_HOST}:{raters_port}"
     log = Path(f"{db}.app.log").read_text(encoding="utf-8")
     assert "Traceback" not in log, log[-3000:]  # every session of the module: refusals are one line each
 
@@ -368,6 +371,25 @@ def _ready_study(url, name, prompts, raters):
     return study
 
 
+def test_the_raters_server_serves_the_raters_page_and_nothing_else(app):
+    import urllib.error
+    import urllib.request
+
+    from gradio_client import Client
+
+    with urllib.request.urlopen(app[2] + "/study/", timeout=30) as r:
+        assert r.status == 200
+    for path in ("/", "/gradio_api/info", "/gradio_api/call/history", "/config"):
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(app[2] + path, timeout=30)
+        assert err.value.code in (404, 405), path  # no owner page, no owner API
+    owner_port = app[0].rstrip("/").rsplit(":", 1)[1]
+    with pytest.raises(urllib.error.URLError):
+        urllib.request.urlopen(f"http://{RATERS_HOST}:{owner_port}/", timeout=10)  # the owner's page stays on loopback
+    names = set(Client(app[2] + "/study/", verbose=False).view_api(print_info=False, return_format="dict")["named_endpoints"])
+    assert names == {"/next_pair", "/vote"}
+
+
 def blind(page):
     """A rater's page before their last vote: no setting name, no study name (read from the DOM)."""
     text = page.evaluate("document.body.innerText")
@@ -382,7 +404,7 @@ def test_a_rater_on_a_phone_sees_only_their_study_votes_once_per_pair_and_gets_t
     ctx = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
     try:
         page = ctx.new_page()
-        page.goto(app[0].rstrip("/") + study["links"][0]["link"])
+        page.goto(app[2] + study["links"][0]["link"])  # the raters' own server, not the owner's
         expect(page.locator("#study-header")).to_contain_text("Rating as", timeout=30_000)
         expect(page.locator("#persona-card")).to_contain_text("Strict vegetarian")  # what the rater judges against
         expect(page.locator("#study-prompt")).to_contain_text("Request:")
@@ -446,6 +468,8 @@ def test_the_studies_tab_creates_a_study_hands_out_links_and_shows_results(new_p
     assert page.locator("#study-links").inner_text().count("/study/?study=") == 2
     expect(page.locator("#study-progress-bar")).to_contain_text("tab study: ready", timeout=120_000)  # the timer refreshes it
     link = page.locator("#study-links code").first.inner_text()
+    assert link.startswith(app[2] + "/study/?study=")  # links name the raters' own server
+    expect(page.locator("#study-links")).to_contain_text("a server with the raters' page only")
     study = int(link.split("study=")[1].split("&")[0])
     from gradio_client import Client
 

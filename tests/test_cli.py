@@ -114,6 +114,16 @@ def test_app_checks_top_k():
     assert "--top-k must be an integer in [1, 1000]" in err
 
 
+@pytest.mark.parametrize("args, said", [
+    (["--raters-url", "http://example.org"], "--raters-url needs --raters-host"),
+    (["--raters-host", "0.0.0.0", "--raters-url", "ftp://x"], "--raters-url must start with http:// or https://"),
+    (["--raters-host", "127.0.0.1", "--raters-port", "7860"], "--raters-port must differ from --port"),
+    (["--raters-host", "0.0.0.0", "--raters-port", "0"], "--raters-port must be an integer in [1, 65535]"),
+])
+def test_app_checks_the_raters_server_options(args, said):
+    assert said in _one_line_error(run_main(["app.py", *args]))
+
+
 def test_issue_23_cli_inputs_are_one_line_errors(tmp_path):
     """Each printed a traceback (or hung) before: a huge -k, /dev/zero and a FIFO as import files,
     a broken --cloud-url, eval rows nested deeply, with a NUL or integer title, a lone surrogate."""

@@ -46,7 +46,7 @@ def test_app_options_are_documented():
     import app
 
     for opt in ("--host", "--port", "--db", "--cloud-model", "--local-model", "--auth", "--cloud-url",
-                "--insecure-no-auth", "--allow-downloads", "--top-k"):
+                "--insecure-no-auth", "--allow-downloads", "--top-k", "--raters-host", "--raters-port", "--raters-url"):
         assert opt in DOCS and opt in (ROOT / "app.py").read_text()
     assert app.parse_args([]).host == "127.0.0.1"
 

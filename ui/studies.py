@@ -64,6 +64,7 @@ class StudyDesk:
     pregen: Pregenerator
     cloud_model: str | None = None
     local_model: str | None = None
+    raters_url: str | None = None  # the raters' own server, as raters reach it (app.py --raters-host/--raters-url)
     rng: random.Random = field(default_factory=random.Random)
     _cache: dict = field(default_factory=dict)  # study -> (votes seen, exclude_flagged, leaderboard)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -390,13 +391,27 @@ class StudiesTab:
         out = self.desk.add_raters(study, count)
         return self.links_markdown(out["study"], out["links"], request)
 
-    @staticmethod
-    def links_markdown(study: int, links: list[dict], request) -> str:
-        host = (getattr(request, "headers", None) or {}).get("host", "127.0.0.1:7860")
-        rows = "\n".join(f"| {md_text(r['name'])} | `http://{host}{r['link']}` |" for r in links)
+    def base(self, request) -> str:
+        """Where raters open their links: the raters' own server (--raters-host, or --raters-url for a
+        proxy or tunnel) when there is one, else this page's own address."""
+        if self.desk.raters_url:
+            return self.desk.raters_url
+        return "http://" + (getattr(request, "headers", None) or {}).get("host", "127.0.0.1:7860")
+
+    def reach(self, request) -> str:
+        """One line on who can open the links, for the current binding."""
+        if self.desk.raters_url:
+            return f"Raters open their links on **{self.desk.raters_url}**, a server with the raters' page only."
+        return ("These links work on this machine only (the app listens on loopback). For colleagues on your "
+                "network, restart with `--raters-host 0.0.0.0` (the raters' page alone, on its own port); "
+                "see docs/studies.md.")
+
+    def links_markdown(self, study: int, links: list[dict], request) -> str:
+        base = self.base(request)
+        rows = "\n".join(f"| {md_text(r['name'])} | `{base}{r['link']}` |" for r in links)
         return (f"**Study #{study}: rater links.** Send each rater their own link; the *Raters* table below "
-                f"lists them again after a reload, with each rater's progress. Make more with *Add rater links*."
-                f"\n\n| rater | link |\n|---|---|\n{rows}"
+                f"lists them again after a reload, with each rater's progress. Make more with *Add rater links*. "
+                f"{self.reach(request)}\n\n| rater | link |\n|---|---|\n{rows}"
                 if links else f"Study #{study} created without rater links; add some below.")
 
     def cancel(self, study):
@@ -424,8 +439,8 @@ class StudiesTab:
 
     def desk_rows(self, study, request: gr.Request = None) -> list[list]:
         """The raters' table: one row per rater, with the full link to copy again."""
-        host = (getattr(request, "headers", None) or {}).get("host", "127.0.0.1:7860")
-        return [[r["name"], f"http://{host}{r['link']}" if r["link"] else "(made before links were kept)",
+        base = self.base(request)
+        return [[r["name"], f"{base}{r['link']}" if r["link"] else "(made before links were kept)",
                  f"{r['votes']} of {r['target']}", f"{r['checks_passed']} of {r['checks']}",
                  "–" if r["median_s_per_vote"] is None else f"{r['median_s_per_vote']:g} s",
                  (r["last_seen"] or "never")[:19].replace("T", " "), "revoked" if r["revoked"] else "active"]
