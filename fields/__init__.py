@@ -155,13 +155,15 @@ INSTRUCTIONS = Text("instructions", 4000, required=False)
 CARD = Text("card", 2000, required=False)
 PROMPT = Text("prompt", 4000, hint="a prompt cannot be empty")
 RATER_TOKEN = Text("rater", 64, hint="open the study link you were given")
+CONSENT = Text("consent", 4000, required=False)  # shown before the first pair, agreed to once
+COMPLETION_CODE = Text("completion_code", 64, required=False)  # shown at the end (a panel such as Prolific gives one)
+COMMENT = Text("comment", 1000, required=False)
 RATER_NAME = Text("rater name", 100, hint="name the rater")
 
 SIDE_BY_SIDE = Flag("side by side")
 ALL_PAIRS = Flag("all_pairs")
 EXCLUDE_FLAGGED = Flag("exclude_flagged")
 INCLUDE_FLAGGED = Flag("include_flagged")
-RATER_NAME = Text("rater", 200, hint="name the rater, as the desk lists them")
 REVEAL = Choice("reveal", ("end", "never"))  # a study's raters learn which setting was which after their last vote, or never
 PINNED = Flag("pinned")
 SENSITIVE = Flag("sensitive")

@@ -48,7 +48,10 @@ ENDPOINTS = {
     "leaderboard": [("study", "int", 1), ("exclude_flagged", "flag", False)],
     # the raters' page (/study/): every field is checked before the link is looked up
     "study/next_pair": [("study", "int", 1), ("rater", "text", "not-a-link")],
-    "study/vote": [("study", "int", 1), ("rater", "text", "not-a-link"), ("pair", "int", 1), ("vote", "choice", "A")],
+    "study/vote": [("study", "int", 1), ("rater", "text", "not-a-link"), ("pair", "int", 1), ("vote", "choice", "A"),
+                   ("comment", "text_or_blank", "")],
+    "study/skip": [("study", "int", 1), ("rater", "text", "not-a-link"), ("pair", "int", 1)],
+    "study/consent": [("study", "int", 1), ("rater", "text", "not-a-link"), ("prolific_pid", "text_or_blank", "")],
 }
 OPTIONAL = {"generate_pair": ("T", "eta", "lam", "max_new_tokens", "repetition_penalty", "no_repeat_ngram_size"),
             "add_history": ("kind", "sensitive"), "create_study": ("all_pairs", "raters", "pairs_per_rater", "attention_every",
@@ -56,7 +59,8 @@ OPTIONAL = {"generate_pair": ("T", "eta", "lam", "max_new_tokens", "repetition_p
             "add_raters": ("raters",), "chat": ("side_by_side", "T", "eta", "lam", "max_new_tokens",
                                                 "repetition_penalty", "no_repeat_ngram_size", "copy_guard", "sigma",
                                                 "tau", "speculate"),
-            "edit_history": ("kind", "title", "pinned", "sensitive")}  # parameters with defaults, filled in when left out
+            "edit_history": ("kind", "title", "pinned", "sensitive"), "study/vote": ("comment",),
+            "study/consent": ("prolific_pid",)}  # parameters with defaults, filled in when left out
 BAD = {"text": TEXTS, "answer": [None, 5, True, [], {}, "a\ud800b", "a\x00b", "x" * 100_001],
        "int": NUMBERS, "number": [v for v in NUMBERS if v != 2.5], "choice": CHOICES,
        "prompts": [None, 5, True, {}, [], "", [5], [""], [MB], ["a\ud800b"], ["x"] * 30, ["a", "a"]],
@@ -66,7 +70,8 @@ BAD = {"text": TEXTS, "answer": [None, 5, True, [], {}, "a\ud800b", "a\x00b", "x
        "flag": [None, 1, 0, "yes", "", [], {}],
        # edit_history: None keeps the entry's value, so it is not bad there
        "kind_or_keep": [v for v in CHOICES if v is not None], "title_or_keep": [5, True, [], {}, "x" * 201, "a\x00b"],
-       "flag_or_keep": [1, 0, "yes", "", [], {}]}
+       "flag_or_keep": [1, 0, "yes", "", [], {}],
+       "text_or_blank": [5, True, [], {}, "a\ud800b", "a\x00b", "x" * 5000]}  # optional text: blank is fine
 
 
 def corpus():

@@ -358,12 +358,12 @@ def test_a_refusal_is_a_message_and_leaves_no_error_badge(new_page, app):
     assert "refused chat: message: empty" in log and "Traceback" not in log
 
 
-def _ready_study(url, name, prompts, raters):
+def _ready_study(url, name, prompts, raters, **options):
     from gradio_client import Client
 
     owner = Client(url, verbose=False)
     study = owner.predict(name, [KENJI], prompts, [{"lam": 2, "label": "paper"}], False, raters, 0, 0, 8,
-                          api_name="/create_study")
+                          api_name="/create_study", **options)
     deadline = time.time() + 300
     while owner.predict(study["study"], api_name="/study_status")["status"] == "generating":
         assert time.time() < deadline, "the study's answers were not generated in time"
@@ -387,7 +387,7 @@ def test_the_raters_server_serves_the_raters_page_and_nothing_else(app):
     with pytest.raises(urllib.error.URLError):
         urllib.request.urlopen(f"http://{RATERS_HOST}:{owner_port}/", timeout=10)  # the owner's page stays on loopback
     names = set(Client(app[2] + "/study/", verbose=False).view_api(print_info=False, return_format="dict")["named_endpoints"])
-    assert names == {"/next_pair", "/vote"}
+    assert names == {"/next_pair", "/vote", "/consent", "/skip"}
 
 
 def blind(page):
@@ -400,15 +400,21 @@ def blind(page):
 def test_a_rater_on_a_phone_sees_only_their_study_votes_once_per_pair_and_gets_the_next(browser, app):
     from playwright.sync_api import expect
 
-    study = _ready_study(app[0], "phone study", ["Plan my Friday evening", "What should I cook tonight?"], 1)
+    prompts = ["Plan my Friday evening", "What should I cook tonight?", "Recommend three albums for a rainy Sunday."]
+    study = _ready_study(app[0], "phone study", prompts, 1, consent="I agree that my votes are stored.",
+                         completion_code="PHONE-123")
     ctx = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
     try:
         page = ctx.new_page()
-        page.goto(app[2] + study["links"][0]["link"])  # the raters' own server, not the owner's
+        # the raters' own server, not the owner's; a panel's ids ride on the link, as Prolific adds them
+        page.goto(app[2] + study["links"][0]["link"] + "&PROLIFIC_PID=p-42&STUDY_ID=s-7&SESSION_ID=x-1")
         expect(page.locator("#study-header")).to_contain_text("Rating as", timeout=30_000)
+        expect(page.locator("#study-consent")).to_contain_text("I agree that my votes are stored.")
+        expect(page.locator("#study-a")).to_be_hidden()  # nothing of the study before consent
+        page.locator("#study-agree").tap()
         expect(page.locator("#persona-card")).to_contain_text("Strict vegetarian")  # what the rater judges against
         expect(page.locator("#study-prompt")).to_contain_text("Request:")
-        expect(page.locator("#study-progress")).to_contain_text("Pair 1 of 2")
+        expect(page.locator("#study-progress")).to_contain_text("Pair 1 of 3", timeout=30_000)
         for v in ("A", "B", "tie", "both_bad"):
             expect(page.locator(f"#study-vote-{v}")).to_be_enabled()  # both answers are there
         assert page.locator("#message").count() == 0 and page.get_by_role("tab", name="History").count() == 0
@@ -418,16 +424,21 @@ def test_a_rater_on_a_phone_sees_only_their_study_votes_once_per_pair_and_gets_t
         box = page.locator("#study-vote-A").bounding_box()
         assert box["width"] >= 120 and box["height"] >= 36  # a thumb-sized target
         first_answer = page.locator("#study-a").inner_text()
+        page.locator("#study-comment textarea").fill("B repeats itself.")
         page.locator("#study-vote-A").tap()
-        expect(page.locator("#study-reveal")).to_contain_text("Saved", timeout=30_000)
+        expect(page.locator("#study-reveal")).to_contain_text("Saved: A is better with your comment", timeout=30_000)
         blind(page)
         for v in ("A", "B", "tie", "both_bad"):
             expect(page.locator(f"#study-vote-{v}")).to_be_disabled()  # one vote per pair
         page.reload()  # a reload after the vote does not offer the same pair again
-        expect(page.locator("#study-progress")).to_contain_text("Pair 2 of 2", timeout=30_000)
+        expect(page.locator("#study-progress")).to_contain_text("Pair 2 of 3", timeout=30_000)
         blind(page)
         assert page.locator("#study-a").inner_text() != first_answer or \
             page.locator("#study-prompt").inner_text() != "Request: Plan my Friday evening"
+        expect(page.locator("#study-comment textarea")).to_have_value("")  # a fresh comment box per pair
+        page.locator("#study-skip").tap()  # not a vote: the last pair takes its place
+        expect(page.locator("#study-progress")).to_contain_text("Pair 3 of 4", timeout=30_000)
+        blind(page)
         page.locator("#study-vote-tie").tap()
         expect(page.locator("#study-next")).to_be_visible(timeout=30_000)
         page.locator("#study-next").tap()
@@ -435,9 +446,14 @@ def test_a_rater_on_a_phone_sees_only_their_study_votes_once_per_pair_and_gets_t
         expect(page.locator("#study-a")).to_be_hidden()
         reveal = page.locator("#study-reveal").inner_text()
         assert "paper" in reveal and "unsteered" in reveal  # revealed after the last vote, as the study chose
+        assert "Your completion code: PHONE-123" in reveal
         page.screenshot(path=str(ARTIFACTS / "study_phone.png"), full_page=True)
-        votes = UserStore(app[1]).studies.votes(study["study"])
-        assert [v["choice"] for v in votes] == ["A", "tie"]
+        store = UserStore(app[1])
+        votes = store.studies.votes(study["study"])
+        assert [(v["choice"], v["comment"]) for v in votes] == [("A", "B repeats itself."), ("tie", None)]
+        (rater,) = store.db["study_raters"].rows_where("study_id = ?", [study["study"]])
+        assert rater["consented_at"] and json.loads(rater["external"]) == {
+            "PROLIFIC_PID": "p-42", "STUDY_ID": "s-7", "SESSION_ID": "x-1"}
 
         page.goto(app[0].rstrip("/") + f"/study/?study={study['study']}&rater=not-a-real-link")
         expect(page.locator("#study-header")).to_contain_text("This study link does not work", timeout=30_000)

@@ -38,7 +38,7 @@ def test_store_cli_and_app_api_are_documented():
         assert re.search(rf"python -m user_store .*\b{name}\b", DOCS), name
     for endpoint in ("/generate_pair", "/add_history", "/history", "/ratings_summary", "/create_user", "/load_persona",
                      "/create_study", "/study_status", "/cancel_study", "/add_raters", "/leaderboard", "/next_pair",
-                     "/vote", "/chat", "/edit_history", "/delete_history", "/results", "/raters", "/revoke_rater"):
+                     "/vote", "/chat", "/edit_history", "/delete_history", "/results", "/raters", "/revoke_rater", "/skip", "/consent"):
         assert f"`{endpoint}`" in DOCS
 
 

@@ -358,3 +358,20 @@ def test_the_organizers_desk_lists_each_raters_link_progress_and_time_and_a_revo
     with pytest.raises(BadLink, match="no rater named 'ghost'"):
         desk.revoke_rater(sid, "ghost")
     assert "pair" in desk.next_pair(sid, bo["token"])  # the other link still works
+
+
+def test_a_skip_is_not_a_vote_and_the_pair_is_not_issued_again(tmp_path):
+    store = UserStore(tmp_path / "s.db")
+    sid, links = make_study(store, personas=1, prompts=2, attention_every=0, raters=1)  # 6 pairs
+    rater = store.studies.rater(sid, links[0]["token"])
+    rng = random.Random(0)
+    first = store.studies.next_pair(rater, rng)
+    store.studies.skip(rater, first["issue"])
+    with pytest.raises(AlreadyVoted):
+        store.studies.vote(rater, first["issue"], "A")  # a skipped pair takes no vote afterwards
+    seen = []
+    while "issue" in (p := store.studies.next_pair(rater, rng)):
+        seen.append(p["issue"])
+        store.studies.vote(rater, p["issue"], "B")
+    assert first["issue"] not in seen and len(seen) == 5 and p == {"done": True, "rated": 5, "target": 6}
+    assert len(store.studies.votes(sid)) == 5  # the skip is not among the votes

@@ -279,8 +279,8 @@ def test_with_auth_the_owner_page_answers_no_one_else_and_raters_reach_only_thei
         # The raters' page holds the study and nothing else: no history, chat or user list.
         names = {d.get("api_name") for d in config["dependencies"]} - {None}
         names = {n for n in names if not n.startswith("js_fn")}  # the browser-side lock of the vote buttons
-        assert names <= {"next_pair", "vote", "open", "next", "ui_next_pair", *(f"ui_vote_{v}" for v in
-                                                                             ("A", "B", "tie", "both_bad"))}
+        assert names <= {"next_pair", "vote", "consent", "skip", "open", "next", "ui_next_pair", "ui_agree", "ui_skip",
+                         *(f"ui_vote_{v}" for v in ("A", "B", "tie", "both_bad"))}
         ids = {c.get("props", {}).get("elem_id") for c in config["components"]}
         assert not ids & {"history-table", "message", "user", "steered", "export"}
         texts = json.dumps(config)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import random
+import secrets
 import tempfile
 import threading
 from dataclasses import dataclass, field
@@ -120,7 +121,8 @@ class StudyDesk:
 
     def create_study(self, name, personas, prompts, settings, all_pairs=False, raters=12, pairs_per_rater=0,
                      attention_every=6, max_new_tokens=128, repetition_penalty=1.1, no_repeat_ngram_size=4,
-                     instructions="", cards=None, include_flagged=False, reveal="end") -> dict:
+                     instructions="", cards=None, include_flagged=False, reveal="end", consent="",
+                     completion_code="") -> dict:
         name = F.STUDY_NAME.check(name).strip()
         personas = F.text_list("personas", F.USER, personas, design.MAX_PERSONAS)
         known = set(self.store.users())
@@ -150,17 +152,20 @@ class StudyDesk:
         attention_every = F.ATTENTION_EVERY.check(attention_every)
         instructions = F.INSTRUCTIONS.check(instructions).strip() or INSTRUCTIONS
         reveal = F.REVEAL.check(reveal)
+        consent = F.CONSENT.check(consent).strip() or None
+        code = F.COMPLETION_CODE.check(completion_code).strip() or secrets.token_hex(4).upper()
         cards = self.check_cards(cards, personas)
         items = [{"persona": p, "prompt": q, "card": cards[p]} for p in personas for q in prompts]
         pairs = design.pairs_of(chosen, all_pairs)
         sid = self.studies.create(
             name, instructions, items, [{"label": s.label, "baseline": s.baseline, "config": s.config} for s in chosen],
             pairs, all_pairs=all_pairs, pairs_per_rater=pairs_per_rater, attention_every=attention_every,
-            cloud_model=self.cloud_model, local_model=self.local_model, reveal=reveal)
+            cloud_model=self.cloud_model, local_model=self.local_model, reveal=reveal, consent=consent,
+            completion_code=code)
         links = self.add_raters(sid, raters)["links"] if raters else []
         self.pregen.submit(sid)
         return {"study": sid, "answers_total": len(items) * len(chosen), "pairs": len(items) * len(pairs),
-                "settings": labels, "links": links}
+                "settings": labels, "links": links, "completion_code": code}
 
     def add_raters(self, study, raters) -> dict:
         """`raters` new links, named "rater 1", "rater 2", … after those the study has."""
@@ -247,24 +252,42 @@ class StudyDesk:
         """The rater's next pair: {"pair", "persona", "card", "prompt", "A", "B", "rated", "target"};
         or {"done": true} / {"waiting": true}. Asking again before voting gives the same pair."""
         rater = self.rater(study, token)
+        s = self.studies.study(rater["study_id"])
+        if s["consent"] and not rater["consented_at"]:
+            return {"consent": s["consent"]}  # nothing of the study before the rater agrees
         out = self.studies.next_pair(rater, self.rng)
         if "issue" in out:
             out["pair"] = out.pop("issue")
         if out.get("done"):
-            s = self.studies.study(rater["study_id"])
             out["closed"] = s["status"] in ("cancelled", "failed")
+            if not out["closed"] or out.get("rated"):
+                out["completion_code"] = s["completion_code"]
             if s["reveal"] == "end":
                 out["reveal"] = self.studies.reveal(rater)
         return out
 
-    def vote(self, study, token, pair, vote) -> dict:
+    def consent(self, study, token, prolific_pid="", study_id="", session_id="") -> dict:
+        """The rater agrees to the consent text; a panel's ids (Prolific's URL parameters) are kept."""
+        study, token = F.STUDY.check(study), F.RATER_TOKEN.check(token)
+        ids = {"prolific_pid": prolific_pid, "study_id": study_id, "session_id": session_id}
+        external = {k.upper(): F.Text(k, 200, required=False).check(v).strip() for k, v in ids.items()}
+        return self.studies.consent(self.rater(study, token), {k: v for k, v in external.items() if v} or None)
+
+    def skip(self, study, token, pair) -> dict:
+        """Pass on a pair issued to this link: not a vote; the next pair takes its place."""
+        study, token, pair = F.STUDY.check(study), F.RATER_TOKEN.check(token), F.PAIR.check(pair)
+        return self.studies.skip(self.rater(study, token), pair)
+
+    def vote(self, study, token, pair, vote, comment="") -> dict:
         """One vote for a pair issued to this link, once. Which setting made which answer is not
         returned: raters stay blind until their last vote (next_pair's "reveal")."""
         study, token = F.STUDY.check(study), F.RATER_TOKEN.check(token)
         pair, vote = F.PAIR.check(pair), F.VOTE.check(vote)  # every field checked before the link is looked up
-        return {"vote": self.studies.vote(self.rater(study, token), pair, vote)["vote"], "saved": vote}
+        comment = F.COMMENT.check(comment).strip()
+        return {"vote": self.studies.vote(self.rater(study, token), pair, vote, comment)["vote"], "saved": vote}
 
 
+PANEL_IDS = ("PROLIFIC_PID", "STUDY_ID", "SESSION_ID")  # a recruiting panel's URL parameters (Prolific's names)
 VOTE_LABELS = (("A", "👈 A is better"), ("B", "👉 B is better"), ("tie", "🤝 Tie"), ("both_bad", "👎 Both are bad"))
 
 
@@ -291,29 +314,52 @@ class RaterPage:
                     "Check that you opened the whole link you were given."), None
         head = (f"### Rating study\nRating as **{md_text(intro['rater'])}**\n\n"
                 f"{md_text(intro['instructions']) if intro['instructions'] != INSTRUCTIONS else INSTRUCTIONS}")
-        return head, {"study": intro["study"], "token": token}
+        panel = {k: str(params.get(k, ""))[:200] for k in PANEL_IDS}  # Prolific's URL parameters, kept on consent
+        return head, {"study": intro["study"], "token": token, "panel": panel}
 
     def next(self, link):
-        """Outputs: progress, card, prompt, A, B, reveal, the four vote buttons, next, pair, the pair's box."""
+        """Outputs (SHOWN): progress, card, prompt, A, B, reveal, the vote buttons, next, skip, pair,
+        the pair's box, the consent box, its text, the comment box."""
         locked = [gr.update(interactive=False)] * len(VOTE_LABELS)
+        hidden, blank = gr.update(visible=False), ""
         if not link:
-            return ("", "", "", "", "", "", *locked, gr.update(visible=False), None, gr.update(visible=False))
+            return (blank, blank, blank, blank, blank, blank, *locked, hidden, hidden, None, hidden, hidden, blank, blank)
         out = self.desk.next_pair(link["study"], link["token"])
+        if "consent" in out:
+            return (blank, blank, blank, blank, blank, blank, *locked, hidden, hidden, None, hidden,
+                    gr.update(visible=True), md_text(out["consent"]), blank)
         if out.get("done") or out.get("waiting"):
-            return (progress_line(out), "", "", "", "", end_note(out), *locked,
-                    gr.update(visible=bool(out.get("waiting"))), None, gr.update(visible=False))
+            return (progress_line(out), blank, blank, blank, blank, end_note(out), *locked,
+                    gr.update(visible=bool(out.get("waiting"))), hidden, None, hidden, hidden, blank, blank)
         return (progress_line(out), card_markdown(out["card"]), f"**Request:** {md_text(out['prompt'])}",
-                answer_markdown(out["A"]), answer_markdown(out["B"]), "",
-                *[gr.update(interactive=True)] * len(VOTE_LABELS), gr.update(visible=False), out["pair"],
-                gr.update(visible=True))
+                answer_markdown(out["A"]), answer_markdown(out["B"]), blank,
+                *[gr.update(interactive=True)] * len(VOTE_LABELS), hidden, gr.update(visible=True), out["pair"],
+                gr.update(visible=True), hidden, blank, blank)
 
-    def vote(self, link, pair, vote):
-        """Outputs: reveal, the four vote buttons (locked again), next, pair (spent)."""
+    def agree(self, link):
+        """The rater agrees to the consent text; then their first pair (outputs as `next`)."""
+        if not link:
+            raise Refused("consent: this page has no valid study link")
+        panel = link.get("panel") or {}
+        self.desk.consent(link["study"], link["token"], *(panel.get(k, "") for k in PANEL_IDS))
+        return self.next(link)
+
+    def skip(self, link, pair):
+        """Pass on the pair on screen; the next one takes its place (outputs as `next`)."""
+        if not link or pair is None:
+            raise Refused("skip: there is no pair on screen to skip")
+        self.desk.skip(link["study"], link["token"], pair)
+        return self.next(link)
+
+    def vote(self, link, pair, vote, comment=""):
+        """Outputs: reveal, the four vote buttons (locked again), next, skip (hidden), pair (spent)."""
         if not link or pair is None:
             raise Refused("vote: there is no pair on screen to vote on; press Next pair")
-        out = self.desk.vote(link["study"], link["token"], pair, vote)
+        self.desk.vote(link["study"], link["token"], pair, vote, comment or "")
         said = dict(VOTE_LABELS)[vote].split(" ", 1)[1]
-        return (f"Saved: *{said}*. Press *Next pair* to go on.", *[gr.update(interactive=False)] * len(VOTE_LABELS), gr.update(visible=True), None)
+        return (f"Saved: *{said}*{' with your comment' if (comment or '').strip() else ''}. "
+                "Press *Next pair* to go on.", *[gr.update(interactive=False)] * len(VOTE_LABELS),
+                gr.update(visible=True), gr.update(visible=False), None)
 
 
 def card_markdown(card: str) -> str:
@@ -333,7 +379,9 @@ def end_note(out: dict) -> str:
         return "**The next answers are still being generated.** Press *Next pair* again in a minute."
     if out.get("closed") and not out.get("rated"):
         return "**This study was closed by its organizer** before any pair was ready for you: nothing to rate."
-    done = "**All done: thank you!** You have rated every pair of this study."
+    done = "**All done: thank you!** You have finished this study."
+    if out.get("completion_code"):
+        done += f"\n\nYour completion code: **{md_text(out['completion_code'])}**"
     if not out.get("reveal"):
         return done
     said = {v: label.split(" ", 1)[1] for v, label in VOTE_LABELS}
@@ -381,11 +429,14 @@ class StudiesTab:
         return gr.update(choices=options, value=selected)
 
     def create(self, name, personas, prompts, settings, all_pairs, raters, pairs_per_rater, attention_every,
-               max_new_tokens, cards="", include_flagged=False, reveal="end", request: gr.Request = None):
+               max_new_tokens, cards="", include_flagged=False, reveal="end", instructions="", consent="",
+               completion_code="", request: gr.Request = None):
         out = self.desk.create_study(name, personas or [], prompts, settings, all_pairs, raters, pairs_per_rater,
                                      attention_every, max_new_tokens, cards=cards, include_flagged=include_flagged,
-                                     reveal=reveal)
-        return self.links_markdown(out["study"], out["links"], request), self.choices(out["study"])
+                                     reveal=reveal, instructions=instructions or "", consent=consent or "",
+                                     completion_code=completion_code or "")
+        code = f"Completion code raters see at the end: **{md_text(out['completion_code'])}**. "
+        return code + self.links_markdown(out["study"], out["links"], request), self.choices(out["study"])
 
     def add_links(self, study, count, request: gr.Request = None):
         out = self.desk.add_raters(study, count)

@@ -142,6 +142,16 @@ def _v7(db: sqlite_utils.Database):
     db["studies"].add_column("reveal", str, not_null_default="end")
     db["study_raters"].add_column("token", str)
     db["study_raters"].add_column("revoked_at", str)
+    # consent before the first pair, a completion code at the end (Prolific's ids kept with the
+    # rater), a comment with a vote, and a skip that is not a vote
+    db["studies"].add_column("consent", str)
+    db["studies"].add_column("completion_code", str)
+    db["study_raters"].add_column("consented_at", str)
+    db["study_raters"].add_column("external", str)
+    db["study_votes"].add_column("comment", str)
+    db.execute("""CREATE TABLE study_skips (
+        issue_id INTEGER PRIMARY KEY REFERENCES study_issues(id) ON DELETE CASCADE,
+        created_at TEXT NOT NULL)""")
 
 
 MIGRATIONS = [_v1, _v2, _v3, _v4, _v5, _v6, _v7]

@@ -60,7 +60,8 @@ class StudyStore:
     # -- design ---------------------------------------------------------------------
     def create(self, name: str, instructions: str, items: list[dict], settings: list[dict],
                pairs: list[tuple[int, int]], *, all_pairs: bool, pairs_per_rater: int, attention_every: int,
-               cloud_model: str | None = None, local_model: str | None = None, reveal: str = "end") -> int:
+               cloud_model: str | None = None, local_model: str | None = None, reveal: str = "end",
+               consent: str | None = None, completion_code: str | None = None) -> int:
         """items: {persona, prompt, card}; settings: {label, baseline, config}, the baseline first;
         pairs: indices into settings, formed for every item. All or nothing."""
         for field, value in (("name", name), ("instructions", instructions)):
@@ -69,7 +70,8 @@ class StudyStore:
             sid = db["studies"].insert({
                 "name": name, "instructions": instructions, "status": "generating", "all_pairs": int(all_pairs),
                 "pairs_per_rater": pairs_per_rater, "attention_every": attention_every, "cloud_model": cloud_model,
-                "local_model": local_model, "problem": None, "created_at": utc_now(), "reveal": reveal}).last_pk
+                "local_model": local_model, "problem": None, "created_at": utc_now(), "reveal": reveal,
+                "consent": consent, "completion_code": completion_code}).last_pk
             setting_ids = [db["study_settings"].insert({"study_id": sid, "label": s["label"], "baseline": int(s["baseline"]),
                                                         "config": json.dumps(s["config"], sort_keys=True)}).last_pk
                            for s in settings]
@@ -193,18 +195,21 @@ class StudyStore:
         with self.store.write() as db:
             study = self.study(rater["study_id"])
             open_ = self._query("""SELECT x.id FROM study_issues x LEFT JOIN study_votes v ON v.issue_id = x.id
-                                   WHERE x.rater_id = ? AND v.id IS NULL ORDER BY x.id LIMIT 1""", [rater["id"]])
+                                   LEFT JOIN study_skips k ON k.issue_id = x.id
+                                   WHERE x.rater_id = ? AND v.id IS NULL AND k.issue_id IS NULL
+                                   ORDER BY x.id LIMIT 1""", [rater["id"]])
             if open_:
                 return self.issued(rater, open_[0]["id"])
             (mine,) = self._query("""SELECT count(*) FILTER (WHERE attention_of IS NULL) AS voted,
                                             count(*) FILTER (WHERE attention_of IS NOT NULL) AS checks
-                                     FROM study_issues WHERE rater_id = ?""", [rater["id"]])
+                                     FROM study_issues WHERE rater_id = ?
+                                       AND id NOT IN (SELECT issue_id FROM study_skips)""", [rater["id"]])
             target = self.target(study)
             if attention_due(mine["voted"], mine["checks"], study["attention_every"]):
                 repeat = self._query(
                     """SELECT x.id, x.pair_id, x.left_setting, p.setting_a, p.setting_b FROM study_issues x
                        JOIN study_pairs p ON p.id = x.pair_id
-                       WHERE x.rater_id = ? AND x.attention_of IS NULL
+                       WHERE x.rater_id = ? AND x.attention_of IS NULL AND x.id IN (SELECT issue_id FROM study_votes)
                          AND x.id NOT IN (SELECT attention_of FROM study_issues
                                           WHERE rater_id = ? AND attention_of IS NOT NULL)
                        ORDER BY x.id LIMIT 1""", [rater["id"], rater["id"]])
@@ -249,21 +254,48 @@ class StudyStore:
                       (SELECT count(*) FROM study_issues y JOIN study_votes v ON v.issue_id = y.id
                        WHERE y.rater_id = x.rater_id AND y.attention_of IS NULL) AS rated,
                       (SELECT count(*) FROM study_issues y JOIN study_votes v ON v.issue_id = y.id
-                       WHERE y.rater_id = x.rater_id) AS answered
+                       WHERE y.rater_id = x.rater_id) AS answered,
+                      (SELECT count(*) FROM study_issues y JOIN study_skips k ON k.issue_id = y.id
+                       WHERE y.rater_id = x.rater_id) AS skipped
                FROM study_issues x JOIN study_pairs p ON p.id = x.pair_id JOIN study_items i ON i.id = p.item_id
                WHERE x.id = ?""", [issue_id])
         a_left = row["left_setting"] == row["setting_a"]
         study = self.study(rater["study_id"])
         return {"issue": row["issue"], "persona": row["persona"], "card": row["card"], "prompt": row["prompt"],
                 "A": row["text_a"] if a_left else row["text_b"], "B": row["text_b"] if a_left else row["text_a"],
-                "rated": row["rated"], "target": self.target(study), "answered": row["answered"],
-                "total": self.target(study) + checks_in(self.target(study), study["attention_every"])}
+                "rated": row["rated"], "target": self.target(study), "answered": row["answered"] + row["skipped"],
+                "total": self.target(study) + checks_in(self.target(study), study["attention_every"]) + row["skipped"]}
 
     def target(self, study: dict) -> int:
         """How many first-time pairs each rater of `study` rates."""
         return study["pairs_per_rater"] or self.count_pairs(study["id"])
 
-    def vote(self, rater: dict, issue_id: int, choice: str) -> dict:
+    def skip(self, rater: dict, issue_id: int) -> dict:
+        """A pair the rater passes on: not a vote, not issued to them again; the next pair takes its place."""
+        with self.store.write() as db:
+            self._open_issue(db, rater, issue_id)
+            db["study_skips"].insert({"issue_id": issue_id, "created_at": utc_now()})
+        return {"skipped": issue_id}
+
+    def _open_issue(self, db, rater: dict, issue_id: int):
+        """Refuses an issue that is not this rater's or already has their answer (vote or skip)."""
+        rows = self._query("SELECT rater_id FROM study_issues WHERE id = ?", [issue_id])
+        if not rows or rows[0]["rater_id"] != rater["id"]:
+            raise NotIssued(f"pair #{issue_id} was not issued to this rater link; ask for the next pair")
+        if db["study_votes"].count_where("issue_id = ?", [issue_id]) or \
+                db["study_skips"].count_where("issue_id = ?", [issue_id]):
+            raise AlreadyVoted(f"pair #{issue_id} already has your vote; votes are final")
+
+    def consent(self, rater: dict, external: dict | None = None) -> dict:
+        """The rater agreed to the study's consent text (once); `external` keeps a panel's ids."""
+        with self.store.write() as db:
+            if not rater["consented_at"]:
+                db["study_raters"].update(rater["id"], {"consented_at": utc_now()})
+            if external:
+                db["study_raters"].update(rater["id"], {"external": json.dumps(external, sort_keys=True)})
+        return {"consented": True}
+
+    def vote(self, rater: dict, issue_id: int, choice: str, comment: str | None = None) -> dict:
         """Store one vote for a pair issued to this rater; returns the reveal (which setting was A, B)."""
         if choice not in VOTES:
             raise StoreError(f"vote must be one of {', '.join(VOTES)}, got {choice!r}")
@@ -276,9 +308,9 @@ class StudyStore:
                    FROM study_issues x JOIN study_pairs p ON p.id = x.pair_id WHERE x.id = ?""", [issue_id])
             if not rows or rows[0]["rater_id"] != rater["id"]:
                 raise NotIssued(f"pair #{issue_id} was not issued to this rater link; ask for the next pair")
-            if db["study_votes"].count_where("issue_id = ?", [issue_id]):  # under the write lock
-                raise AlreadyVoted(f"pair #{issue_id} already has your vote; votes are final")
-            vid = db["study_votes"].insert({"issue_id": issue_id, "choice": choice, "created_at": utc_now()}).last_pk
+            self._open_issue(db, rater, issue_id)  # under the write lock
+            vid = db["study_votes"].insert({"issue_id": issue_id, "choice": choice, "created_at": utc_now(),
+                                            "comment": comment or None}).last_pk
         return {"vote": vid, "A": rows[0]["label_left"], "B": rows[0]["label_right"]}
 
     def reveal(self, rater: dict) -> list[dict]:
@@ -297,7 +329,7 @@ class StudyStore:
     def votes(self, study_id: int) -> list[dict]:
         """Every vote with what it compared, one row each, in the order cast."""
         return self._query(
-            """SELECT v.id AS vote, v.choice, v.created_at, x.id AS issue, x.attention_of, x.left_setting,
+            """SELECT v.id AS vote, v.choice, v.comment, v.created_at, x.id AS issue, x.attention_of, x.left_setting,
                       r.id AS rater_id, r.name AS rater, i.persona, i.prompt, p.id AS pair_id,
                       p.setting_a, p.setting_b,
                       sa.label AS label_a, sb.label AS label_b,

@@ -12,7 +12,7 @@ from ..components import FieldNumber, slider
 from ..guard import for_ui
 from studies import design
 
-from ..studies import DESK_HEADERS, LEADERBOARD_HEADERS, StudiesTab
+from ..studies import DESK_HEADERS, INSTRUCTIONS, LEADERBOARD_HEADERS, StudiesTab
 from . import PRIVATE, Page, download_js
 
 
@@ -53,6 +53,14 @@ def _design(s):
                                 label="Settings, one per line (key=value: T eta lam alpha beta temperature top_p seed "
                                       "repetition_penalty no_repeat_ngram_size gate label); the unsteered baseline "
                                       "is added")
+    with gr.Accordion("What raters read: instructions, consent, completion code", open=False):
+        s.instructions = gr.Textbox(INSTRUCTIONS, lines=3, max_lines=12, label="Instructions (above every pair)",
+                                    elem_id="study-instructions")
+        with gr.Row():
+            s.consent = gr.Textbox(lines=3, label="Consent text (empty: none); raters agree to it once, before the "
+                                   "first pair", elem_id="study-consent-text", scale=3)
+            s.code = gr.Textbox(label="Completion code shown at the end (empty: one is made up; paste your "
+                                "panel's, e.g. Prolific's)", elem_id="study-code", scale=1)
     with gr.Row():
         s.fluency = gr.Markdown(design.fluency_note(design.DEFAULT_SETTINGS), elem_id="study-fluency")
         s.include_flagged = gr.Checkbox(False, label="include settings the fluency check flags",
@@ -101,7 +109,8 @@ def _wire(s, page: Page):
     tab, desk = s.handlers, page.desk
     view = [s.progress, s.summary, s.board, s.matrix, s.by_persona, s.plot, s.raters_table]
     s.create.click(for_ui(tab.create), [s.name, s.personas, s.prompts, s.settings, s.all_pairs, s.raters, s.per_rater,
-                                        s.attention, s.max_new, s.cards, s.include_flagged, s.reveal],
+                                        s.attention, s.max_new, s.cards, s.include_flagged, s.reveal,
+                                        s.instructions, s.consent, s.code],
                    [s.links, s.choice],
                    **PRIVATE)
     s.settings.change(design.fluency_note, s.settings, s.fluency, queue=False, show_progress="hidden", **PRIVATE)
