@@ -155,6 +155,7 @@ INSTRUCTIONS = Text("instructions", 4000, required=False)
 CARD = Text("card", 2000, required=False)
 PROMPT = Text("prompt", 4000, hint="a prompt cannot be empty")
 RATER_TOKEN = Text("rater", 64, hint="open the study link you were given")
+OVERLAP = Number("overlap", 0, 1000, integer=True)  # raters per pair at most; 0 = no cap
 CONSENT = Text("consent", 4000, required=False)  # shown before the first pair, agreed to once
 COMPLETION_CODE = Text("completion_code", 64, required=False)  # shown at the end (a panel such as Prolific gives one)
 COMMENT = Text("comment", 1000, required=False)

@@ -375,3 +375,23 @@ def test_a_skip_is_not_a_vote_and_the_pair_is_not_issued_again(tmp_path):
         store.studies.vote(rater, p["issue"], "B")
     assert first["issue"] not in seen and len(seen) == 5 and p == {"done": True, "rated": 5, "target": 6}
     assert len(store.studies.votes(sid)) == 5  # the skip is not among the votes
+
+
+def test_overlap_caps_the_raters_per_pair(tmp_path):
+    store = UserStore(tmp_path / "s.db")
+    items = [{"persona": "p", "prompt": "q", "card": "c"}]
+    settings = [{"label": label, "baseline": label == "unsteered", "config": {}} for label in LABELS]
+    sid = store.studies.create("s", "judge", items, settings, [(0, 1), (0, 2), (0, 3)], all_pairs=False,
+                               pairs_per_rater=0, attention_every=0, overlap=2)
+    for p in store.studies.pending(sid):
+        store.studies.add_answer(p["item_id"], p["setting_id"], "text", 1)
+    store.studies.set_status(sid, "ready")
+    rng = random.Random(0)
+    for link in store.studies.add_raters(sid, ["a", "b", "c"]):
+        rater = store.studies.rater(sid, link["token"])
+        while "issue" in (p := store.studies.next_pair(rater, rng)):
+            store.studies.vote(rater, p["issue"], "A")
+    per_pair = {}
+    for v in store.studies.votes(sid):
+        per_pair[v["pair_id"]] = per_pair.get(v["pair_id"], 0) + 1
+    assert sorted(per_pair.values()) == [2, 2, 2]  # 3 raters, 3 pairs, 2 raters each: 6 votes, not 9

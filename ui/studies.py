@@ -122,7 +122,7 @@ class StudyDesk:
     def create_study(self, name, personas, prompts, settings, all_pairs=False, raters=12, pairs_per_rater=0,
                      attention_every=6, max_new_tokens=128, repetition_penalty=1.1, no_repeat_ngram_size=4,
                      instructions="", cards=None, include_flagged=False, reveal="end", consent="",
-                     completion_code="") -> dict:
+                     completion_code="", overlap=0) -> dict:
         name = F.STUDY_NAME.check(name).strip()
         personas = F.text_list("personas", F.USER, personas, design.MAX_PERSONAS)
         known = set(self.store.users())
@@ -148,7 +148,7 @@ class StudyDesk:
             raise Refused(f"settings: two settings share a label ({', '.join(labels)}); give each its own label")
         all_pairs = F.ALL_PAIRS.check(all_pairs)
         raters = F.RATERS.check(raters)
-        pairs_per_rater = F.PAIRS_PER_RATER.check(pairs_per_rater)
+        pairs_per_rater, overlap = F.PAIRS_PER_RATER.check(pairs_per_rater), F.OVERLAP.check(overlap)
         attention_every = F.ATTENTION_EVERY.check(attention_every)
         instructions = F.INSTRUCTIONS.check(instructions).strip() or INSTRUCTIONS
         reveal = F.REVEAL.check(reveal)
@@ -161,7 +161,7 @@ class StudyDesk:
             name, instructions, items, [{"label": s.label, "baseline": s.baseline, "config": s.config} for s in chosen],
             pairs, all_pairs=all_pairs, pairs_per_rater=pairs_per_rater, attention_every=attention_every,
             cloud_model=self.cloud_model, local_model=self.local_model, reveal=reveal, consent=consent,
-            completion_code=code)
+            completion_code=code, overlap=overlap)
         links = self.add_raters(sid, raters)["links"] if raters else []
         self.pregen.submit(sid)
         return {"study": sid, "answers_total": len(items) * len(chosen), "pairs": len(items) * len(pairs),
@@ -430,11 +430,11 @@ class StudiesTab:
 
     def create(self, name, personas, prompts, settings, all_pairs, raters, pairs_per_rater, attention_every,
                max_new_tokens, cards="", include_flagged=False, reveal="end", instructions="", consent="",
-               completion_code="", request: gr.Request = None):
+               completion_code="", overlap=0, request: gr.Request = None):
         out = self.desk.create_study(name, personas or [], prompts, settings, all_pairs, raters, pairs_per_rater,
                                      attention_every, max_new_tokens, cards=cards, include_flagged=include_flagged,
                                      reveal=reveal, instructions=instructions or "", consent=consent or "",
-                                     completion_code=completion_code or "")
+                                     completion_code=completion_code or "", overlap=overlap)
         code = f"Completion code raters see at the end: **{md_text(out['completion_code'])}**. "
         return code + self.links_markdown(out["study"], out["links"], request), self.choices(out["study"])
 

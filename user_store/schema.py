@@ -145,6 +145,7 @@ def _v7(db: sqlite_utils.Database):
     # consent before the first pair, a completion code at the end (Prolific's ids kept with the
     # rater), a comment with a vote, and a skip that is not a vote
     db["studies"].add_column("consent", str)
+    db["studies"].add_column("overlap", int, not_null_default=0)  # raters per pair at most (0: no cap)
     db["studies"].add_column("completion_code", str)
     db["study_raters"].add_column("consented_at", str)
     db["study_raters"].add_column("external", str)

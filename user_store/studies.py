@@ -61,7 +61,7 @@ class StudyStore:
     def create(self, name: str, instructions: str, items: list[dict], settings: list[dict],
                pairs: list[tuple[int, int]], *, all_pairs: bool, pairs_per_rater: int, attention_every: int,
                cloud_model: str | None = None, local_model: str | None = None, reveal: str = "end",
-               consent: str | None = None, completion_code: str | None = None) -> int:
+               consent: str | None = None, completion_code: str | None = None, overlap: int = 0) -> int:
         """items: {persona, prompt, card}; settings: {label, baseline, config}, the baseline first;
         pairs: indices into settings, formed for every item. All or nothing."""
         for field, value in (("name", name), ("instructions", instructions)):
@@ -71,7 +71,7 @@ class StudyStore:
                 "name": name, "instructions": instructions, "status": "generating", "all_pairs": int(all_pairs),
                 "pairs_per_rater": pairs_per_rater, "attention_every": attention_every, "cloud_model": cloud_model,
                 "local_model": local_model, "problem": None, "created_at": utc_now(), "reveal": reveal,
-                "consent": consent, "completion_code": completion_code}).last_pk
+                "consent": consent, "completion_code": completion_code, "overlap": overlap}).last_pk
             setting_ids = [db["study_settings"].insert({"study_id": sid, "label": s["label"], "baseline": int(s["baseline"]),
                                                         "config": json.dumps(s["config"], sort_keys=True)}).last_pk
                            for s in settings]
@@ -229,8 +229,9 @@ class StudyStore:
                    JOIN study_answers aa ON aa.item_id = p.item_id AND aa.setting_id = p.setting_a
                    JOIN study_answers ab ON ab.item_id = p.item_id AND ab.setting_id = p.setting_b
                    LEFT JOIN study_issues x ON x.pair_id = p.id AND x.attention_of IS NULL
-                   WHERE p.study_id = ? AND p.id NOT IN (SELECT pair_id FROM study_issues WHERE rater_id = ?)
-                   GROUP BY p.id""", [study["id"], rater["id"]])
+                   WHERE p.study_id = :s AND p.id NOT IN (SELECT pair_id FROM study_issues WHERE rater_id = :r)
+                   GROUP BY p.id HAVING :cap = 0 OR count(x.id) < :cap""",  # overlap: raters per pair at most
+                {"s": study["id"], "r": rater["id"], "cap": study["overlap"]})
             picked = choose([Candidate(**r) for r in rows], rng)
             if picked is None:
                 if study["status"] == "generating":

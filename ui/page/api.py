@@ -78,18 +78,19 @@ def _studies(desk) -> list:
                      max_new_tokens: int = 128, repetition_penalty: float = DEMO_DECODING["repetition_penalty"],
                      no_repeat_ngram_size: int = DEMO_DECODING["no_repeat_ngram_size"],
                      instructions: str = "", cards: dict | None = None, include_flagged: bool = False,
-                     reveal: str = "end", consent: str = "", completion_code: str = "") -> dict:
+                     reveal: str = "end", consent: str = "", completion_code: str = "", overlap: int = 0) -> dict:
         """A study of personas x prompts x settings (+ the unsteered baseline); its answers are generated
         in the background. `cards` ({persona: text}) is what raters see of each persona (default: its
         profile and preference entries, none marked sensitive). A setting the fluency check flags (C
         above 2: word salad on the bundled model) is refused unless `include_flagged`. Raters rate
         blind; `reveal` "end" shows each rater which setting made which answer after their last vote,
         "never" never does. `consent` (optional) is agreed to once before the first pair;
-        `completion_code` is shown at the end (empty: one is made up). Returns the study id, its
+        `completion_code` is shown at the end (empty: one is made up); `overlap` caps the raters per
+        pair (0: no cap; with pairs_per_rater, a quota per rater). Returns the study id, its
         completion code and one link per rater."""
         return desk.create_study(name, personas, prompts, settings, all_pairs, raters, pairs_per_rater,
                                  attention_every, max_new_tokens, repetition_penalty, no_repeat_ngram_size,
-                                 instructions, cards, include_flagged, reveal, consent, completion_code)
+                                 instructions, cards, include_flagged, reveal, consent, completion_code, overlap)
 
     def study_status(study: int) -> dict:
         """Progress of a study: answers generated of total, pairs, raters, votes, status."""

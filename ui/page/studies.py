@@ -74,6 +74,8 @@ def _design(s):
                                elem_id="study-raters")
         s.per_rater = FieldNumber(0, label="pairs per rater (0 = all)", precision=0, minimum=F.PAIRS_PER_RATER.lo,
                                   maximum=F.PAIRS_PER_RATER.hi, elem_id="study-per-rater")
+        s.overlap = FieldNumber(0, label="raters per pair at most (0 = no cap)", precision=0, minimum=F.OVERLAP.lo,
+                                maximum=F.OVERLAP.hi, elem_id="study-overlap")
         s.attention = FieldNumber(6, label="attention check every … votes (0 = off)", precision=0,
                                   minimum=F.ATTENTION_EVERY.lo, maximum=F.ATTENTION_EVERY.hi, elem_id="study-attention")
         s.max_new = slider(F.MAX_NEW_TOKENS, 128, 8, "max new tokens", elem_id="study-max-new")
@@ -110,7 +112,7 @@ def _wire(s, page: Page):
     view = [s.progress, s.summary, s.board, s.matrix, s.by_persona, s.plot, s.raters_table]
     s.create.click(for_ui(tab.create), [s.name, s.personas, s.prompts, s.settings, s.all_pairs, s.raters, s.per_rater,
                                         s.attention, s.max_new, s.cards, s.include_flagged, s.reveal,
-                                        s.instructions, s.consent, s.code],
+                                        s.instructions, s.consent, s.code, s.overlap],
                    [s.links, s.choice],
                    **PRIVATE)
     s.settings.change(design.fluency_note, s.settings, s.fluency, queue=False, show_progress="hidden", **PRIVATE)
