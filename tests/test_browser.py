@@ -433,6 +433,8 @@ def test_a_rater_on_a_phone_sees_only_their_study_votes_once_per_pair_and_gets_t
         page.reload()  # a reload after the vote does not offer the same pair again
         expect(page.locator("#study-progress")).to_contain_text("Pair 2 of 3", timeout=30_000)
         blind(page)
+        top = page.evaluate("document.querySelector('#study-a').getBoundingClientRect().top + window.scrollY")
+        assert top < 844, top  # after the first vote the instructions fold: answer A starts on the first screen
         assert page.locator("#study-a").inner_text() != first_answer or \
             page.locator("#study-prompt").inner_text() != "Request: Plan my Friday evening"
         expect(page.locator("#study-comment textarea")).to_have_value("")  # a fresh comment box per pair

@@ -311,11 +311,11 @@ class RaterPage:
         except EXPECTED as exc:
             refusal("open study link", exc)
             return (f"### This study link does not work\n{md_text(str(exc))}\n\n"
-                    "Check that you opened the whole link you were given."), None
-        head = (f"### Rating study\nRating as **{md_text(intro['rater'])}**\n\n"
-                f"{md_text(intro['instructions']) if intro['instructions'] != INSTRUCTIONS else INSTRUCTIONS}")
+                    "Check that you opened the whole link you were given."), "", None
+        head = f"### Rating study\nRating as **{md_text(intro['rater'])}**"
+        how = md_text(intro["instructions"]) if intro["instructions"] != INSTRUCTIONS else INSTRUCTIONS
         panel = {k: str(params.get(k, ""))[:200] for k in PANEL_IDS}  # Prolific's URL parameters, kept on consent
-        return head, {"study": intro["study"], "token": token, "panel": panel}
+        return head, how, {"study": intro["study"], "token": token, "panel": panel}
 
     def next(self, link):
         """Outputs (SHOWN): progress, card, prompt, A, B, reveal, the vote buttons, next, skip, pair,
@@ -352,14 +352,15 @@ class RaterPage:
         return self.next(link)
 
     def vote(self, link, pair, vote, comment=""):
-        """Outputs: reveal, the four vote buttons (locked again), next, skip (hidden), pair (spent)."""
+        """Outputs: reveal, the four vote buttons (locked again), next, skip (hidden), pair (spent),
+        the instructions (folded: the rater has read them)."""
         if not link or pair is None:
             raise Refused("vote: there is no pair on screen to vote on; press Next pair")
         self.desk.vote(link["study"], link["token"], pair, vote, comment or "")
         said = dict(VOTE_LABELS)[vote].split(" ", 1)[1]
         return (f"Saved: *{said}*{' with your comment' if (comment or '').strip() else ''}. "
                 "Press *Next pair* to go on.", *[gr.update(interactive=False)] * len(VOTE_LABELS),
-                gr.update(visible=True), gr.update(visible=False), None)
+                gr.update(visible=True), gr.update(visible=False), None, gr.update(open=False))
 
 
 def card_markdown(card: str) -> str:

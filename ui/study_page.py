@@ -17,6 +17,9 @@ def build_study_page(desk: StudyDesk) -> gr.Blocks:
         link = gr.State(None)
         pair = gr.State(None)
         header = gr.Markdown("Opening the study…", elem_id="study-header")
+        # open for the first pair; folded after the first vote, so on a phone the answers come first
+        with gr.Accordion("How to rate", open=True, elem_id="study-how") as how:
+            instructions = gr.Markdown(elem_id="study-instructions")
         with gr.Column(visible=False, elem_id="study-consent-box") as consent_box:
             consent_text = gr.Markdown(elem_id="study-consent")
             agree = gr.Button("I agree: start", variant="primary", elem_id="study-agree")
@@ -45,7 +48,7 @@ def build_study_page(desk: StudyDesk) -> gr.Blocks:
         shown = [progress, card, prompt, answer_a, answer_b, reveal, *buttons, next_pair, skip, pair, pair_box,
                  consent_box, consent_text, comment]
         private = {"api_visibility": "private"}
-        demo.load(for_ui(page.open), None, [header, link], **private).then(for_ui(page.next), link, shown, **private)
+        demo.load(for_ui(page.open), None, [header, instructions, link], **private).then(for_ui(page.next), link, shown, **private)
         next_pair.click(for_ui(page.next), link, shown, api_name="ui_next_pair", **private)
         agree.click(for_ui(page.agree), link, shown, api_name="ui_agree", **private)
         # no browser-side lock here: the vote buttons stay as Gradio last set them, and the next pair's
@@ -54,7 +57,7 @@ def build_study_page(desk: StudyDesk) -> gr.Blocks:
         for (v, _), button in zip(VOTE_LABELS, buttons):
             # locked at once in the browser, so a double tap cannot send two votes
             button.click(None, None, None, js=lock_js("#study-votes button"), **private).then(
-                for_ui(page.vote), [link, pair, gr.State(v), comment], [reveal, *buttons, next_pair, skip, pair],
+                for_ui(page.vote), [link, pair, gr.State(v), comment], [reveal, *buttons, next_pair, skip, pair, how],
                 api_name=f"ui_vote_{v}", **private)  # not "vote": that name is the API's
 
         _rater_api(desk)
