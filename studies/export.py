@@ -33,6 +33,8 @@ def battles(votes: list[dict]) -> list[dict]:
             "conversation_a": [{"role": "user", "content": v["prompt"]}, {"role": "assistant", "content": text_a}],
             "conversation_b": [{"role": "user", "content": v["prompt"]}, {"role": "assistant", "content": text_b}],
             "persona": v["persona"], "first": v["label_a"], "issue": v["issue"], "attention_of": v["attention_of"],
+            # a silent check (another persona's answer on one side): which side fits the card
+            "fits": None if v.get("decoy_item") is None else ("A" if v["decoy_left"] else "B"),
             "tokens_a": v[f"tokens_{la}"], "tokens_b": v[f"tokens_{lb}"],
             "lists_a": list_lines(text_a), "lists_b": list_lines(text_b), "vote": v["vote"],
         })

@@ -169,11 +169,15 @@ def agreement(battles: list[dict]) -> dict:
 
 
 def attention(first: list[dict], repeats: list[dict]) -> dict:
-    """Each repeat against the rater's first vote on the same pair (sides swapped, same judgement
-    expected). A tie and a both-bad count as the same judgement."""
+    """Each check passed or not. A repeat: against the rater's first vote on the same pair (sides
+    swapped, same judgement expected; a tie and a both-bad count as the same judgement). A silent
+    check (`fits` set): passed when the answer that fits the card wins."""
     original = {b["issue"]: b for b in first}
     per_rater: dict[str, list[bool]] = {}
     for r in repeats:
+        if r.get("fits"):
+            per_rater.setdefault(r["judge"], []).append(r["winner"] == f"model_{r['fits'].lower()}")
+            continue
         o = original.get(r["attention_of"])
         if o is not None:
             per_rater.setdefault(r["judge"], []).append(_canonical(o) == _canonical(r))

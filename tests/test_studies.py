@@ -395,3 +395,37 @@ def test_overlap_caps_the_raters_per_pair(tmp_path):
     for v in store.studies.votes(sid):
         per_pair[v["pair_id"]] = per_pair.get(v["pair_id"], 0) + 1
     assert sorted(per_pair.values()) == [2, 2, 2]  # 3 raters, 3 pairs, 2 raters each: 6 votes, not 9
+
+
+def test_silent_attention_checks_pit_the_cards_answer_against_another_personas(tmp_path):
+    store = UserStore(tmp_path / "s.db")
+    items = [{"persona": p, "prompt": "Plan my weekend", "card": f"card of {p}"} for p in ("ana", "bo")]
+    settings = [{"label": label, "baseline": label == "unsteered", "config": {}} for label in LABELS]
+    sid = store.studies.create("s", "judge", items, settings, [(0, 1), (0, 2), (0, 3)], all_pairs=False,
+                               pairs_per_rater=0, attention_every=2)
+    texts = {}
+    for p in store.studies.pending(sid):
+        persona = store.studies.store.db["study_items"].get(p["item_id"])["persona"]
+        texts[(persona, p["setting_id"])] = f"{persona}'s answer from setting {p['setting_id']}"
+        store.studies.add_answer(p["item_id"], p["setting_id"], texts[(persona, p["setting_id"])], 5)
+    store.studies.set_status(sid, "ready")
+    rng = random.Random(0)
+    for name, careful in (("careful", True), ("careless", False)):
+        (link,) = store.studies.add_raters(sid, [name])
+        rater = store.studies.rater(sid, link["token"])
+        while "issue" in (p := store.studies.next_pair(rater, rng)):
+            assert set(p) == {"issue", "persona", "card", "prompt", "A", "B", "rated", "target", "answered", "total"}
+            mine = p["A"].startswith(p["persona"]) and not p["B"].startswith(p["persona"])
+            theirs = p["B"].startswith(p["persona"]) and not p["A"].startswith(p["persona"])
+            if mine or theirs:  # a silent check: one side was written for the other persona
+                choice = ("A" if mine else "B") if careful else ("B" if mine else "A")
+            else:
+                choice = "A"
+            store.studies.vote(rater, p["issue"], choice)
+    votes = store.studies.votes(sid)
+    checks = [v for v in votes if v["attention_of"] is not None]
+    assert checks and all(v["decoy_item"] is not None for v in checks)  # silent, not swapped repeats
+    at = attention([b for b in battles(votes) if b["attention_of"] is None],
+                   [b for b in battles(votes) if b["attention_of"] is not None])
+    assert at["raters"]["careful"]["rate"] == 1.0 and at["raters"]["careless"]["rate"] == 0.0
+    assert at["flagged"] == ["careless"]

@@ -75,6 +75,13 @@ def test_a_study_from_a_script_twelve_raters_at_once_while_another_generates(app
     latencies, acked, errors = [], {}, []
     lock = threading.Lock()
 
+    def written_for(persona, prompt) -> set[str]:
+        """The study's answers to `prompt` for `persona`: what a careful rater recognises as theirs."""
+        rows = UserStore(db).db.execute(
+            "SELECT a.text FROM study_answers a JOIN study_items i ON i.id = a.item_id "
+            "WHERE i.study_id = ? AND i.persona = ? AND i.prompt = ?", [study["study"], persona, prompt]).fetchall()
+        return {r[0] for r in rows}
+
     def rater(link):
         try:
             # ssl_verify=False: plain HTTP on loopback has no TLS; with it on, gradio_client builds a CA
@@ -89,8 +96,13 @@ def test_a_study_from_a_script_twelve_raters_at_once_while_another_generates(app
                 if p.get("done"):
                     break
                 assert p["A"] and p["B"] and p["card"] and p["prompt"] in PROMPTS
-                # a steady rater: judges the content (the shorter answer wins), whichever side it is on
-                choice = "tie" if len(p["A"]) == len(p["B"]) else "A" if len(p["A"]) < len(p["B"]) else "B"
+                # a steady rater: an answer written for someone else loses (a silent attention check:
+                # it reads like any pair); otherwise the shorter answer wins, whichever side it is on
+                fits = written_for(p["persona"], p["prompt"])
+                if (p["A"] in fits) != (p["B"] in fits):
+                    choice = "A" if p["A"] in fits else "B"
+                else:
+                    choice = "tie" if len(p["A"]) == len(p["B"]) else "A" if len(p["A"]) < len(p["B"]) else "B"
                 vote = c.predict(study["study"], token_of(link), p["pair"], choice, api_name="/vote")
                 mine.append(vote["vote"])
             acked[link["name"]] = mine

@@ -150,6 +150,11 @@ def _v7(db: sqlite_utils.Database):
     db["study_raters"].add_column("consented_at", str)
     db["study_raters"].add_column("external", str)
     db["study_votes"].add_column("comment", str)
+    # a silent attention check: the setting's answer for this rater's persona against the same
+    # setting's answer to the same request for another persona (decoy_item); decoy_left: the
+    # answer that fits the card is shown as A
+    db["study_issues"].add_column("decoy_item", int)
+    db["study_issues"].add_column("decoy_left", int)
     db.execute("""CREATE TABLE study_skips (
         issue_id INTEGER PRIMARY KEY REFERENCES study_issues(id) ON DELETE CASCADE,
         created_at TEXT NOT NULL)""")

@@ -206,6 +206,9 @@ class StudyStore:
                                        AND id NOT IN (SELECT issue_id FROM study_skips)""", [rater["id"]])
             target = self.target(study)
             if attention_due(mine["voted"], mine["checks"], study["attention_every"]):
+                decoy = self._decoy(db, rater, rng)
+                if decoy:
+                    return self.issued(rater, decoy)
                 repeat = self._query(
                     """SELECT x.id, x.pair_id, x.left_setting, p.setting_a, p.setting_b FROM study_issues x
                        JOIN study_pairs p ON p.id = x.pair_id
@@ -242,6 +245,28 @@ class StudyStore:
                                              "attention_of": None, "issued_at": utc_now()}).last_pk
             return self.issued(rater, iid)
 
+    def _decoy(self, db, rater: dict, rng: random.Random) -> int | None:
+        """A silent attention check, issued: one of the rater's rated pairs' steered setting, its answer
+        for the card's persona against its answer to the same request for another persona. Looks
+        like any pair; the answer that fits the card should win. None when the study has no other
+        persona with that request (then the check is a swapped repeat)."""
+        rows = self._query(
+            """SELECT x.id, x.pair_id, p.setting_b AS setting, i2.id AS decoy_item
+               FROM study_issues x JOIN study_pairs p ON p.id = x.pair_id JOIN study_items i ON i.id = p.item_id
+               JOIN study_items i2 ON i2.study_id = i.study_id AND i2.prompt = i.prompt AND i2.persona != i.persona
+               JOIN study_answers mine ON mine.item_id = i.id AND mine.setting_id = p.setting_b
+               JOIN study_answers other ON other.item_id = i2.id AND other.setting_id = p.setting_b
+               WHERE x.rater_id = ? AND x.attention_of IS NULL AND x.id IN (SELECT issue_id FROM study_votes)
+                 AND x.id NOT IN (SELECT attention_of FROM study_issues WHERE rater_id = ? AND attention_of IS NOT NULL)
+                 AND mine.text != other.text
+               ORDER BY x.id, i2.id""", [rater["id"], rater["id"]])
+        if not rows:
+            return None
+        r = rows[0]
+        return db["study_issues"].insert({
+            "rater_id": rater["id"], "pair_id": r["pair_id"], "attention_of": r["id"], "left_setting": r["setting"],
+            "decoy_item": r["decoy_item"], "decoy_left": int(rng.random() < 0.5), "issued_at": utc_now()}).last_pk
+
     def count_pairs(self, study_id: int) -> int:
         with self.store.lock:
             return self.store.db["study_pairs"].count_where("study_id = ?", [study_id])
@@ -249,7 +274,11 @@ class StudyStore:
     def issued(self, rater: dict, issue_id: int) -> dict:
         """What the rater sees of an issued pair: no setting names until they have voted."""
         (row,) = self._query(
-            """SELECT x.id AS issue, x.left_setting, p.setting_a, p.setting_b, i.persona, i.prompt, i.card,
+            """SELECT x.id AS issue, x.left_setting, x.decoy_item, x.decoy_left, p.setting_a, p.setting_b, i.persona,
+                      i.prompt, i.card,
+                      (SELECT text FROM study_answers WHERE item_id = p.item_id AND setting_id = x.left_setting) AS text_fit,
+                      (SELECT text FROM study_answers WHERE item_id = x.decoy_item AND setting_id = x.left_setting)
+                          AS text_decoy,
                       (SELECT text FROM study_answers WHERE item_id = p.item_id AND setting_id = p.setting_a) AS text_a,
                       (SELECT text FROM study_answers WHERE item_id = p.item_id AND setting_id = p.setting_b) AS text_b,
                       (SELECT count(*) FROM study_issues y JOIN study_votes v ON v.issue_id = y.id
@@ -262,8 +291,12 @@ class StudyStore:
                WHERE x.id = ?""", [issue_id])
         a_left = row["left_setting"] == row["setting_a"]
         study = self.study(rater["study_id"])
+        if row["decoy_item"] is not None:  # a silent check: the fitting answer and another persona's
+            shown = (row["text_fit"], row["text_decoy"]) if row["decoy_left"] else (row["text_decoy"], row["text_fit"])
+        else:
+            shown = (row["text_a"], row["text_b"]) if a_left else (row["text_b"], row["text_a"])
         return {"issue": row["issue"], "persona": row["persona"], "card": row["card"], "prompt": row["prompt"],
-                "A": row["text_a"] if a_left else row["text_b"], "B": row["text_b"] if a_left else row["text_a"],
+                "A": shown[0], "B": shown[1],
                 "rated": row["rated"], "target": self.target(study), "answered": row["answered"] + row["skipped"],
                 "total": self.target(study) + checks_in(self.target(study), study["attention_every"]) + row["skipped"]}
 
@@ -331,6 +364,7 @@ class StudyStore:
         """Every vote with what it compared, one row each, in the order cast."""
         return self._query(
             """SELECT v.id AS vote, v.choice, v.comment, v.created_at, x.id AS issue, x.attention_of, x.left_setting,
+                      x.decoy_item, x.decoy_left,
                       r.id AS rater_id, r.name AS rater, i.persona, i.prompt, p.id AS pair_id,
                       p.setting_a, p.setting_b,
                       sa.label AS label_a, sb.label AS label_b,
