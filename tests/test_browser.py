@@ -358,12 +358,13 @@ def test_a_refusal_is_a_message_and_leaves_no_error_badge(new_page, app):
     assert "refused chat: message: empty" in log and "Traceback" not in log
 
 
-def _ready_study(url, name, prompts, raters, **options):
+def _ready_study(url, name, prompts, raters, personas=(KENJI,), pairs_per_rater=0, attention_every=0,
+                 max_new_tokens=8, **options):
     from gradio_client import Client
 
     owner = Client(url, verbose=False)
-    study = owner.predict(name, [KENJI], prompts, [{"lam": 2, "label": "paper"}], False, raters, 0, 0, 8,
-                          api_name="/create_study", **options)
+    study = owner.predict(name, list(personas), prompts, [{"lam": 2, "label": "paper"}], False, raters,
+                          pairs_per_rater, attention_every, max_new_tokens, api_name="/create_study", **options)
     deadline = time.time() + 300
     while owner.predict(study["study"], api_name="/study_status")["status"] == "generating":
         assert time.time() < deadline, "the study's answers were not generated in time"
@@ -397,67 +398,118 @@ def blind(page):
         assert name not in text, name
 
 
-def test_a_rater_on_a_phone_sees_only_their_study_votes_once_per_pair_and_gets_the_next(browser, app):
+def _open_check(store, rater_name, study_id) -> str | None:
+    """The side that fits the card when the rater's open pair is a silent attention check (read from
+    the store, as a careful rater reads it off the card), else None."""
+    rows = store.db.execute(
+        "SELECT x.decoy_item, x.decoy_left FROM study_issues x JOIN study_raters r ON r.id = x.rater_id "
+        "LEFT JOIN study_votes v ON v.issue_id = x.id WHERE r.study_id = ? AND r.name = ? AND v.id IS NULL "
+        "ORDER BY x.id DESC LIMIT 1", [study_id, rater_name]).fetchall()
+    return None if not rows or rows[0][0] is None else ("A" if rows[0][1] else "B")
+
+
+def _vote_on_phone(page, store, study, rater, choice, progress):
     from playwright.sync_api import expect
 
-    prompts = ["Plan my Friday evening", "What should I cook tonight?", "Recommend three albums for a rainy Sunday."]
-    study = _ready_study(app[0], "phone study", prompts, 1, consent="I agree that my votes are stored.",
+    expect(page.locator("#study-progress")).to_contain_text(progress, timeout=30_000)
+    blind(page)
+    fits = _open_check(store, rater, study["study"])
+    page.locator(f"#study-vote-{fits or choice}").tap()  # a silent check: the answer that fits the card
+    expect(page.locator("#study-reveal")).to_contain_text("Saved", timeout=30_000)
+    blind(page)
+    page.locator("#study-next").tap()
+    return fits
+
+
+def test_two_raters_on_phones_through_the_raters_server_consent_comment_skip_silent_check_and_code(browser, app):
+    from playwright.sync_api import expect
+
+    prompts = ["Plan my Friday evening", "What should I cook tonight?"]
+    study = _ready_study(app[0], "phone study", prompts, 2, personas=[KENJI, JAY], pairs_per_rater=2,
+                         attention_every=2, max_new_tokens=16, consent="I agree that my votes are stored.",
                          completion_code="PHONE-123")
+    store = UserStore(app[1])
+    checks = []
+    for n, link in enumerate(study["links"]):
+        ctx = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
+        try:
+            page = ctx.new_page()
+            # the raters' own server, not the owner's; a panel's ids ride on the link, as Prolific adds them
+            page.goto(app[2] + link["link"] + f"&PROLIFIC_PID=p-{n}&STUDY_ID=s-7&SESSION_ID=x-{n}")
+            expect(page.locator("#study-header")).to_contain_text("Rating as", timeout=30_000)
+            expect(page.locator("#study-consent")).to_contain_text("I agree that my votes are stored.")
+            expect(page.locator("#study-a")).to_be_hidden()  # nothing of the study before consent
+            blind(page)
+            page.locator("#study-agree").tap()
+            expect(page.locator("#study-progress")).to_contain_text("Pair 1 of 3", timeout=30_000)
+            expect(page.locator("#persona-card")).not_to_be_empty()  # what the rater judges against
+            if n == 0:
+                _first_pair_on_a_phone(page, store, study)
+            else:
+                checks.append(_vote_on_phone(page, store, study, link["name"], "B", "Pair 1 of 3"))
+                checks.append(_vote_on_phone(page, store, study, link["name"], "A", "Pair 2 of 3"))
+                checks.append(_vote_on_phone(page, store, study, link["name"], "A", "Pair 3 of 3"))
+            expect(page.locator("#study-reveal")).to_contain_text("All done", timeout=30_000)
+            expect(page.locator("#study-a")).to_be_hidden()
+            reveal = page.locator("#study-reveal").inner_text()
+            assert "paper" in reveal and "unsteered" in reveal  # revealed after the last vote, as the study chose
+            assert "Your completion code: PHONE-123" in reveal
+            if n == 0:
+                page.screenshot(path=str(ARTIFACTS / "study_phone.png"), full_page=True)
+        finally:
+            ctx.close()
+    votes = store.studies.votes(study["study"])
+    silent = [v for v in votes if v["attention_of"] is not None]
+    assert len(silent) == 2 and all(v["decoy_item"] is not None for v in silent)  # one silent check each
+    assert ("A", "B repeats itself.") in [(v["choice"], v["comment"]) for v in votes]
+    from gradio_client import Client
+
+    lb = Client(app[0], verbose=False).predict(study["study"], api_name="/leaderboard")
+    assert lb["attention"]["checks"] == 2 and lb["attention"]["rate"] == 1.0  # both read the card
+    raters = list(store.db["study_raters"].rows_where("study_id = ?", [study["study"]], order_by="id"))
+    assert all(r["consented_at"] for r in raters) and json.loads(raters[0]["external"]) == {
+        "PROLIFIC_PID": "p-0", "STUDY_ID": "s-7", "SESSION_ID": "x-0"}
+
+
+def _first_pair_on_a_phone(page, store, study):
+    """Rater 1: the phone's layout, a comment, a reload, a skip, then the rest."""
+    from playwright.sync_api import expect
+
+    for v in ("A", "B", "tie", "both_bad"):
+        expect(page.locator(f"#study-vote-{v}")).to_be_enabled()  # both answers are there
+    assert page.locator("#message").count() == 0 and page.get_by_role("tab", name="History").count() == 0
+    body = page.locator("body").inner_text()
+    assert "Blue Note" not in body and "Kyoto day trip" not in body  # history beyond the card stays away
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390  # no sideways scrolling
+    box = page.locator("#study-vote-A").bounding_box()
+    assert box["width"] >= 120 and box["height"] >= 36  # a thumb-sized target
+    first = (page.locator("#study-prompt").inner_text(), page.locator("#study-a").inner_text())
+    page.locator("#study-comment textarea").fill("B repeats itself.")
+    page.locator("#study-vote-A").tap()
+    expect(page.locator("#study-reveal")).to_contain_text("Saved: A is better with your comment", timeout=30_000)
+    blind(page)
+    for v in ("A", "B", "tie", "both_bad"):
+        expect(page.locator(f"#study-vote-{v}")).to_be_disabled()  # one vote per pair
+    page.reload()  # a reload after the vote does not offer the same pair again
+    expect(page.locator("#study-progress")).to_contain_text("Pair 2 of 3", timeout=30_000)
+    blind(page)
+    top = page.evaluate("document.querySelector('#study-a').getBoundingClientRect().top + window.scrollY")
+    assert top < 844, top  # answer A starts on the first screen
+    assert (page.locator("#study-prompt").inner_text(), page.locator("#study-a").inner_text()) != first
+    expect(page.locator("#study-comment textarea")).to_have_value("")  # a fresh comment box per pair
+    page.locator("#study-skip").tap()  # not a vote: another pair takes its place
+    name = "rater 1"
+    _vote_on_phone(page, store, study, name, "tie", "Pair 3 of 4")
+    _vote_on_phone(page, store, study, name, "A", "Pair 4 of 4")  # the silent check
+
+
+def test_a_broken_rater_link_says_so(browser, app):
+    from playwright.sync_api import expect
+
     ctx = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
     try:
         page = ctx.new_page()
-        # the raters' own server, not the owner's; a panel's ids ride on the link, as Prolific adds them
-        page.goto(app[2] + study["links"][0]["link"] + "&PROLIFIC_PID=p-42&STUDY_ID=s-7&SESSION_ID=x-1")
-        expect(page.locator("#study-header")).to_contain_text("Rating as", timeout=30_000)
-        expect(page.locator("#study-consent")).to_contain_text("I agree that my votes are stored.")
-        expect(page.locator("#study-a")).to_be_hidden()  # nothing of the study before consent
-        page.locator("#study-agree").tap()
-        expect(page.locator("#persona-card")).to_contain_text("Strict vegetarian")  # what the rater judges against
-        expect(page.locator("#study-prompt")).to_contain_text("Request:")
-        expect(page.locator("#study-progress")).to_contain_text("Pair 1 of 3", timeout=30_000)
-        for v in ("A", "B", "tie", "both_bad"):
-            expect(page.locator(f"#study-vote-{v}")).to_be_enabled()  # both answers are there
-        assert page.locator("#message").count() == 0 and page.get_by_role("tab", name="History").count() == 0
-        body = page.locator("body").inner_text()
-        assert "Blue Note" not in body and "Kyoto day trip" not in body  # history beyond the card stays away
-        assert page.evaluate("document.documentElement.scrollWidth") <= 390  # no sideways scrolling
-        box = page.locator("#study-vote-A").bounding_box()
-        assert box["width"] >= 120 and box["height"] >= 36  # a thumb-sized target
-        first_answer = page.locator("#study-a").inner_text()
-        page.locator("#study-comment textarea").fill("B repeats itself.")
-        page.locator("#study-vote-A").tap()
-        expect(page.locator("#study-reveal")).to_contain_text("Saved: A is better with your comment", timeout=30_000)
-        blind(page)
-        for v in ("A", "B", "tie", "both_bad"):
-            expect(page.locator(f"#study-vote-{v}")).to_be_disabled()  # one vote per pair
-        page.reload()  # a reload after the vote does not offer the same pair again
-        expect(page.locator("#study-progress")).to_contain_text("Pair 2 of 3", timeout=30_000)
-        blind(page)
-        top = page.evaluate("document.querySelector('#study-a').getBoundingClientRect().top + window.scrollY")
-        assert top < 844, top  # after the first vote the instructions fold: answer A starts on the first screen
-        assert page.locator("#study-a").inner_text() != first_answer or \
-            page.locator("#study-prompt").inner_text() != "Request: Plan my Friday evening"
-        expect(page.locator("#study-comment textarea")).to_have_value("")  # a fresh comment box per pair
-        page.locator("#study-skip").tap()  # not a vote: the last pair takes its place
-        expect(page.locator("#study-progress")).to_contain_text("Pair 3 of 4", timeout=30_000)
-        blind(page)
-        page.locator("#study-vote-tie").tap()
-        expect(page.locator("#study-next")).to_be_visible(timeout=30_000)
-        page.locator("#study-next").tap()
-        expect(page.locator("#study-reveal")).to_contain_text("All done", timeout=30_000)
-        expect(page.locator("#study-a")).to_be_hidden()
-        reveal = page.locator("#study-reveal").inner_text()
-        assert "paper" in reveal and "unsteered" in reveal  # revealed after the last vote, as the study chose
-        assert "Your completion code: PHONE-123" in reveal
-        page.screenshot(path=str(ARTIFACTS / "study_phone.png"), full_page=True)
-        store = UserStore(app[1])
-        votes = store.studies.votes(study["study"])
-        assert [(v["choice"], v["comment"]) for v in votes] == [("A", "B repeats itself."), ("tie", None)]
-        (rater,) = store.db["study_raters"].rows_where("study_id = ?", [study["study"]])
-        assert rater["consented_at"] and json.loads(rater["external"]) == {
-            "PROLIFIC_PID": "p-42", "STUDY_ID": "s-7", "SESSION_ID": "x-1"}
-
-        page.goto(app[0].rstrip("/") + f"/study/?study={study['study']}&rater=not-a-real-link")
+        page.goto(app[2] + "/study/?study=1&rater=not-a-real-link")
         expect(page.locator("#study-header")).to_contain_text("This study link does not work", timeout=30_000)
         expect(page.locator("#study-vote-A")).to_be_hidden()  # no pair, no buttons
     finally:
