@@ -25,6 +25,10 @@ def test_named_endpoints_exist(client):
             "/create_study", "/study_status", "/cancel_study", "/add_raters", "/leaderboard", "/results", "/raters",
             "/revoke_rater"} == names
     assert "/rate" not in names  # it took any text as a vote; votes now name a pair the server issued
+    api = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    typed = {p["parameter_name"]: p["python_type"]["type"] for p in api["/chat"]["parameters"]}
+    assert typed["T"] == "int" and typed["side_by_side"] == "bool" and typed["message"] == "str"  # not "Any"
+    assert api["/generate_pair"]["returns"][0]["python_type"]["type"] == "list[str]"
 
 
 @pytest.mark.slow

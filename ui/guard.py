@@ -90,7 +90,8 @@ def api_names(message: str, params) -> str:
 
 def for_api(fn):
     """A named endpoint: refusals become the client's error message, naming the argument."""
-    params = list(inspect.signature(fn).parameters)
+    signature = inspect.signature(fn, eval_str=True)  # types, not strings: view_api shows int, dict, …
+    params = list(signature.parameters)
 
     @functools.wraps(fn)
     def call(*args, **kwargs):
@@ -100,6 +101,7 @@ def for_api(fn):
             raise gr.Error(api_names(refusal(fn.__name__, exc), params), print_exception=False) from None
         except Exception as exc:  # noqa: BLE001
             raise gr.Error(bug(fn.__name__, exc), print_exception=False) from None
+    call.__signature__ = signature
     return call
 
 

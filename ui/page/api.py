@@ -20,8 +20,8 @@ def _people(studio) -> list:
     def generate_pair(user: str, message: str, T: int = DEMO["T"], eta: float = DEMO["eta"], lam: float = DEMO["lam"],
                       max_new_tokens: int = 128, repetition_penalty: float = DEMO_DECODING["repetition_penalty"],
                       no_repeat_ngram_size: int = DEMO_DECODING["no_repeat_ngram_size"],
-                      copy_guard: int = DEMO["copy_guard"]) -> tuple[str, str]:
-        """Unsteered and steered answers to one message for one user, with the Chat tab's demo
+                      copy_guard: int = DEMO["copy_guard"]) -> list[str]:
+        """[unsteered, steered]: the answers to one message for one user, with the Chat tab's demo
         defaults; an answer cut by max_new_tokens ends on a sentence with "(cut at N tokens)"."""
         return studio.generate_pair(user, message, T, eta, lam, max_new_tokens, repetition_penalty,
                                     no_repeat_ngram_size, copy_guard)
