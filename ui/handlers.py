@@ -602,9 +602,13 @@ class Studio:
 
     def latency_readout(self, latency: dict, shared: bool, speculation) -> str:
         """The reply's timing and, from it, the projection for real pairs (bench/projection.py)."""
-        measured = measured_from(latency, self.engine.device.lm.model, shared, cpu_name())
+        measured = self.measured(latency, shared)
         return latency_html(latency, self.remote(), shared, speculation and speculation.as_dict(),
                             (measured, projections(measured)), self.engine.device.lm.precision)
+
+    def measured(self, latency: dict, shared: bool):
+        """This machine's measured split of a reply, the projection's input (bench/projection.py)."""
+        return measured_from(latency, self.engine.device.lm.model, shared, cpu_name())
 
     # -- the named API -------------------------------------------------------------------
     def generate_pair(self, user, message, T=DEMO["T"], eta=DEMO["eta"], lam=DEMO["lam"], max_new_tokens=128,
@@ -633,7 +637,8 @@ class Studio:
         params = make_params(T, eta, lam)
         sampling = make_sampling(max_new_tokens=max_new_tokens, repetition_penalty=repetition_penalty,
                                  no_repeat_ngram_size=no_repeat_ngram_size)
-        defences = self.defences_for(user, F.SIGMA.check(sigma), F.TAU.check(tau), F.COPY_GUARD.check(copy_guard))
+        sigma, tau, copy_guard = F.SIGMA.check(sigma), F.TAU.check(tau), F.COPY_GUARD.check(copy_guard)
+        defences = self.defences_for(user, sigma, tau, copy_guard)
         speculate = int(F.SPECULATE.check(speculate))
         used = self.store.context_entries(user, message, max_tokens=self.context_tokens, count_tokens=self.count_tokens)
         messages, transcript = [{"role": "user", "content": message}], CloudTranscript()
@@ -642,7 +647,6 @@ class Studio:
         summary = ReplySummary.of(self.engine.stream(messages, "\n".join(e["line"] for e in used), spec, transcript))
         latency = summary.latency.summary()
         shared = self.engine.same_model and speculate == 1  # one batch: the device's rows ride in the cloud's pass
-        measured = measured_from(latency, self.engine.device.lm.model, shared, cpu_name())
         return {"steered": summary["steered"].shown, "unsteered": summary["unsteered"].shown if side else None,
                 "settings": {**params.as_dict(), "C": effective_strength(params), **sampling.as_dict(),
                              "copy_guard": copy_guard, "sigma": sigma, "tau": tau, "speculate": speculate,
@@ -651,7 +655,7 @@ class Studio:
                 "privacy": self._privacy_report(user, messages, transcript, summary, defences),
                 "latency": {**latency, "device_precision": self.engine.device.lm.precision,
                             "device_in_cloud_batch": shared,
-                            "projection": projections(measured)}}
+                            "projection": projections(self.measured(latency, shared))}}
 
     def _privacy_report(self, user, messages, transcript, summary, defences) -> dict:
         """What the cloud received per stream (prompt, chosen tokens, rejected drafts) and the audit:
