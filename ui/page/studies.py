@@ -115,7 +115,7 @@ def _wire(s, page: Page):
                                         s.instructions, s.consent, s.code, s.overlap],
                    [s.links, s.choice],
                    **PRIVATE)
-    s.settings.change(design.fluency_note, s.settings, s.fluency, queue=False, show_progress="hidden", **PRIVATE)
+    s.settings.change(for_ui(design.fluency_note), s.settings, s.fluency, queue=False, show_progress="hidden", **PRIVATE)
     s.personas.change(for_ui(desk.cards_text), s.personas, s.cards, **PRIVATE)
     s.add.click(for_ui(tab.add_links), [s.choice, s.more], s.links, **PRIVATE).then(
         for_ui(tab.desk_rows), s.choice, s.raters_table, **PRIVATE)
