@@ -429,3 +429,22 @@ def test_silent_attention_checks_pit_the_cards_answer_against_another_personas(t
                    [b for b in battles(votes) if b["attention_of"] is not None])
     assert at["raters"]["careful"]["rate"] == 1.0 and at["raters"]["careless"]["rate"] == 0.0
     assert at["flagged"] == ["careless"]
+
+
+@pytest.mark.parametrize("option, bad, said", [
+    ("overlap", 10**30, "overlap: must be an integer in [0, 1000], got an integer of about 31 digits"),
+    ("overlap", -1, "overlap: must be an integer in [0, 1000], got -1"),
+    ("reveal", "later", "reveal: must be one of end, never, got 'later'"),
+    ("consent", "x" * 4001, "consent: at most 4000 characters"),
+    ("completion_code", ["c"], "completion_code: must be text"),
+    ("include_flagged", "yes", "include_flagged: must be true or false"),
+])
+def test_the_new_study_options_are_refused_by_name_and_nothing_is_written(tmp_path, option, bad, said):
+    from ui.studies import StudyDesk
+
+    store = UserStore(tmp_path / "s.db")
+    store.add_user("ana")
+    desk = StudyDesk(store, pregen=None)
+    with pytest.raises(Refused) as err:
+        desk.create_study("s", ["ana"], ["hi"], [{"lam": 2}], **{option: bad})
+    assert said in str(err.value) and store.studies.studies() == []
