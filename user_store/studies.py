@@ -176,9 +176,12 @@ class StudyStore:
             """SELECT x.rater_id, x.attention_of, x.issued_at, v.created_at FROM study_issues x
                JOIN study_raters r ON r.id = x.rater_id LEFT JOIN study_votes v ON v.issue_id = x.id
                WHERE r.study_id = ?""", [study_id])
+        by_rater: dict[int, list[dict]] = {}
+        for t in times:  # one pass: the desk refreshes while votes arrive
+            by_rater.setdefault(t["rater_id"], []).append(t)
         out = []
         for r in raters:
-            mine = [t for t in times if t["rater_id"] == r["id"]]
+            mine = by_rater.get(r["id"], [])
             voted = [t for t in mine if t["created_at"]]
             spent = [seconds_between(t["issued_at"], t["created_at"]) for t in voted]
             seen = [t["created_at"] or t["issued_at"] for t in mine]
