@@ -261,6 +261,23 @@ def test_an_import_refused_for_its_options_keeps_the_file(studio, tmp_path):
         studio.import_from_page(KENJI, str(nameless), "merge", False)
 
 
+def test_the_first_screen_has_someone_to_steer_for(engine, tmp_path):
+    """#27: the first screen had an empty User box. A page load picks the docs' demo persona, or
+    the first user; a first run on an empty database loads the demo persona; a pick stays."""
+    fresh = Studio(engine, UserStore(tmp_path / "fresh.db"))
+    users, banner = fresh.page_load(None)
+    assert users["value"] == KENJI and users["choices"] == [KENJI] and fresh.history_rows(KENJI)
+    fresh.create_user("Ana")
+    assert fresh.page_load("Ana")[0]["value"] == "Ana"  # a user picked before the load's answer stays picked
+    assert fresh.page_load(None)[0]["value"] == KENJI
+    used = Studio(engine, UserStore(tmp_path / "used.db"))
+    used.create_user("Bo")
+    assert used.page_load(None)[0]["value"] == "Bo" and used.store.users() == ["Bo"]  # nothing added to a used one
+    locked = Studio(engine, UserStore(tmp_path / "locked.db"), read_only="the file is read-only")
+    users, banner = locked.page_load(None)
+    assert users["value"] is None and locked.store.users() == [] and "Read-only" in banner["value"]
+
+
 def test_full_disk_and_read_only_database_are_messages(studio, tmp_path):
     db = studio.store.db
     pages = db.execute("PRAGMA page_count").fetchone()[0]

@@ -53,6 +53,8 @@ def browser():
 
 @pytest.fixture
 def new_page(browser, app):
+    from playwright.sync_api import expect
+
     contexts = []
 
     def open_page():
@@ -61,6 +63,7 @@ def new_page(browser, app):
         page = ctx.new_page()
         page.goto(app[0])
         page.locator("#send").wait_for()
+        expect(page.locator("#user input")).not_to_have_value("")  # the page's load event has picked a user
         return page
 
     yield open_page
@@ -122,6 +125,8 @@ def test_persona_chat_side_by_side_vote_results_and_exports(new_page, app):
     page = new_page()
     # the first screen (1280x800) says where to start, offers the docs' persona and shows the example prompts (#27)
     expect(page.locator("#start-here")).to_contain_text("Start here")
+    expect(page.locator("#user input")).to_have_value(KENJI)  # a persona loaded: the docs' demo persona
+    expect(page.locator("#examples")).to_contain_text("Recommend three albums for a rainy Sunday.")  # its prompts
     expect(page.locator("#persona input")).to_have_value(KENJI)
     box = page.locator("#examples").bounding_box()
     assert box and box["y"] + box["height"] <= 800, box
@@ -133,7 +138,7 @@ def test_persona_chat_side_by_side_vote_results_and_exports(new_page, app):
     for slider in ("#T", "#eta", "#lam"):  # the sliders sit beside the chat, above the fold at 1280×800
         box = page.locator(slider).bounding_box()
         assert box["y"] + box["height"] <= 800 and box["x"] > page.locator("#steered").bounding_box()["x"], slider
-    assert page.locator("#steered").bounding_box()["height"] >= 320  # 330: room for the example prompts above the fold
+    assert page.locator("#steered").bounding_box()["height"] >= 280  # 290: room for the prompts and Send above the fold
     page.locator("#examples").get_by_text("What should I cook tonight?").click()  # an example prompt
     expect(page.locator("#message textarea")).to_have_value("What should I cook tonight?")
     send(page, "What does <script>alert(1)</script> mean? Suggest a plan for my Friday evening.", max_new=32)
@@ -217,6 +222,49 @@ def test_switching_user_mid_stream_keeps_nothing_of_the_old_reply(new_page):
     cloud_side = page.locator("#privacy .cloud").inner_text()
     assert "weekend" in cloud_side and "Friday" not in cloud_side  # the next cloud prompt: Jay's turn only
     assert "Strict vegetarian" not in page.locator("#privacy").inner_text()  # nor Kenji's private context
+
+
+def _answer_view(page) -> dict:
+    """Where the page and the steered chat box stand: the page's scroll, the box's top on screen,
+    and the top of the newest message in it relative to the box's visible area (0 = at its top)."""
+    return page.evaluate("""() => {
+        const log = document.querySelector('#steered .bubble-wrap');
+        const users = log.querySelectorAll('[data-testid=user]'), bots = log.querySelectorAll('[data-testid=bot]');
+        const top = log.getBoundingClientRect().top, bottom = log.getBoundingClientRect().bottom;
+        const at = el => el ? Math.round(el.getBoundingClientRect().top - top) : null;
+        return {page: window.scrollY, box: Math.round(top), height: Math.round(bottom - top),
+                question: at(users[users.length - 1]), answer: at(bots[bots.length - 1]),
+                overflow: log.scrollHeight - log.clientHeight};
+    }""")
+
+
+def test_the_page_and_the_answers_hold_still_while_they_stream(new_page):
+    """#27: the tops of the answers stayed hidden while they streamed. At 1280x800 the message box
+    and Send are on the first screen, the page does not scroll, and each chat box keeps the top of
+    the newest question and answer in view instead of following the stream to its end."""
+    from playwright.sync_api import expect
+
+    page = new_page()
+    for turn, prompt in enumerate(("Suggest a plan for my Friday evening.", "Recommend three albums for a rainy Sunday.")):
+        page.locator("#examples").get_by_text(prompt).click()
+        if turn == 0:
+            send_box = page.locator("#send").bounding_box()
+            assert send_box["y"] + send_box["height"] <= 800, send_box  # on the first screen: no scrolling to Send
+        page.locator("#send").click()
+        expect(page.locator("#stop")).to_be_visible(timeout=10_000)
+        scrolled = page.evaluate("window.scrollY")  # 0 on the first turn; the status line can push Send down later
+        views = []
+        while page.locator("#stop").is_visible():
+            views.append(_answer_view(page))
+            time.sleep(0.5)
+        views.append(_answer_view(page))
+        assert views[-1]["overflow"] > 0, views[-1]  # the conversation outgrew its box: there was room to jump
+        for v in views:
+            assert v["page"] == scrolled and v["box"] >= 0, (turn, v)  # the page stood still, the box on screen
+            if v["question"] is not None:  # the question and its answer's first line in view
+                assert 0 <= v["question"] < v["answer"] < v["height"] - 20, (turn, v)
+        assert views[-1]["question"] < 20, views[-1]  # once the answer fills the box, its question sits at the top
+        wait_done(page)
 
 
 def test_stop_ends_the_reply_and_send_works_again(new_page):

@@ -89,6 +89,9 @@ def persona_files() -> dict[str, Path]:
     return out
 
 
+DEMO_PERSONA = "Kenji (Osaka, vegetarian, jazz)"  # the persona the docs' walk-through uses
+
+
 def persona_examples(user: str | None) -> list[str]:
     path = persona_files().get(user)
     if path is None:
@@ -420,12 +423,19 @@ class Studio:
     def user_choices(self, selected=None):
         return gr.update(choices=self.store.users(), value=selected)
 
-    def page_load(self, request: gr.Request = None):
-        """Every page load (a new tab, a reload) sees the users as they are now. The selection is
-        left alone: a user picked or loaded before this event's answer arrives stays picked."""
+    def page_load(self, user=None, request: gr.Request = None):
+        """Every page load (a new tab, a reload) sees the users as they are now, with one picked so
+        the first screen has someone to steer for: the user already picked, else the docs' demo
+        persona, else the first user. A first run on an empty database loads the demo persona."""
         banner = (f"⚠️ **Read-only database:** {md_text(self.read_only)} Chatting works; nothing you add will be saved."
                   if self.read_only else "")
-        return gr.update(choices=self.store.users()), gr.update(value=banner, visible=bool(banner))
+        users = self.store.users()
+        if user not in users:
+            if not users and not self.read_only and DEMO_PERSONA in persona_files():
+                self.add_persona(DEMO_PERSONA)
+                users = self.store.users()
+            user = DEMO_PERSONA if DEMO_PERSONA in users else next(iter(users), None)
+        return gr.update(choices=users, value=user), gr.update(value=banner, visible=bool(banner))
 
     def examples_for(self, user):
         return gr.update(samples=[[e] for e in persona_examples(user)])

@@ -5,12 +5,14 @@ ui/studies.py; the raters' page is ui/study_page.py."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import gradio as gr
 
 from ..guard import check_arity, for_ui
 
 PRIVATE = {"api_visibility": "private"}  # the UI's own events: not part of the named API
+HOLD_ANSWERS_JS = (Path(__file__).resolve().parents[2] / "assets" / "hold_answers.js").read_text(encoding="utf-8")
 DOWNLOAD_JS = "(f) => { setTimeout(() => document.querySelector('#{id}')?.click(), 50); }"
 
 
@@ -42,7 +44,8 @@ def build_owner_page(studio, desk) -> gr.Blocks:
             ex = explorer.build(page, c)
         gr.Markdown("Personal history is stored only in the local SQLite file; see README › Privacy and security.")
         wire_across_tabs(page, c, h, r, s, res, ex)
-        demo.load(for_ui(studio.page_load), None, [page.user, top.banner], **PRIVATE)
+        demo.load(for_ui(studio.page_load), page.user, [page.user, top.banner], **PRIVATE)
+        demo.load(None, js=HOLD_ANSWERS_JS)  # the answers' tops stay in view while they stream
         demo.unload(studio.forget)
         api.register(studio, desk)
     return check_arity(demo)

@@ -46,13 +46,13 @@ def build(page: Page) -> SimpleNamespace:
 def _conversation(c):
     with gr.Row(equal_height=True):
         c.unsteered_chat = gr.Chatbot(label="Unsteered — cloud model alone, no personal data", elem_id="unsteered",
-                                      height=330, feedback_options=None, latex_delimiters=[])
+                                      height=290, feedback_options=None, latex_delimiters=[], autoscroll=False)
         c.steered_chat = gr.Chatbot(label="Steered — CoSteer, personalized on your device", elem_id="steered",
-                                    height=330, feedback_options=None, latex_delimiters=[])
+                                    height=290, feedback_options=None, latex_delimiters=[], autoscroll=False)
     c.status = gr.HTML(elem_id="status")
     # the example prompts sit above the message box, so a first screen at 1280x800 shows them (#27)
-    c.message = gr.Textbox(label="Message", placeholder=MESSAGE_HINT, scale=5, elem_id="message",
-                           max_length=F.MESSAGE.max_chars, render=False)
+    c.message = gr.Textbox(label="Message", show_label=False, placeholder=MESSAGE_HINT, scale=5, elem_id="message",
+                           max_length=F.MESSAGE.max_chars, render=False)  # no label line: Send stays on the first screen
     c.examples = gr.Dataset(components=[c.message], samples=[[e] for e in persona_examples(None)],
                             label="Example prompts (click one)", elem_id="examples")
     with gr.Row():

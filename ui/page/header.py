@@ -6,7 +6,7 @@ from types import SimpleNamespace
 import gradio as gr
 
 from ..guard import for_ui
-from ..handlers import persona_files
+from ..handlers import DEMO_PERSONA, persona_files
 from . import PRIVATE, Page
 
 
@@ -25,15 +25,16 @@ def build(page: Page) -> SimpleNamespace:
         gr.Markdown(f"Cloud model: **{engine.cloud.name}** ({engine.cloud.where}) · device model: "
                     f"**{engine.device.name}** ({engine.device.lm.precision} weights)", elem_id="model-note")
     banner = gr.Markdown(visible=False, elem_id="banner")
-    gr.Markdown("**Start here:** pick a *User*, or choose an *Example persona* and press **Load persona**; then "
-                "click an example prompt under the answers, or type your own.", elem_id="start-here")
+    gr.Markdown("**Start here:** click an example prompt under the answers and press **Send**, or type your own. "
+                "Another *User*, or an *Example persona* with **Load persona**, changes whose history steers.",
+                elem_id="start-here")
     with gr.Row():
         page.user = gr.Dropdown([], label="User", value=None, elem_id="user", scale=2)
         new_name = gr.Textbox(label="New user", placeholder="name", scale=2, elem_id="new-user")
         create = gr.Button("Create user", scale=1, elem_id="create-user")
         personas = list(persona_files())
-        persona = gr.Dropdown(personas, label="Example persona", scale=2, elem_id="persona",  # the docs' demo persona
-                              value=next((p for p in personas if p.startswith("Kenji")), personas[0] if personas else None))
+        persona = gr.Dropdown(personas, label="Example persona", scale=2, elem_id="persona",
+                              value=DEMO_PERSONA if DEMO_PERSONA in personas else next(iter(personas), None))
         load = gr.Button("Load persona", scale=1, elem_id="load-persona")
     # api_name: the UI's own events must not take the names of the API's /create_user, /load_persona
     create.click(for_ui(page.studio.create_user), new_name, [page.user, new_name], api_name="ui_create_user", **PRIVATE)
