@@ -162,6 +162,7 @@ COMMENT = Text("comment", 1000, required=False)
 RATER_NAME = Text("rater name", 100, hint="name the rater")
 
 SIDE_BY_SIDE = Flag("side by side")
+PRIVATE = Flag("private")  # Private mode: a split transcript (costeer/steering/private.py)
 ALL_PAIRS = Flag("all_pairs")
 EXCLUDE_FLAGGED = Flag("exclude_flagged")
 INCLUDE_FLAGGED = Flag("include_flagged")

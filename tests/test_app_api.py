@@ -73,6 +73,13 @@ def test_chat_returns_the_reply_with_what_the_cloud_received_its_audit_and_laten
     assert latency["device_precision"] and len(latency["projection"]) >= 2
     alone = client.predict(kenji, "What should I cook tonight?", False, 20, 10, 2, 24, api_name="/chat")
     assert alone["unsteered"] is None and alone["steered"] == out["steered"]  # steered alone = side by side
+    private = client.predict(kenji, "What should I cook tonight?", False, 20, 10, 2, 24, private=True, api_name="/chat")
+    kept = private["privacy"]["kept_back"]
+    assert private["settings"]["private"] is True and kept  # Private mode: positions kept on the device
+    assert all(k["read"] != k["sent"] for k in kept)
+    sent_reply = private["privacy"]["cloud_received"]["steered"]["reply"]
+    assert sent_reply.strip() and not private["steered"].startswith(sent_reply[:40])  # the cloud read another text
+    assert out["privacy"]["kept_back"] is None
 
 
 @pytest.mark.slow

@@ -34,7 +34,8 @@ def _args(**kw):
 
 
 def _chat(studio, message, conv, side=True, user=KENJI, request=TAB, **kw):
-    *_, last = studio.chat(user, message, side, *_args(**kw), conv, request=request)
+    after = {k: kw.pop(k) for k in ("copy_guard", "private") if k in kw}  # chat's arguments after conv
+    *_, last = studio.chat(user, message, side, *_args(**kw), conv, request=request, **after)
     return last
 
 
@@ -294,6 +295,26 @@ def test_full_disk_and_read_only_database_are_messages(studio, tmp_path):
     assert studio.store.writable_problem()
     db.execute("PRAGMA query_only = OFF")
     assert studio.store.writable_problem() is None
+
+
+@pytest.mark.slow
+def test_private_mode_shows_both_texts_and_the_next_turn_sends_the_public_one(studio):
+    conv = new_conversation()
+    *_, last = studio.chat(KENJI, "What should I cook tonight?", False, *_args(max_new_tokens=32), conv,
+                           private=True, request=TAB)
+    privacy, conv = last[3], last[6]
+    assert "Private mode:" in privacy and "<mark class='kept'" in privacy and "<mark class='standin'" in privacy
+    read, sent = conv["steered"][-1]["content"], conv["public"][-1]["content"]
+    assert read != sent and html.unescape(re.sub(r"<[^>]+>", "", privacy)).count(sent.strip()[:30]) >= 1
+    *_, second = studio.chat(KENJI, "And for dessert?", False, *_args(max_new_tokens=8), conv, private=True,
+                             request=TAB)
+    prompt_sent = second[3].split("Sent to the cloud")[1].split("Then only the chosen tokens")[0]
+    assert html.escape(sent.strip()[:30], quote=False) in prompt_sent  # the cloud's prompt holds the public reply
+    assert html.escape(read.strip()[:30], quote=False) not in prompt_sent
+    with pytest.raises(Refused, match=r"speculate K: Private mode needs 1 \(off\), got 4"):
+        _chat(studio, "hi", new_conversation(), speculate=4, private=True)
+    with pytest.raises(Refused, match="private"):
+        _chat(studio, "hi", new_conversation(), private="yes")
 
 
 @pytest.mark.slow

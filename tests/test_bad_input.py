@@ -31,7 +31,7 @@ ENDPOINTS = {
     "chat": [("user", "text", KENJI), ("message", "text", "hi"), ("side_by_side", "flag", True), ("T", "int", 20),
              ("eta", "number", 10), ("lam", "number", 2), ("max_new_tokens", "int", 8),
              ("repetition_penalty", "number", 1.1), ("no_repeat_ngram_size", "int", 4), ("copy_guard", "int", 6),
-             ("sigma", "number", 0), ("tau", "number", 0), ("speculate", "int", 1)],
+             ("sigma", "number", 0), ("tau", "number", 0), ("speculate", "int", 1), ("private", "flag", False)],
     "edit_history": [("user", "text", KENJI), ("entry_id", "int", 1), ("text", "text", "an edit"),
                      ("kind", "kind_or_keep", "note"), ("title", "title_or_keep", "t"), ("pinned", "flag_or_keep", False),
                      ("sensitive", "flag_or_keep", False)],
@@ -58,7 +58,7 @@ OPTIONAL = {"generate_pair": ("T", "eta", "lam", "max_new_tokens", "repetition_p
                                                    "max_new_tokens"), "leaderboard": ("exclude_flagged",),
             "add_raters": ("raters",), "chat": ("side_by_side", "T", "eta", "lam", "max_new_tokens",
                                                 "repetition_penalty", "no_repeat_ngram_size", "copy_guard", "sigma",
-                                                "tau", "speculate"),
+                                                "tau", "speculate", "private"),
             "edit_history": ("kind", "title", "pinned", "sensitive"), "study/vote": ("comment",),
             "study/consent": ("prolific_pid",)}  # parameters with defaults, filled in when left out
 BAD = {"text": TEXTS, "answer": [None, 5, True, [], {}, "a\ud800b", "a\x00b", "x" * 100_001],
@@ -193,6 +193,9 @@ def handler_cases():
         yield "generate_pair", "copy guard", lambda s, b=bad: s.generate_pair(KENJI, "hi", max_new_tokens=8, copy_guard=b)
         yield "ab_generate", "copy guard", lambda s, b=bad: s.ab_generate(KENJI, "hi", 20, 10, 2, 2, 1, 0, 1, None, 8,
                                                                          1.1, 4, b)
+    for bad in HANDLER_BAD["flag"]:
+        yield "chat", "private", lambda s, b=bad: list(s.chat(*[v for _, _, v in CHAT], new_conversation(), private=b,
+                                                             request=SimpleNamespace(session_hash="c")))
     for bad in CHOICES:
         yield "add_entry", "kind", lambda s, b=bad: s.add_entry(KENJI, "ok", b, "", False, False)
         yield "import_history", "import mode", lambda s, b=bad: s.import_history(KENJI, "x.json", b, False)

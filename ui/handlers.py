@@ -35,6 +35,7 @@ from costeer.engine.spec import DecodeSpec
 from costeer.engine.summary import ReplySummary, StreamSummary
 from costeer.evaluation.plots import score_and_strength
 from costeer.steering.policy import SteeringParams, effective_strength
+from costeer.steering.private import PRIVATE_MARGIN
 from costeer.evaluation.stats import overlap_score, repeated_ngram_share, summarize_votes
 from studies.export import spreadsheet_safe
 from user_store import KINDS, VOTES, NoUserName, StoreError, UserStore, read_import
@@ -42,7 +43,7 @@ from user_store import KINDS, VOTES, NoUserName, StoreError, UserStore, read_imp
 import fields as F
 from fields import Refused
 from .guard import EXPECTED, info, refusal, warn
-from .render import (TOKENS_EMPTY, md_text, TOKENS_OPEN, bubble, latency_html, privacy_html, settings_line, shaped_by,
+from .render import (TOKENS_EMPTY, md_text, TOKENS_OPEN, SplitView, bubble, latency_html, privacy_html, settings_line, shaped_by,
                      status_html, strength_markdown, token_span, tokens_html)
 
 CONTEXT_TOKENS = 256
@@ -78,7 +79,23 @@ def message_box(value: str = "", busy: bool = False):
 
 def new_conversation() -> dict:
     """What each pane's conversation holds: the messages the models see, and what is shown."""
-    return {"steered": [], "unsteered": [], "steered_view": [], "unsteered_view": []}
+    return {"steered": [], "unsteered": [], "steered_view": [], "unsteered_view": [],
+            "public": []}  # the steered conversation as the cloud received it (differs in Private mode)
+
+
+def public_messages(conv: dict) -> list[dict]:
+    """The steered conversation as the cloud received it: in Private mode its replies are the
+    public text, elsewhere the answers themselves (a conversation from before Private existed
+    has no "public" list: its answers were all sent as they are)."""
+    return conv.get("public", conv["steered"])
+
+
+def checked_speculate(speculate, private: bool) -> int:
+    speculate = int(F.SPECULATE.check(speculate))
+    if private and speculate > 1:
+        raise Refused(f"speculate K: Private mode needs 1 (off), got {speculate}: the cloud scores a draft "
+                      "before the device could keep any of it back")
+    return speculate
 
 
 def persona_files() -> dict[str, Path]:
@@ -187,6 +204,19 @@ class TurnScreen:
         return out
 
 
+def recorded(stream, into: list):
+    for ev in stream:
+        into.append(ev)
+        yield ev
+
+
+def kept_back(events) -> list[dict]:
+    """Private mode's kept-back positions of the steered answer: the token the user read there
+    and the stand-in the cloud received instead (ids)."""
+    return [{"position": ev.step, "read": ev.token_id, "sent": ev.sent_id}
+            for ev in events if ev.stream == "steered" and ev.sent_id is not None]
+
+
 def deny_check(defences, transcript, steered: StreamSummary, tokenizer) -> dict | None:
     """The deny-list's check over what the cloud received for the steered answer (chosen tokens
     and drafts): how many listed ids were sent, which words, and the largest log p − log b."""
@@ -229,12 +259,14 @@ class Studio:
     def context_for(self, user: str, message: str) -> str:
         return self.store.build_context(user, message, max_tokens=self.context_tokens, count_tokens=self.count_tokens)
 
-    def defences_for(self, user: str, sigma: float = 0.0, tau: float = 0.0, copy_guard: int = DEMO_COPY_GUARD
-                     ) -> Defences | None:
-        """The user's deny-list (entries marked sensitive), the clip (tau 0 = off), the noise and
-        the copy guard; None when none is on. The noise is seeded by the answer's sampling seed."""
+    def defences_for(self, user: str, sigma: float = 0.0, tau: float = 0.0, copy_guard: int = DEMO_COPY_GUARD,
+                     private: bool = False) -> Defences | None:
+        """The user's deny-list (entries marked sensitive), the clip (tau 0 = off), the noise, the
+        copy guard and Private mode; None when none is on. The noise is seeded by the answer's
+        sampling seed."""
         deny = deny_list(self.store.entries(user), self.engine.cloud.tokenizer)
-        defences = Defences(deny_ids=deny, tau=tau or None, sigma=sigma, copy_guard=int(copy_guard))
+        defences = Defences(deny_ids=deny, tau=tau or None, sigma=sigma, copy_guard=int(copy_guard),
+                            private=PRIVATE_MARGIN if private else None)
         return defences if defences.active else None
 
     def check_user(self, user) -> str:
@@ -263,17 +295,21 @@ class Studio:
     # -- chat ---------------------------------------------------------------------------
     def chat(self, user, message, side_by_side, T, eta, lam, alpha, beta, temperature, top_p, seed,
              max_new_tokens, repetition_penalty, no_repeat_ngram_size, gate_on, gate_threshold, gate_patience,
-             gate_mode, sigma, tau, speculate, conv, copy_guard=DEMO_COPY_GUARD, request: gr.Request = None):
+             gate_mode, sigma, tau, speculate, conv, copy_guard=DEMO_COPY_GUARD, private=False,
+             request: gr.Request = None):
         """Stream one turn. Yields (unsteered chat, steered chat, token view, privacy, latency, status,
-        conv, message box, Send, Stop). `speculate` K > 1: up to K tokens per cloud round trip."""
+        conv, message box, Send, Stop). `speculate` K > 1: up to K tokens per cloud round trip;
+        `private`: Private mode, the cloud gets stand-ins for the tokens kept back."""
         user = self.check_user(user)
         message = F.MESSAGE.check(message).strip()
         side = F.SIDE_BY_SIDE.check(side_by_side)
         params = make_params(T, eta, lam, alpha, beta)
         sampling = make_sampling(temperature, top_p, seed, max_new_tokens, repetition_penalty, no_repeat_ngram_size)
         gate = make_gate(gate_on, gate_threshold, gate_patience, gate_mode)
-        defences = self.defences_for(user, F.SIGMA.check(sigma), F.TAU.check(tau), F.COPY_GUARD.check(copy_guard))
-        speculate = int(F.SPECULATE.check(speculate))
+        private = F.PRIVATE.check(private)
+        speculate = checked_speculate(speculate, private)
+        defences = self.defences_for(user, F.SIGMA.check(sigma), F.TAU.check(tau), F.COPY_GUARD.check(copy_guard),
+                                     private)
         conv = conv or new_conversation()
         session = self.session(request)
         run = session.start()
@@ -302,10 +338,12 @@ class Studio:
 
         turn = {"role": "user", "content": message}
         transcript, events = CloudTranscript(), []
+        private = defences is not None and defences.private is not None
         spec = DecodeSpec("side_by_side" if side else "steered", params, sampling, gate=gate, defences=defences,
-                          speculate=speculate, overlap=self.remote())
+                          speculate=speculate, overlap=self.remote() and not private)
         stream = self.engine.stream(conv["steered"] + [turn], context, spec, transcript,
-                                    unsteered_messages=conv["unsteered"] + [turn])
+                                    unsteered_messages=conv["unsteered"] + [turn],
+                                    cloud_messages=public_messages(conv) + [turn] if private else None)
         finished = yield from self._tokens(session, run, stream, screen, events)
         if not finished:
             return
@@ -355,20 +393,24 @@ class Studio:
         skip, conv, side, summary = gr.skip(), screen.conv, "unsteered" in screen.settings, screen.summary
         turn = {"role": "user", "content": screen.message}
         v = screen.views(final=True)
+        tokenizer = self.engine.cloud.tokenizer
+        _, reply, drafts = cloud_view(transcript, "steered", tokenizer)
+        private = defences is not None and defences.private is not None
+        sent = public_messages(conv) + [turn]  # the steered conversation as the cloud has it
         new = {**conv, "steered": conv["steered"] + [turn, {"role": "assistant", "content": summary["steered"].text}],
-               "steered_view": v["steered"]}
+               "steered_view": v["steered"],
+               "public": sent + [{"role": "assistant", "content": reply if private else summary["steered"].text}]}
         if side:
             new.update(unsteered=conv["unsteered"] + [turn, {"role": "assistant", "content": summary["unsteered"].text}],
                        unsteered_view=v["unsteered"])
-        echoes = [m["content"] for m in conv["steered"] if m["role"] == "assistant"]
-        tokenizer = self.engine.cloud.tokenizer
-        audit = audit_reply(self.store.entries(user), conv["steered"] + [turn], transcript, tokenizer)
+        echoes = [m["content"] for m in sent if m["role"] == "assistant"]
+        audit = audit_reply(self.store.entries(user), sent, transcript, tokenizer)
         deny = deny_check(defences, transcript, summary["steered"], tokenizer)
-        _, reply, drafts = cloud_view(transcript, "steered", tokenizer)
         spec = summary["steered"].speculation if speculate > 1 else None
+        split = SplitView.of(events, tokenizer) if private else None
 
         def panel():
-            return privacy_html(transcript, context, self.engine.same_model, echoes, audit, deny, reply, drafts)
+            return privacy_html(transcript, context, self.engine.same_model, echoes, audit, deny, reply, drafts, split)
         shared = self.engine.same_model and speculate == 1
         users = self.store.users()
         guessing = len(users) >= 2  # the attacker needs someone to tell the user from
@@ -379,7 +421,7 @@ class Studio:
                status_html(screen.states, note), new,
                message_box(), gr.update(interactive=True), gr.update(visible=False))
         if guessing and session.current(run):
-            self.guess(audit, user, users, transcript, conv["steered"] + [turn], calibrate=side)
+            self.guess(audit, user, users, transcript, sent, calibrate=side)
             if session.current(run):
                 yield skip, skip, skip, panel(), skip, status_html(screen.states), skip, skip, skip, skip
 
@@ -637,7 +679,7 @@ class Studio:
     def chat_reply(self, user, message, side_by_side=True, T=DEMO["T"], eta=DEMO["eta"], lam=DEMO["lam"],
                    max_new_tokens=128, repetition_penalty=DEMO_DECODING["repetition_penalty"],
                    no_repeat_ngram_size=DEMO_DECODING["no_repeat_ngram_size"], copy_guard=DEMO_COPY_GUARD,
-                   sigma=0.0, tau=0.0, speculate=1) -> dict:
+                   sigma=0.0, tau=0.0, speculate=1, private=False) -> dict:
         """One turn of a new conversation as the Chat tab runs it, for a script: the answers as shown,
         the settings and what shaped them, what the cloud received with its privacy audit, and the
         latency readout with its projection for real pairs."""
@@ -648,21 +690,26 @@ class Studio:
         sampling = make_sampling(max_new_tokens=max_new_tokens, repetition_penalty=repetition_penalty,
                                  no_repeat_ngram_size=no_repeat_ngram_size)
         sigma, tau, copy_guard = F.SIGMA.check(sigma), F.TAU.check(tau), F.COPY_GUARD.check(copy_guard)
-        defences = self.defences_for(user, sigma, tau, copy_guard)
-        speculate = int(F.SPECULATE.check(speculate))
+        private = F.PRIVATE.check(private)
+        speculate = checked_speculate(speculate, private)
+        defences = self.defences_for(user, sigma, tau, copy_guard, private)
         used = self.store.context_entries(user, message, max_tokens=self.context_tokens, count_tokens=self.count_tokens)
         messages, transcript = [{"role": "user", "content": message}], CloudTranscript()
         spec = DecodeSpec("side_by_side" if side else "steered", params, sampling, defences=defences,
-                          speculate=speculate, overlap=self.remote())
-        summary = ReplySummary.of(self.engine.stream(messages, "\n".join(e["line"] for e in used), spec, transcript))
+                          speculate=speculate, overlap=self.remote() and not private)
+        events = []  # kept as they stream, so the latency summary times them as they come
+        summary = ReplySummary.of(recorded(self.engine.stream(messages, "\n".join(e["line"] for e in used), spec,
+                                                             transcript), events))
         latency = summary.latency.summary()
         shared = self.engine.same_model and speculate == 1  # one batch: the device's rows ride in the cloud's pass
         return {"steered": summary["steered"].shown, "unsteered": summary["unsteered"].shown if side else None,
                 "settings": {**params.as_dict(), "C": effective_strength(params), **sampling.as_dict(),
                              "copy_guard": copy_guard, "sigma": sigma, "tau": tau, "speculate": speculate,
+                             "private": private,
                              "context_entries": [e["id"] for e in used],
                              "deny_list_ids": len(defences.deny_ids) if defences else 0},
-                "privacy": self._privacy_report(user, messages, transcript, summary, defences),
+                "privacy": {**self._privacy_report(user, messages, transcript, summary, defences),
+                            "kept_back": kept_back(events) if private else None},
                 "latency": {**latency, "device_precision": self.engine.device.lm.precision,
                             "device_in_cloud_batch": shared,
                             "projection": projections(self.measured(latency, shared))}}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import re
+from dataclasses import dataclass
 
 STRONG_C = 10.0  # above this the device's delta dominates the cloud model's distribution
 
@@ -265,13 +266,54 @@ def _drafts_html(transcript, stream: str, exposed, text: str) -> str:
             f"<pre class='reply'>{_with_terms(text.strip(), exposed)}</pre>")
 
 
+@dataclass
+class SplitView:
+    """Private mode's two texts of one steered answer, token by token: what the user reads and
+    what the cloud received, with the kept-back positions (and the ids on both sides)."""
+    pieces: list[tuple[str, str, int, int]]  # (read, sent, read id, sent id) per position
+
+    @classmethod
+    def of(cls, events, tokenizer) -> "SplitView":
+        piece = lambda i: tokenizer.decode([i], skip_special_tokens=True)  # noqa: E731
+        return cls([(piece(ev.token_id), piece(ev.sent), ev.token_id, ev.sent) for ev in events])
+
+    @property
+    def kept(self) -> int:
+        return sum(read_id != sent_id for _, _, read_id, sent_id in self.pieces)
+
+    def html(self, side: str) -> str:
+        """The text of one side ("read" or "sent"), the kept-back positions marked with their ids."""
+        out = []
+        for pos, (read, sent, read_id, sent_id) in enumerate(self.pieces):
+            text = read if side == "read" else sent
+            if read_id == sent_id:
+                out.append(esc(text))
+            else:
+                cls, tid = ("kept", read_id) if side == "read" else ("standin", sent_id)
+                out.append(f"<mark class='{cls}' data-pos='{pos}' data-id='{tid}'>{esc(text)}</mark>")
+        return "".join(out)
+
+
+def _split_html(split: SplitView | None, side: str) -> str:
+    if split is None:
+        return ""
+    if side == "cloud":
+        return (f"<p class='split'>🔒 <b>Private mode:</b> {split.kept} token(s) of the answer were kept on your "
+                "device; in their place the cloud received its own choice (<mark class='standin'>marked</mark>). "
+                "It continued from this text, not from the one you read:</p>"
+                f"<pre class='reply public'>{split.html('sent')}</pre>")
+    return ("<p class='split'>The answer you read (<mark class='kept'>marked</mark>: kept back, never sent):</p>"
+            f"<pre class='reply private'>{split.html('read')}</pre>")
+
+
 def privacy_html(transcript, context: str, same_model: bool, echoes: list[str] = (), audit=None,
-                 deny: dict | None = None, reply: str = "", drafts: str = "") -> str:
+                 deny: dict | None = None, reply: str = "", drafts: str = "", split: SplitView | None = None) -> str:
     """What crossed to the cloud, next to what stayed on the device, for the last reply.
     `echoes` are the earlier steered answers in this conversation: they are in the cloud's prompt,
     and they were shaped by the private context, so they are marked, not hidden. `audit`
     (costeer.evaluation.privacy.ReplyAudit) marks the exposed personal terms; `reply` is the chosen tokens
-    decoded, `drafts` the rejected speculative drafts decoded (privacy.cloud_view)."""
+    decoded, `drafts` the rejected speculative drafts decoded (privacy.cloud_view); `split`, in
+    Private mode, the two texts with the kept-back tokens marked."""
     if transcript is None or not transcript.prompt_ids:
         return ("<div class='privacy'><b>Privacy panel.</b> After a reply, this shows what the cloud "
                 "received and what stayed on your device.</div>")
@@ -295,7 +337,7 @@ def privacy_html(transcript, context: str, same_model: bool, echoes: list[str] =
 <p>Then only the chosen tokens, as ids ({len(ids)}): <code>{shown}</code></p>
 <p>They spell the reply (<mark class='exposed'>marked</mark>: your distinctive terms in it):</p>
 <pre class='reply'>{_with_terms(reply, exposed)}</pre>
-{_drafts_html(transcript, stream, exposed, drafts)}</div>
+{_split_html(split, "cloud")}{_drafts_html(transcript, stream, exposed, drafts)}</div>
 <div class='side device'><h4>🔒 Stayed on your device</h4>
 <p>Personal context read by the on-device model, <b>never sent</b> as such:</p>
-<pre>{ctx}</pre></div>{note}</div>"""
+<pre>{ctx}</pre>{_split_html(split, "device")}</div>{note}</div>"""

@@ -8,7 +8,8 @@ engine is built.
                device's without-context row is then the same computation as the cloud's steered
                row, so it is shared, and (without a gate) the device's with-context row rides in
                the cloud's batch: three distributions for one batched forward. Both roles share a
-               process here; the boundary it demonstrates is the one Split enforces.
+               process here; the boundary it demonstrates is the one Split enforces. In Private
+               mode the cloud's and the device's texts differ, so nothing is shared: it runs as Split.
 
 A `Plan` holds one answer's rows: cloud log-probs per stream (`base`), the delta at the steered
 answer's end (`delta`), and `advance`, which feeds the chosen tokens and drops finished streams.
@@ -63,7 +64,7 @@ class Split:
         self.cloud, self.device = cloud, device
 
     def open(self, cloud_prompts: dict[str, list[int]], messages: list[dict], context: str, gated: bool,
-             max_new_tokens: int) -> Plan:
+             max_new_tokens: int, split: bool = False) -> Plan:
         device = self.device.open(messages, context, max_new_tokens) if "steered" in cloud_prompts else None
         start = time.perf_counter()
         plan = Plan(self.cloud.open(list(cloud_prompts.values())), list(cloud_prompts),
@@ -79,7 +80,9 @@ class OneModel:
         self.lm, self.cloud, self.device = lm, InProcessCloud(lm), DeviceLM(lm)
 
     def open(self, cloud_prompts: dict[str, list[int]], messages: list[dict], context: str, gated: bool,
-             max_new_tokens: int) -> Plan:
+             max_new_tokens: int, split: bool = False) -> Plan:
+        if split:  # Private mode: the cloud's rows follow the public text, the device's the private one
+            return Split(self.cloud, self.device).open(cloud_prompts, messages, context, gated, max_new_tokens)
         names, prompts = list(cloud_prompts), list(cloud_prompts.values())
         start = time.perf_counter()
         if "steered" not in names:

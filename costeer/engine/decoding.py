@@ -25,6 +25,7 @@ from costeer.models.load import LoadedModel
 from costeer.steering.copyguard import CopyGuard
 from costeer.steering.defences import Defences, cap_at_base, deny_margin
 from costeer.steering.policy import effective_strength
+from costeer.steering.private import SplitTranscript
 from costeer.engine.prompts import build_prompts, check_fits, conversation_ids, system_with_context  # noqa: F401  (re-exported)
 from costeer.engine.sampling import Chooser, Sampling, resolve_seed  # noqa: F401  (re-exported)
 from costeer.engine.spec import MODES, DecodeSpec  # noqa: F401  (re-exported)
@@ -58,6 +59,12 @@ class TokenEvent:
     base_logprob: float = 0.0  # log b[token]: how likely the cloud alone found the chosen token (fluency)
     deny_margin: float = 0.0  # max log p - log b over the deny-listed ids (<= 0: none made likelier)
     draft: DraftRound | None = None  # speculation only (speculative.DraftRound); None in the per-token loop
+    sent_id: int | None = None  # Private mode: the stand-in the cloud received instead of this token (None: the token)
+
+    @property
+    def sent(self) -> int:
+        """The token id the cloud received at this position."""
+        return self.token_id if self.sent_id is None else self.sent_id
 
 
 
@@ -102,14 +109,18 @@ class CoSteerEngine:
         return self.cloud.eos_ids
 
     def stream(self, messages: list[dict], context: str = "", spec: DecodeSpec = DecodeSpec(),
-               transcript: CloudTranscript | None = None,
-               unsteered_messages: list[dict] | None = None) -> Iterator[TokenEvent]:
+               transcript: CloudTranscript | None = None, unsteered_messages: list[dict] | None = None,
+               cloud_messages: list[dict] | None = None) -> Iterator[TokenEvent]:
         """Yield TokenEvents until every stream of `spec.mode` has finished; `spec` (spec.py) says
         how to decode. `transcript` records what the cloud received; `unsteered_messages` lets the
-        unsteered stream continue its own conversation in a multi-turn side-by-side chat. Each token
-        is decided by `Reply.decide`; the schedule (per token here, or speculative.rounds) only
-        says which positions to decide, with which b, and when."""
-        prompts = self._cloud_prompts(messages, unsteered_messages or messages, context, spec)
+        unsteered stream continue its own conversation in a multi-turn side-by-side chat. In Private
+        mode `cloud_messages` is the steered conversation as the cloud received it (the public
+        text of earlier replies); the device reads `messages`. Each token is decided by
+        `Reply.decide`; the schedule (per token here, or speculative.rounds) only says which
+        positions to decide, with which b, and when."""
+        if cloud_messages is not None and not spec.private:
+            raise ValueError("cloud_messages is for Private mode, where the cloud's conversation differs")
+        prompts = self._cloud_prompts(cloud_messages or messages, unsteered_messages or messages, spec)
         reply = Reply(self, prompts, spec, transcript, context)
         if spec.speculative:
             from costeer.engine import speculative
@@ -120,23 +131,22 @@ class CoSteerEngine:
 
     def _per_token(self, reply: "Reply", messages, context, gated: bool) -> Iterator[TokenEvent]:
         """The paper's schedule: one cloud forward (or round trip) per token, every live stream."""
-        plan = self.arrangement.open(reply.prompts, messages, context, gated, reply.max_new)
-        answer: list[int] = []  # the steered answer so far, in cloud token ids
+        plan = self.arrangement.open(reply.prompts, messages, context, gated, reply.max_new, split=reply.split is not None)
+        answer: list[int] = []  # the steered answer so far, in cloud token ids: what the user reads
         for step in range(reply.max_new):
             events = [reply.decide(s, step, plan.base(s), lambda: plan.delta(answer), plan.cloud_ms)[0]
                       for s in plan.live]
             yield from events
-            chosen = {ev.stream: ev.token_id for ev in events if not ev.finish}
-            if not chosen:
+            going = [ev for ev in events if not ev.finish]
+            if not going:
                 return
-            if "steered" in chosen:
-                answer.append(chosen["steered"])
-            plan.advance(chosen)
+            answer += [ev.token_id for ev in going if ev.stream == "steered"]
+            plan.advance({ev.stream: ev.sent for ev in going})  # the cloud's rows: what it received
 
     # -- the loop's helpers ----------------------------------------------------------------
-    def _cloud_prompts(self, messages, unsteered_messages, context, spec: DecodeSpec) -> dict[str, list[int]]:
+    def _cloud_prompts(self, messages, unsteered_messages, spec: DecodeSpec) -> dict[str, list[int]]:
         """The cloud-visible prompt of each stream, checked against the cloud's window (the device
-        checks its own when it opens its rows). `context` is not read: it is the device's alone."""
+        checks its own when it opens its rows). The context is not an argument: it is the device's alone."""
         for msgs in (messages, unsteered_messages):
             if not msgs or msgs[-1].get("role") != "user":
                 raise ValueError("messages must end with a user message")
@@ -185,6 +195,7 @@ class Reply:
         # the copy guard's table is built here, on the device, from the context the device holds
         self.guard = CopyGuard(engine.cloud.tokenizer, context, defences.copy_guard) \
             if defences and defences.copy_guard and context.strip() else None
+        self.split = SplitTranscript(defences.private, self.deny, engine.eos_ids) if spec.private else None
         self.choose = {s: Chooser(sampling, self.seed, ids) for s, ids in prompts.items()}  # same seed: alike draws
         self.texts = {s: TextStream(engine.cloud.tokenizer, sampling.stop) for s in prompts}
         if transcript is not None:
@@ -200,7 +211,8 @@ class Reply:
             b = log_softmax(b_cloud);  d = delta() (the device, when the gate wants it);
             p = steer(b, d) = log_softmax(b + C d) with the defences;  token ~ p,
         or, given a speculative `draft` (x, q), keep x or replace it (Chooser.verify). The token is
-        recorded as sent to the cloud. Returns the event and whether the draft was kept."""
+        recorded as sent to the cloud, or in Private mode the cloud's stand-in for it when it is
+        kept back (steering/private.py). Returns the event and whether the draft was kept."""
         b = torch.log_softmax(b_cloud, dim=-1)
         steered = s == "steered"
         d, start = None, time.perf_counter()
@@ -217,8 +229,10 @@ class Reply:
         if self.deny is not None and steered:
             ev.deny_margin = deny_margin(p, b, self.deny)
         self._finish(ev, self.texts[s], last=position == self.max_new - 1)
+        if steered and self.split is not None and (sent := self.split.sent(token, b)) != token:
+            ev.sent_id = sent
         if self.transcript is not None:
-            self.transcript.token_ids[s].append(token)
+            self.transcript.token_ids[s].append(ev.sent)
         return ev, kept
 
     def guarded(self, p: torch.Tensor, b: torch.Tensor, answer: list[int]) -> torch.Tensor:

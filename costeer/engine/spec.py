@@ -21,7 +21,7 @@ MAX_SPECULATE = 8  # tokens per round trip: a side-by-side round is 2 x 8 rows, 
 STEERING_KEYS = ("T", "eta", "lam", "alpha", "beta")
 SAMPLING_KEYS = ("max_new_tokens", "temperature", "top_p", "seed", "stop", "repetition_penalty", "no_repeat_ngram_size")
 GATE_KEYS = ("gate_threshold", "gate_patience", "gate_mode")
-DEFENCE_KEYS = ("deny_ids", "tau", "sigma", "noise_seed", "copy_guard")
+DEFENCE_KEYS = ("deny_ids", "tau", "sigma", "noise_seed", "copy_guard", "private")
 SCHEDULE_KEYS = ("mode", "reference", "speculate", "overlap")
 
 
@@ -56,6 +56,14 @@ class DecodeSpec:
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
         check_speculate(self.speculate)
+        if self.private and self.speculative:
+            raise ValueError("Private mode decodes one token per cloud round trip (speculate 1, no overlap): "
+                             "the cloud scores a draft before the device could keep any of it back")
+
+    @property
+    def private(self) -> bool:
+        """A split transcript (steering/private.py): the cloud gets stand-ins for the kept-back tokens."""
+        return self.defences is not None and self.defences.private is not None
 
     @property
     def streams(self) -> list[str]:
@@ -74,6 +82,8 @@ class DecodeSpec:
         if self.defences is not None:
             d = self.defences
             out.update(deny_ids=list(d.deny_ids), tau=d.tau, sigma=d.sigma, noise_seed=d.seed, copy_guard=d.copy_guard)
+            if d.private is not None:
+                out["private"] = d.private
         return out
 
     @classmethod
@@ -93,6 +103,6 @@ class DecodeSpec:
         if any(k in values for k in DEFENCE_KEYS):
             d = pick(DEFENCE_KEYS)
             defences = Defences(deny_ids=tuple(d.get("deny_ids", ())), tau=d.get("tau"), sigma=d.get("sigma", 0.0),
-                                seed=d.get("noise_seed"), copy_guard=d.get("copy_guard", 0))
+                                seed=d.get("noise_seed"), copy_guard=d.get("copy_guard", 0), private=d.get("private"))
         return cls(params=SteeringParams(**pick(STEERING_KEYS)), sampling=Sampling(**sampling), gate=gate,
                    defences=defences, **pick(SCHEDULE_KEYS))

@@ -144,32 +144,38 @@ def privacy_table(summary: dict, quality: dict) -> str:
 
 
 def plot_privacy(summary: dict, quality: dict, path: str):
-    """The privacy-utility picture: attacker accuracy and exposure against ROUGE-L, one point per method."""
+    """The privacy-utility frontier, one point per method with its intervals: left, marginal
+    leakage (attacker top-1 minus its top-1 on `llm`, points) against the ROUGE-L gain over `llm`,
+    both paired by row; `slm_ctx` sends nothing, so it sits at 0 leakage. Right, exposure against
+    ROUGE-L."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    methods = [m for m in summary if m in quality]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    for ax, key, label in ((axes[0], "attacker_accuracy", "attacker top-1 accuracy"),
-                           (axes[1], "exposure", "exposure (share of distinctive terms)")):
-        ci = "attacker_ci" if key == "attacker_accuracy" else "exposure_ci"
-        for m in methods:
-            e, q = summary[m], quality[m]
-            if key not in e:
-                continue
-            ax.errorbar(q["rougeL"], e[key], xerr=[[q["rougeL"] - q["rougeL_ci"][0]], [q["rougeL_ci"][1] - q["rougeL"]]],
-                        yerr=[[e[key] - e[ci][0]], [e[ci][1] - e[key]]], fmt="o", capsize=3)
-            ax.annotate(m.replace("costeer:", ""), (q["rougeL"], e[key]), textcoords="offset points", xytext=(4, 4),
-                        fontsize=8)
-        if key == "attacker_accuracy":
-            chance = next((e["attacker_chance"] for e in summary.values() if "attacker_chance" in e), None)
-            if chance is not None:
-                ax.axhline(chance, ls="--", color="grey", lw=1)
-                ax.annotate("chance", (ax.get_xlim()[0], chance), fontsize=8, color="grey")
-        ax.set_xlabel("ROUGE-L (utility)")
-        ax.set_ylabel(label)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for m, q in quality.items():
+        gain = q.get("vs_llm")
+        e = summary.get(m, {})
+        if gain is None or (m != "slm_ctx" and "marginal_leakage" not in e):
+            continue
+        y, yci = (0.0, (0.0, 0.0)) if m == "slm_ctx" else (100 * e["marginal_leakage"],
+                                                           [100 * v for v in e["marginal_leakage_ci"]])
+        x, xci = gain["rougeL_diff"], gain["rougeL_diff_ci"]
+        left.errorbar(x, y, xerr=[[x - xci[0]], [xci[1] - x]], yerr=[[y - yci[0]], [yci[1] - y]], fmt="o", capsize=3)
+        left.annotate(m.replace("costeer:", ""), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    left.axhline(5, ls="--", color="grey", lw=1)
+    left.annotate("leakage goal: 5 points", (left.get_xlim()[0], 5), fontsize=8, color="grey")
+    left.set_xlabel("ROUGE-L gain over llm (paired)")
+    left.set_ylabel("marginal leakage (points)")
+    for m in [m for m in summary if m in quality and "exposure" in summary[m]]:
+        e, q = summary[m], quality[m]
+        right.errorbar(q["rougeL"], e["exposure"], xerr=[[q["rougeL"] - q["rougeL_ci"][0]], [q["rougeL_ci"][1] - q["rougeL"]]],
+                       yerr=[[e["exposure"] - e["exposure_ci"][0]], [e["exposure_ci"][1] - e["exposure"]]], fmt="o", capsize=3)
+        right.annotate(m.replace("costeer:", ""), (q["rougeL"], e["exposure"]), textcoords="offset points",
+                       xytext=(4, 4), fontsize=8)
+    right.set_xlabel("ROUGE-L (utility)")
+    right.set_ylabel("exposure (share of distinctive terms)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -5,6 +5,8 @@ Methods (the paper's baselines):
     slm_ctx    device model alone, with the context (what on-device alone gives)
     llm_ctx    cloud model with the context (the upper bound: it sends personal data)
     costeer    CoSteer with the paper's defaults; `costeer:T=..,eta=..,lam=..` for variants
+    private    Private mode as the app runs it (a split transcript, steering/private.py);
+               `costeer:private=M` for another margin M (nats)
 The context comes from the profile through `user_store` retrieval, the code the app uses.
 METEOR is not reported: it needs WordNet data, which cannot be downloaded here.
 """
@@ -27,9 +29,10 @@ from costeer.evaluation.privacy import deny_list
 from costeer.evaluation.stats import bootstrap_ci, repeated_ngram_share
 from costeer.steering.defences import Defences
 from costeer.steering.policy import SteeringParams, effective_strength
+from costeer.steering.private import PRIVATE_MARGIN
 from user_store.formats import eval_row, item_text
 
-BASE_METHODS = ("llm", "slm_ctx", "llm_ctx", "costeer")
+BASE_METHODS = ("llm", "slm_ctx", "llm_ctx", "costeer", "private")
 CONTEXT_TOKENS = 256  # the app's budget
 
 
@@ -95,10 +98,12 @@ def load_rows(path, limit: int | None = None) -> list[Row]:
     return rows
 
 
-METHOD_KEYS = ("T", "eta", "lam", "alpha", "beta", "gate", "patience", "mode", "sigma", "tau", "deny", "copy")
+METHOD_KEYS = ("T", "eta", "lam", "alpha", "beta", "gate", "patience", "mode", "sigma", "tau", "deny", "copy", "private")
 
 
 def _method_parts(name: str) -> dict[str, str]:
+    if name == "private":
+        return {"private": str(PRIVATE_MARGIN)}
     parts = {}
     for part in name.split(":", 1)[1].split(","):
         key, _, value = part.partition("=")
@@ -116,11 +121,13 @@ def method_spec(name: str) -> tuple[SteeringParams | None, ConfidenceGate | None
         return None, None
     if name == "costeer":
         return SteeringParams(), None
+    if name == "private":
+        return SteeringParams(), None
     if not name.startswith("costeer:"):
         raise ValueError(f"unknown method {name!r}; choose from {', '.join(BASE_METHODS)} or costeer:T=..,eta=..,lam=..")
     kwargs, gate = {}, {}
     for key, value in _method_parts(name).items():
-        if key in ("sigma", "tau", "deny", "copy"):
+        if key in ("sigma", "tau", "deny", "copy", "private"):
             continue
         if key == "mode":
             gate["mode"] = value  # paper | reopen, checked by ConfidenceGate
@@ -145,11 +152,11 @@ def method_defences(name: str) -> dict:
     """{"sigma", "tau", "deny", "copy"} of a CoSteer variant: `costeer:sigma=0.3,tau=2` adds noise,
     `costeer:deny=all` marks every history entry of the row sensitive (the deny-list),
     `costeer:copy=6` turns the copy guard on (no run of 6 context tokens)."""
-    out = {"sigma": 0.0, "tau": None, "deny": False, "copy": 0}
-    if not name.startswith("costeer:"):
+    out = {"sigma": 0.0, "tau": None, "deny": False, "copy": 0, "private": None}
+    if not name.startswith("costeer:") and name != "private":
         return out
     parts = _method_parts(name)
-    for key in ("sigma", "tau"):
+    for key in ("sigma", "tau", "private"):
         if key in parts:
             try:
                 out[key] = float(parts[key])
@@ -165,7 +172,7 @@ def method_defences(name: str) -> dict:
             raise ValueError(f"method {name!r}: deny must be 'all' (every history entry sensitive), got {parts['deny']!r}")
         out["deny"] = True
     try:
-        Defences(tau=out["tau"], sigma=out["sigma"], copy_guard=out["copy"])  # the ranges, checked before any work
+        Defences(tau=out["tau"], sigma=out["sigma"], copy_guard=out["copy"], private=out["private"])  # checked before any work
     except ValueError as exc:
         raise ValueError(f"method {name!r}: {exc}") from None
     return out
@@ -176,11 +183,12 @@ def row_defences(tokenizer, row, method: str):
     the words of every history entry's distinctive terms on the deny-list; the noise is seeded
     by the row's id, so a rerun gives the same answers."""
     variant = method_defences(method)
-    if not (variant["deny"] or variant["sigma"] or variant["tau"] is not None or variant["copy"]):
+    if not (variant["deny"] or variant["sigma"] or variant["tau"] is not None or variant["copy"]
+            or variant["private"] is not None):
         return None
     deny = deny_list([{**e, "sensitive": True} for e in row.profile], tokenizer) if variant["deny"] else ()
     return Defences(deny_ids=deny, tau=variant["tau"], sigma=variant["sigma"], seed=zlib.crc32(row.id.encode()),
-                    copy_guard=variant["copy"])
+                    copy_guard=variant["copy"], private=variant["private"])
 
 
 def parse_method(name: str) -> SteeringParams | None:

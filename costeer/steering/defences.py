@@ -39,6 +39,7 @@ class Defences:
     sigma: float = 0.0  # 0: no noise
     seed: int | None = None  # None: the answer's sampling seed
     copy_guard: int = 0  # n: no chosen token completes a run of n context tokens (copyguard.py); 0: off
+    private: float | None = None  # Private mode's margin in nats (private.py): a split transcript; None: off
 
     def __post_init__(self):
         object.__setattr__(self, "deny_ids", tuple(sorted(set(int(i) for i in self.deny_ids))))
@@ -51,10 +52,15 @@ class Defences:
         n = self.copy_guard
         if isinstance(n, bool) or not isinstance(n, int) or not (n == 0 or MIN_RUN <= n <= MAX_RUN):
             raise ValueError(f"copy guard must be an integer in [{MIN_RUN}, {MAX_RUN}] tokens, or 0 (off), got {n!r}")
+        if self.private is not None:
+            from costeer.steering.private import check_margin
+
+            object.__setattr__(self, "private", check_margin(self.private))
 
     @property
     def active(self) -> bool:
-        return bool(self.deny_ids) or self.tau is not None or self.sigma > 0 or self.copy_guard > 0
+        return bool(self.deny_ids) or self.tau is not None or self.sigma > 0 or self.copy_guard > 0 \
+            or self.private is not None
 
 
 def cap_at_base(p: torch.Tensor, b: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:

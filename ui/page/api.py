@@ -30,13 +30,14 @@ def _people(studio) -> list:
              lam: float = DEMO["lam"], max_new_tokens: int = 128,
              repetition_penalty: float = DEMO_DECODING["repetition_penalty"],
              no_repeat_ngram_size: int = DEMO_DECODING["no_repeat_ngram_size"], copy_guard: int = DEMO["copy_guard"],
-             sigma: float = 0.0, tau: float = 0.0, speculate: int = 1) -> dict:
+             sigma: float = 0.0, tau: float = 0.0, speculate: int = 1, private: bool = False) -> dict:
         """One turn of a new conversation, as the Chat tab runs it: {steered, unsteered (side by side),
         settings (with the context entries used and the deny-list size), privacy (what the cloud
         received per stream and the audit: exposed terms, the deny-list check), latency (the readout,
-        the device's precision and the projection for real pairs)}."""
+        the device's precision and the projection for real pairs)}. `private`: Private mode; the
+        privacy report then lists the kept-back positions (what the user read, what the cloud got)."""
         return studio.chat_reply(user, message, side_by_side, T, eta, lam, max_new_tokens, repetition_penalty,
-                                 no_repeat_ngram_size, copy_guard, sigma, tau, speculate)
+                                 no_repeat_ngram_size, copy_guard, sigma, tau, speculate, private)
 
     def edit_history(user: str, entry_id: int, text: str, kind: str | None = None, title: str | None = None,
                      pinned: bool | None = None, sensitive: bool | None = None) -> dict:
