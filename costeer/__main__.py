@@ -385,7 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="compare llm, slm_ctx, llm_ctx and CoSteer against references")
     e.add_argument("--data", required=True, help="JSONL rows: id, query, profile, reference (or LongLaMP input/output/profile)")
     e.add_argument("--limit", type=_positive_int("limit", 1, 10**9))
-    e.add_argument("--methods", nargs="+", help="llm slm_ctx llm_ctx costeer costeer:T=..,eta=..,lam=.. (default: the four)")
+    e.add_argument("--methods", nargs="+", help="llm slm_ctx llm_ctx costeer private costeer:T=..,eta=..,lam=.. costeer:private=M (default: the first four)")
     e.add_argument("--max-new-tokens", type=_positive_int("max-new-tokens", 1, 4096), default=128)
     e.add_argument("--sweep", help="run CoSteer over values of one parameter, e.g. lam=0.5,1,2,4 (T, eta, lam) or "
                    "sigma=0.1,0.3,1 / tau=1,2,4 (the noise defence: implies --privacy); writes a plot")

@@ -32,7 +32,8 @@ from costeer.steering.policy import SteeringParams, effective_strength
 from costeer.steering.private import PRIVATE_MARGIN
 from user_store.formats import eval_row, item_text
 
-BASE_METHODS = ("llm", "slm_ctx", "llm_ctx", "costeer", "private")
+BASE_METHODS = ("llm", "slm_ctx", "llm_ctx", "costeer")  # the paper's comparison: eval's default
+METHODS = (*BASE_METHODS, "private")
 CONTEXT_TOKENS = 256  # the app's budget
 
 
@@ -124,7 +125,7 @@ def method_spec(name: str) -> tuple[SteeringParams | None, ConfidenceGate | None
     if name == "private":
         return SteeringParams(), None
     if not name.startswith("costeer:"):
-        raise ValueError(f"unknown method {name!r}; choose from {', '.join(BASE_METHODS)} or costeer:T=..,eta=..,lam=..")
+        raise ValueError(f"unknown method {name!r}; choose from {', '.join(METHODS)} or costeer:T=..,eta=..,lam=..")
     kwargs, gate = {}, {}
     for key, value in _method_parts(name).items():
         if key in ("sigma", "tau", "deny", "copy", "private"):
