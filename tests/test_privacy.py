@@ -217,7 +217,8 @@ def test_sensitive_flag_migrates_round_trips_and_is_never_dropped(tmp_path):
 
 
 def test_method_names_for_the_defences():
-    assert method_defences("costeer:sigma=0.3,tau=2") == {"sigma": 0.3, "tau": 2.0, "deny": False, "copy": 0}
+    assert method_defences("costeer:sigma=0.3,tau=2") == {"sigma": 0.3, "tau": 2.0, "deny": False, "copy": 0,
+                                                          "private": None}
     assert method_defences("costeer:deny=all")["deny"] is True and method_spec("costeer:deny=all")[0] == SteeringParams()
     for bad, words in (("costeer:sigma=-1", "sigma must be a number in"), ("costeer:deny=some", "deny must be 'all'"),
                        ("costeer:copy=1", r"copy guard must be an integer in \[2, 32\]"),
